@@ -1,0 +1,131 @@
+"""A handler: the user's function plus everything decided about it at decoration time."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+from pydantic import TypeAdapter
+
+from .errors import ConfigError
+from .message import Message, Source
+
+HandlerFunc = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-handler delivery options (see ``Flow.on_queue`` for their meaning)."""
+
+    concurrency: int = 16
+    max_attempts: int = 5
+    retry_delay: float = 1.0
+    retry_max_delay: float = 300.0
+    timeout: float | None = None
+    at_most_once: bool = False
+
+    def check(self, where: str) -> None:
+        """Raise ConfigError naming ``where`` for an impossible value."""
+        if self.concurrency < 1:
+            raise ConfigError(f"{where}: concurrency must be >= 1, got {self.concurrency}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"{where}: max_attempts must be >= 1, got {self.max_attempts}")
+        if self.retry_delay < 0 or self.retry_max_delay < self.retry_delay:
+            raise ConfigError(f"{where}: need 0 <= retry_delay <= retry_max_delay")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"{where}: timeout must be > 0 seconds, got {self.timeout}")
+
+
+def _is_message(annotation: Any) -> bool:
+    return annotation is Message or typing.get_origin(annotation) is Message
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler, frozen at decoration time.
+
+    ``invoke(value, message)`` calls the function with the payload and/or the Message in the
+    order its signature asks; ``validate_json``/``validate_python`` turn bytes or a field
+    map into the payload, built once from the payload parameter's type.
+    """
+
+    fn: HandlerFunc
+    source: Source
+    options: Options
+    adapter: TypeAdapter[Any]
+    wants_message: bool
+    invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
+
+    @property
+    def name(self) -> str:
+        """The function's qualified name, used in logs and dead letters."""
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+    @classmethod
+    def build(cls, fn: HandlerFunc, source: Source, options: Options) -> Handler:
+        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it."""
+        where = f"handler {getattr(fn, '__qualname__', fn)!r}"
+        if not callable(fn):
+            raise ConfigError(f"{where} is not callable")
+        options.check(where)
+        try:
+            signature = inspect.signature(fn)
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except (NameError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: cannot read its signature: {exc}") from None
+        payload_type: Any = Any
+        order: list[str] = []  # "payload" / "message", in call order
+        for param in signature.parameters.values():
+            annotation = hints.get(param.name, inspect.Parameter.empty)
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ConfigError(f"{where}: *args/**kwargs parameters are not supported")
+            if param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+                raise ConfigError(f"{where}: keyword-only parameter {param.name!r} has no value")
+            if _is_message(annotation) and "message" not in order:
+                order.append("message")
+                args = typing.get_args(annotation)
+                if args and "payload" not in order:
+                    payload_type = args[0]
+            elif "payload" not in order and param.kind is not param.KEYWORD_ONLY:
+                order.append("payload")
+                if annotation is not inspect.Parameter.empty:
+                    payload_type = annotation
+            elif param.default is param.empty:
+                raise ConfigError(
+                    f"{where}: parameter {param.name!r} is neither the payload nor a Message"
+                )
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(payload_type)
+        except Exception as exc:  # pydantic raises several kinds for unusable types
+            raise ConfigError(
+                f"{where}: payload type {payload_type!r} is unusable: {exc}"
+            ) from None
+        invoke = _invoker(fn, tuple(order))
+        return cls(fn, source, options, adapter, "message" in order, invoke)
+
+
+def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A call adapter for ``fn``: async functions are awaited, plain ones run in a thread."""
+    if not inspect.iscoroutinefunction(fn) and not inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    ):
+
+        async def threaded(value: Any, message: Any) -> Any:
+            args = [value if part == "payload" else message for part in order]
+            return await anyio.to_thread.run_sync(partial(fn, *args))
+
+        return threaded
+    if order == ("payload",):
+        return lambda value, message: fn(value)
+    if order == ("payload", "message"):
+        return lambda value, message: fn(value, message)
+    if order == ("message", "payload"):
+        return lambda value, message: fn(message, value)
+    if order == ("message",):
+        return lambda value, message: fn(message)
+    return lambda value, message: fn()

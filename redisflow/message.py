@@ -1,0 +1,46 @@
+"""The envelope a handler receives when it asks for it with a ``Message`` parameter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+Kind = Literal["channel", "queue", "priority", "stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from: the kind of source, its name, and the group for streams."""
+
+    kind: Kind
+    name: str
+    group: str | None = None
+
+    def __str__(self) -> str:
+        group = f" (group {self.group})" if self.group else ""
+        return f"{self.kind} {self.name!r}{group}"
+
+
+@dataclass(slots=True)
+class Message(Generic[T]):
+    """A delivered message: its id, source, attempt number, time of enqueueing, headers, bytes.
+
+    ``attempt`` is 1 on the first delivery. ``enqueued_at`` is None when the producer did not
+    record it (a message written by another client). ``payload`` is the validated payload.
+    """
+
+    id: str
+    source: Source
+    attempt: int
+    enqueued_at: datetime | None
+    headers: dict[str, str]
+    raw: bytes
+    payload: T | None = field(default=None, repr=False)
+
+    @staticmethod
+    def time(ms: int | float | None) -> datetime | None:
+        """A UTC datetime from epoch milliseconds (None stays None)."""
+        return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
