@@ -73,7 +73,7 @@ class Failure:
             last = frames[-1]
             where = f"{last.filename}:{last.lineno} in {last.name}"
         if isinstance(exc, DecodeError):
-            return cls(str(exc), where, decode=True)
+            return cls(str(exc), "", decode=True)
         if isinstance(exc, Reject):
             return cls(f"rejected: {exc.reason}", where, reject=True)
         if isinstance(exc, Retry):
@@ -125,6 +125,7 @@ class Consumer:
                     if not self._connected:
                         await self.connect()
                         self._connected = True
+                        self.backoff.ok()
                     await self.fetch_loop()
                 except CONNECTION_ERRORS as exc:
                     self._connected = False
@@ -133,8 +134,6 @@ class Consumer:
                     self.stats.reconnects += 1
                     await self.link.close()
                     await self.backoff.wait(exc)
-                else:
-                    self.backoff.ok()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.link.close()
@@ -186,8 +185,9 @@ class Consumer:
         """Write the item to the dead letters, then settle it."""
         raise NotImplementedError
 
-    async def release(self, unfinished: list[Any]) -> None:
-        """Flush acks and hand the unfinished items back to Redis (shielded, at the end)."""
+    async def release(self, started: list[Any], unstarted: list[Any]) -> None:
+        """Flush acks and hand unfinished items back to Redis (shielded, at the end):
+        ``started`` ones were cancelled in their handler, ``unstarted`` ones never ran."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -208,13 +208,14 @@ class Consumer:
                 outer.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                left = [*self._unfinished, *self._dq]
+                started, unstarted = self._unfinished, list(self._dq)
                 self._dq.clear()
                 try:
                     with anyio.fail_after(10):
-                        await self.release(left)
+                        await self.release(started, unstarted)
                 except Exception as exc:  # the messages stay leased; a peer recovers them
-                    log.warning("%s: could not hand back %d messages: %r", self, len(left), exc)
+                    left = len(started) + len(unstarted)
+                    log.warning("%s: could not hand back %d messages: %r", self, left, exc)
 
     def stop(self) -> None:
         """Stop fetching; in-flight handlers go on for the grace period."""
@@ -330,8 +331,12 @@ class Consumer:
                         self.stats.retried += 1
                     return
                 except CONNECTION_ERRORS as err:
-                    if self.stopping:
-                        raise
+                    if self.stopping:  # leave it leased: a peer (or our restart) redelivers it
+                        log.warning(
+                            "%s: verdict not recorded (%r); message stays leased", self, err
+                        )
+                        self._unfinished.append(item)
+                        return
                     await self.backoff.wait(err)
 
     def _delay(self, attempt: int, asked: float | None) -> float:
@@ -343,6 +348,7 @@ class Consumer:
     def _dead_fields(self, item: Any, failure: Failure, attempt: int) -> dict[Any, Any]:
         return {
             "data": self.raw(item),
+            "message_id": self.message(item, None).id,
             "error": failure.error,
             "where": failure.where,
             "attempts": attempt,

@@ -115,10 +115,10 @@ class ChannelConsumer(Consumer):
         fields["channel"] = item[0]
         await self.write_dead(fields)
 
-    async def release(self, unfinished: list[Any]) -> None:
+    async def release(self, started: list[Any], unstarted: list[Any]) -> None:
         for handle in self._waiting:
             handle.cancel()
-        lost = len(unfinished) + len(self._waiting)
+        lost = len(started) + len(unstarted) + len(self._waiting)
         if lost:
             log.warning("%s: %d channel messages were not handled before stopping", self, lost)
 

@@ -34,6 +34,10 @@ MAINTAIN = Script("maintain")
 DELAY = Script("delay")
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Batch:
     """Messages leased in one fetch; its key is deleted when ``left`` reaches 0."""
 
@@ -103,8 +107,7 @@ class QueueConsumer(Consumer):
         return [(raw, batch)]
 
     def raw(self, item: Any) -> bytes:
-        raw: bytes = item[0]
-        return raw
+        return payload_of(item[0])
 
     def _retry_member(self, item: Any, attempt: int) -> bytes:
         return reenvelope(item[0], attempt)
@@ -151,7 +154,6 @@ class QueueConsumer(Consumer):
                 batch.left = len(items)
                 self._known[key] = batch
             if items:
-                self.backoff.ok()
                 n = self._want() - len(items)
                 if n > 0 and not self.stopping:
                     pending = await self._send_fetch(n)  # Redis works while we dispatch
@@ -177,6 +179,9 @@ class QueueConsumer(Consumer):
                     wait = await self._maintain_once()
                 except CONNECTION_ERRORS:
                     wait = self.settings.tick
+                except Exception:  # a bug here must not stop the handlers: log, go on
+                    self.settings.log.exception("%s: maintenance failed", self)
+                    wait = self.settings.tick
                 await anyio.sleep(wait)
 
     async def _maintain_once(self) -> float:
@@ -196,7 +201,7 @@ class QueueConsumer(Consumer):
 
     async def _recover(self, worker: str) -> None:
         wset = self.keys.batches(worker)
-        batches = [b.decode() for b in await command(self.redis, "SMEMBERS", wset)]
+        batches = [_text(b) for b in await self.redis.smembers(wset)]
         moved = await RELEASE(
             self.redis,
             [self.handler.source.name, self.keys.leases, wset, *batches],
@@ -270,18 +275,11 @@ class QueueConsumer(Consumer):
         await self.write_dead(fields)
         self.done(item)
 
-    async def release(self, unfinished: list[Any]) -> None:
+    async def release(self, started: list[Any], unstarted: list[Any]) -> None:
+        unfinished = started + unstarted
         drop = [*self._acks, *self._known]
-        if self.options.at_most_once:
-            if unfinished:
-                await RELEASE(
-                    self.redis,
-                    [self.handler.source.name, self.keys.leases, self.wset],
-                    [self.mode, self.worker, 0, "0", *self._release_items(unfinished)],
-                )
-            return
         known = set(drop)
-        orphans = [b.decode() for b in await command(self.redis, "SMEMBERS", self.wset)]
+        orphans = [_text(b) for b in await self.redis.smembers(self.wset)]
         orphans = [key for key in orphans if key not in known]
         moved = await RELEASE(
             self.redis,

@@ -22,9 +22,9 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
-from ..connection import CONNECTION_ERRORS, Script, command
+from ..connection import CONNECTION_ERRORS, Script
 from ..message import Message
-from .base import Consumer
+from .base import Consumer, Failure
 
 if TYPE_CHECKING:
     from ..app import Settings
@@ -163,7 +163,7 @@ class StreamConsumer(Consumer):
             self.consumer,
         )
         counts = {p[0]: int(p[3]) for p in pending}
-        return [(i[0], i[1], i[2], counts.get(i[0], 1)) for i in items]
+        return await self._admit([(i[0], i[1], i[2], counts.get(i[0], 1)) for i in items])
 
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -178,21 +178,21 @@ class StreamConsumer(Consumer):
                         await self._reclaim()
                 except CONNECTION_ERRORS:
                     pass
+                except Exception:  # a bug here must not stop the handlers: log, go on
+                    self.settings.log.exception("%s: maintenance failed", self)
                 await anyio.sleep(self.settings.tick)
 
     async def _touch(self) -> None:
         """Reset the idle time of entries we still hold, so no peer reclaims them."""
         self._batches = [b for b in self._batches if b.left > 0]
         stale = time.monotonic() - self.settings.claim_idle / 3
-        ids: list[bytes] = []
+        ids: list[Any] = []
         for batch in self._batches:
             if batch.touched < stale:
                 batch.touched = time.monotonic()
                 ids += batch.ids
         if ids:
-            await command(
-                self.redis, "XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"
-            )
+            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
 
     async def _reclaim(self) -> None:
         n = self._want()
@@ -209,7 +209,17 @@ class StreamConsumer(Consumer):
         batch = Batch([e[0] for e in entries])
         self._batches.append(batch)
         self.settings.log.warning("%s: reclaimed %d idle entries", self, len(entries))
-        self.feed([(e[0], e[1], batch, int(e[2])) for e in entries])
+        self.feed(await self._admit([(e[0], e[1], batch, int(e[2])) for e in entries]))
+
+    async def _admit(self, items: list[Any]) -> list[Any]:
+        """Dead-letter entries delivered more than max_attempts times without an ack: they
+        were handed to consumers that died before finishing (a poison message)."""
+        limit = self.options.max_attempts
+        over = [item for item in items if item[3] > limit]
+        for item in over:
+            failure = Failure(f"delivered {item[3]} times without completing")
+            await self._settle(item, failure, item[3], final=True)
+        return [item for item in items if item[3] <= limit] if over else items
 
     async def _acker(self) -> None:
         """Flush acks through the pool while the fetch loop waits in Redis."""
@@ -280,17 +290,15 @@ class StreamConsumer(Consumer):
     async def retry(self, item: Any, delay: float) -> None:
         entry_id = item[0]
         # Bumps the delivery count (so a crash still counts this attempt) and resets idle.
-        await command(self.redis, "XCLAIM", self.stream, self.group, self.consumer, 0, entry_id)
+        await self.redis.xclaim(self.stream, self.group, self.consumer, 0, [entry_id])
         again = (entry_id, item[1], item[2], item[3] + 1)
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay, self._redeliver, entry_id)
         self._waiting[entry_id] = (handle, again)
 
     def _redeliver(self, entry_id: bytes) -> None:
-        _, item = self._waiting.pop(entry_id)
-        if self.stopping:
-            self._unfinished.append(item)
-        else:
+        if not self.stopping:  # else it stays waiting, and release hands it back
+            _, item = self._waiting.pop(entry_id)
             self.feed([item])
 
     async def bury(self, item: Any, fields: dict[Any, Any]) -> None:
@@ -300,26 +308,27 @@ class StreamConsumer(Consumer):
             await pipe.execute()
         item[2].left -= 1
 
-    async def release(self, unfinished: list[Any]) -> None:
+    async def release(self, started: list[Any], unstarted: list[Any]) -> None:
         for handle, item in self._waiting.values():
             handle.cancel()
-            unfinished.append(item)
+            unstarted.append(item)
         self._waiting.clear()
         if self._acks:
             acks, self._acks = self._acks, []
             await self.redis.xack(self.stream, self.group, *acks)
-        ids = [item[0] for item in unfinished]
-        if ids:
-            await command(
-                self.redis,
-                "XCLAIM",
-                self.stream,
-                self.group,
-                self.consumer,
-                0,
-                *ids,
-                "IDLE",
-                PARKED_IDLE_MS,
-                "JUSTID",
+        # Park them: idle "forever" so the next XAUTOCLAIM takes them at once, with the
+        # delivery count set to the attempts really made (the next delivery adds one).
+        made: dict[int, list[Any]] = {}
+        for item in started:
+            made.setdefault(item[3], []).append(item[0])
+        for item in unstarted:
+            made.setdefault(item[3] - 1, []).append(item[0])
+        for count, ids in made.items():
+            await self.redis.xclaim(
+                self.stream, self.group, self.consumer, 0, ids,
+                idle=PARKED_IDLE_MS, retrycount=count, justid=True,
+            )  # fmt: skip
+        if made:
+            self.settings.log.info(
+                "%s: handed back %d entries", self, len(started) + len(unstarted)
             )
-            self.settings.log.info("%s: handed back %d entries", self, len(ids))

@@ -1,0 +1,1 @@
+"""Runnable example apps: ``redisflow run examples.app:flow``."""

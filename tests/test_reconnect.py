@@ -1,0 +1,389 @@
+"""Connection loss: consumers, Pub/Sub and producers survive a Redis restart.
+
+Every test runs its own private redis-server (never the session one), because it stops and
+restarts it on the same port. ``persist=True`` restarts keep the data through an AOF written
+with ``appendfsync always``; ``persist=False`` restarts come back empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redisflow import Flow, RedisflowError
+from redisflow.transports.base import Consumer
+from tests.helpers import RedisProc, free_port, start_redis, stop_redis
+
+pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
+
+AOF = ["--appendonly", "yes", "--appendfsync", "always"]
+PRODUCER_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+RECOVERY_DEADLINE = 15.0
+
+
+class Server:
+    """A private redis-server that a test may stop and start again on the same port."""
+
+    def __init__(self, persist: bool) -> None:
+        self.args = AOF if persist else []
+        self.proc: RedisProc = start_redis(self.args)
+        assert self.proc.data_dir is not None
+        self.data_dir: Path = self.proc.data_dir
+        self.port = self.proc.port
+        self.url = self.proc.url
+
+    def stop(self) -> None:
+        """SIGTERM the server, keeping its data dir."""
+        stop_redis(self.proc, remove_dir=False)
+
+    def start(self, persist: bool = True) -> None:
+        """Start it again on the same port; with ``persist`` on the same data dir (AOF)."""
+        args = self.args if persist else []
+        ddir = self.data_dir if persist else self.data_dir / f"empty-{time.monotonic_ns()}"
+        self.proc = start_redis(args, port=self.port, data_dir=ddir)
+
+    async def restart(self, down: float = 1.0, persist: bool = True) -> None:
+        """Stop, stay down for ``down`` seconds, start again (off the event loop)."""
+        await anyio.to_thread.run_sync(self.stop)
+        await anyio.sleep(down)
+        await anyio.to_thread.run_sync(lambda: self.start(persist))
+
+    def close(self) -> None:
+        stop_redis(self.proc, remove_dir=False)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A private AOF-backed redis-server owned by this test."""
+    srv = Server(persist=True)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the test's private server (reconnects by itself)."""
+    c = aioredis.Redis.from_url(server.url, decode_responses=False)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def eventually(pred: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    """Poll ``pred`` until it is true; fail after ``within`` seconds."""
+    deadline = anyio.current_time() + within
+    while not pred():
+        if anyio.current_time() > deadline:
+            pytest.fail(f"not true within {within}s: {what or pred}")
+        await anyio.sleep(0.02)
+
+
+async def retry_once(call: Callable[[], Awaitable[T]]) -> T:
+    """A producer call right after a restart may fail once (a stale pooled connection)."""
+    try:
+        return await call()
+    except PRODUCER_ERRORS:
+        return await call()
+
+
+def consumer_of(flow: Flow, name: str) -> Consumer:
+    """The running consumer of source ``name``."""
+    found = [c for c in flow.consumers if c.handler.source.name == name]
+    assert len(found) == 1, flow.consumers
+    return found[0]
+
+
+def new_flow(url: str, ns: str) -> Flow:
+    return Flow(url, prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, grace_period=2)
+
+
+# -- consumers survive a restart ---------------------------------------------------------
+
+
+async def _queue_like_survives(
+    server: Server, ns: str, kind: str, push: Callable[[Flow, str, range], Awaitable[Any]]
+) -> None:
+    q = f"{ns}:{kind}"
+    flow = new_flow(server.url, ns)
+    seen: set[int] = set()
+    register = flow.on_queue if kind == "queue" else flow.on_priority
+
+    @register(q, concurrency=8)
+    async def handle(n: int) -> None:
+        seen.add(n)
+
+    async with flow:
+        await push(flow, q, range(200))
+        await eventually(lambda: len(seen) == 200, what="first 200 handled")
+        await server.restart()
+        start = anyio.current_time()
+        await retry_once(lambda: push(flow, q, range(200, 400)))
+        await eventually(
+            lambda: seen == set(range(400)),
+            RECOVERY_DEADLINE,
+            what=f"all 400 handled after restart (missing {sorted(set(range(400)) - seen)[:5]})",
+        )
+        assert anyio.current_time() - start < RECOVERY_DEADLINE
+        assert consumer_of(flow, q).stats.reconnects >= 1
+
+
+async def test_queue_consumer_survives_redis_restart(server: Server, ns: str) -> None:
+    """A list-queue consumer reconnects after Redis restarts and handles new messages."""
+
+    async def push(flow: Flow, q: str, items: range) -> Any:
+        return await flow.enqueue_many(q, items)
+
+    await _queue_like_survives(server, ns, "queue", push)
+
+
+async def test_priority_consumer_survives_redis_restart(server: Server, ns: str) -> None:
+    """A priority-queue consumer reconnects after Redis restarts and handles new messages."""
+
+    async def push(flow: Flow, q: str, items: range) -> Any:
+        return await flow.enqueue_priority_many(q, items, priority=3)
+
+    await _queue_like_survives(server, ns, "priority", push)
+
+
+@pytest.mark.parametrize("persist", [True, False], ids=["aof", "no-persistence"])
+async def test_stream_consumer_survives_redis_restart(
+    server: Server, client: aioredis.Redis, ns: str, persist: bool
+) -> None:
+    """A stream consumer reconnects after a restart; if the group is gone it recreates it."""
+    stream, group = f"{ns}:events", f"{ns}-g"
+    flow = new_flow(server.url, ns)
+    seen: set[int] = set()
+
+    @flow.on_stream(stream, group=group, concurrency=8)
+    async def handle(n: int) -> None:
+        seen.add(n)
+
+    async with flow:
+        await flow.append_many(stream, range(200))
+        await eventually(lambda: len(seen) == 200, what="first 200 handled")
+        # Without persistence stay down longer: the consumer's reconnect backoff then spans
+        # several housekeeping rounds that run against the empty server.
+        await server.restart(down=1.0 if persist else 3.0, persist=persist)
+        if persist:
+            groups = await retry_once(lambda: client.xinfo_groups(stream))
+            assert [g["name"] for g in groups] == [group.encode()]
+        else:  # a fresh server (the consumer may already have recreated an empty stream)
+            assert await retry_once(lambda: client.xlen(stream)) == 0
+        start = anyio.current_time()
+        await retry_once(lambda: flow.append_many(stream, range(200, 400)))
+        await eventually(
+            lambda: seen >= set(range(200, 400)),
+            RECOVERY_DEADLINE,
+            what=f"new entries handled (missing {sorted(set(range(200, 400)) - seen)[:5]})",
+        )
+        assert anyio.current_time() - start < RECOVERY_DEADLINE
+        assert seen == set(range(400))
+        assert consumer_of(flow, stream).stats.reconnects >= 1
+        groups = await client.xinfo_groups(stream)
+        assert [g["name"] for g in groups] == [group.encode()]
+        # Everything handled is acknowledged in the (possibly recreated) group.
+        await eventually_async(
+            lambda: _pending(client, stream, group), lambda n: n == 0, what="all acked"
+        )
+
+
+async def _pending(client: aioredis.Redis, stream: str, group: str) -> int:
+    info = await client.xpending(stream, group)
+    return int(info["pending"])
+
+
+async def eventually_async(
+    get: Callable[[], Awaitable[T]],
+    pred: Callable[[T], bool],
+    within: float = 5.0,
+    what: str = "",
+) -> T:
+    """Poll an async getter until ``pred`` accepts its value; fail after ``within`` s."""
+    deadline = anyio.current_time() + within
+    while True:
+        value = await get()
+        if pred(value):
+            return value
+        if anyio.current_time() > deadline:
+            pytest.fail(f"not true within {within}s: {what} (last value {value!r})")
+        await anyio.sleep(0.05)
+
+
+async def test_pubsub_survives_redis_restart(server: Server, ns: str) -> None:
+    """The Pub/Sub hub subscribes again after a restart: publishes reach the handler."""
+    ch = f"{ns}:news"
+    flow = new_flow(server.url, ns)
+    got: list[int] = []
+
+    @flow.on_channel(ch)
+    async def handle(n: int) -> None:
+        got.append(n)
+
+    async with flow:
+        assert await flow.publish(ch, -1) == 1
+        await eventually(lambda: -1 in got, what="pre-restart message")
+        await server.restart()
+        deadline = anyio.current_time() + RECOVERY_DEADLINE
+        n = 0
+        while not any(x >= 0 for x in got):
+            assert anyio.current_time() < deadline, "no message handled after the restart"
+            try:
+                await flow.publish(ch, n)
+            except PRODUCER_ERRORS:
+                pass
+            n += 1
+            await anyio.sleep(0.1)
+        # Still subscribed exactly once: one receiver, not a duplicate subscription.
+        assert await flow.publish(ch, 10_000) == 1
+        await eventually(lambda: 10_000 in got, what="follow-up message")
+
+
+# -- producers ---------------------------------------------------------------------------
+
+
+async def test_producer_survives_redis_restart(
+    server: Server, client: aioredis.Redis, ns: str
+) -> None:
+    """A producer-only Flow (never started) keeps working after Redis restarts."""
+    q = f"{ns}:jobs"
+    flow = Flow(server.url, prefix=ns)
+    try:
+        await flow.enqueue(q, {"n": 1})
+        assert await client.llen(q) == 1
+        await server.restart()
+        await retry_once(lambda: flow.enqueue(q, {"n": 2}))
+        await flow.enqueue(q, {"n": 3})  # no failure once a call went through
+        assert await retry_once(lambda: client.llen(q)) == 3
+    finally:
+        await flow.redis.aclose()
+        await flow.redis.connection_pool.disconnect()
+
+
+# -- start-up without Redis ----------------------------------------------------------------
+
+
+async def test_start_with_redis_unreachable_fails_promptly(ns: str) -> None:
+    """Starting a flow whose Redis is unreachable raises a RedisflowError naming the URL."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    flow = Flow(url, prefix=ns)
+
+    @flow.on_queue(f"{ns}:q")
+    async def handle(n: int) -> None:
+        pass
+
+    begin = time.monotonic()
+    with anyio.fail_after(15), pytest.raises(RedisflowError) as info:
+        async with flow:
+            pytest.fail("the flow started without Redis")
+    assert time.monotonic() - begin < 10
+    assert url in str(info.value)
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+def _lines(caplog: pytest.LogCaptureFixture, who: str, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("redisflow")
+        and r.levelno >= logging.WARNING
+        and r.getMessage().startswith(who)
+        and text in r.getMessage()
+    ]
+
+
+async def _flow_with(kind: str, url: str, ns: str, seen: set[int]) -> tuple[Flow, str]:
+    name = f"{ns}:{kind}"
+    flow = new_flow(url, ns)
+
+    async def handle(n: int) -> None:
+        seen.add(n)
+
+    if kind == "queue":
+        flow.on_queue(name)(handle)
+    elif kind == "stream":
+        flow.on_stream(name, group="g")(handle)
+    else:
+        flow.on_channel(name)(handle)
+    return flow, name
+
+
+async def _send(flow: Flow, kind: str, name: str, n: int) -> None:
+    if kind == "queue":
+        await flow.enqueue(name, n)
+    elif kind == "stream":
+        await flow.append(name, n)
+    else:
+        await flow.publish(name, n)
+
+
+@pytest.mark.parametrize("kind", ["queue", "stream", "channel"])
+async def test_outage_logged_once_and_recovery_once(
+    server: Server, ns: str, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """One WARNING when the connection is lost, one when it is back (not one per retry)."""
+    caplog.set_level(logging.WARNING, logger="redisflow")
+    seen: set[int] = set()
+    flow, name = await _flow_with(kind, server.url, ns, seen)
+    async with flow:
+        who = "pubsub" if kind == "channel" else str(consumer_of(flow, name))
+        await _send(flow, kind, name, 0)
+        await eventually(lambda: 0 in seen, what="pre-restart message")
+        # Down for 2 s: many reconnect attempts fail, yet only the first is logged.
+        await server.restart(down=2.0)
+        deadline = anyio.current_time() + RECOVERY_DEADLINE
+        n = 1
+        while not any(x >= 1 for x in seen):  # traffic until handled again
+            assert anyio.current_time() < deadline, "nothing handled after the restart"
+            try:
+                await _send(flow, kind, name, n)
+            except PRODUCER_ERRORS:
+                pass
+            n += 1
+            await anyio.sleep(0.1)
+        await eventually(
+            lambda: bool(_lines(caplog, who, "reconnected")), what=f"{who}: recovery logged"
+        )
+        lost = _lines(caplog, who, "lost Redis")
+        back = _lines(caplog, who, "reconnected")
+        assert len(lost) == 1, lost
+        assert len(back) == 1, back
+
+
+@pytest.mark.parametrize("kind", ["queue", "stream"])
+async def test_recovery_logged_without_traffic(
+    server: Server, ns: str, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """An idle consumer logs its recovery when it reconnects, not when a message arrives."""
+    caplog.set_level(logging.WARNING, logger="redisflow")
+    seen: set[int] = set()
+    flow, name = await _flow_with(kind, server.url, ns, seen)
+    async with flow:
+        who = str(consumer_of(flow, name))
+        await server.restart()
+        await eventually(lambda: bool(_lines(caplog, who, "lost Redis")), what="loss logged")
+        await eventually(
+            lambda: bool(_lines(caplog, who, "reconnected")),
+            RECOVERY_DEADLINE,
+            what=f"{who}: recovery logged while idle",
+        )
+        # And it did reconnect: a message sent now is handled.
+        await retry_once(lambda: _send(flow, kind, name, 7))
+        await eventually(lambda: 7 in seen, what="post-restart message handled")
