@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	@touch $(STAMP)
 
+# Four pytest workers, each with its own private redis-server: the tests mostly wait (on
+# Redis, timeouts, subprocesses), so this roughly halves the wall time even on 2 cores.
 test: venv
-	$(PY) -m pytest -m "not chaos"
+	$(PY) -m pytest -m "not chaos" -n 4
 
+# Fault-injection tests (kill -9, Redis restarts, floods); figures printed at the end.
+# `make chaos FIGURES=docs/chaos-figures.json` also writes them as JSON.
 chaos: venv
-	$(PY) -m pytest -m chaos
+	$(PY) -m pytest -m chaos $(if $(FIGURES),--figures=$(FIGURES))
 
 lint: venv
 	$(PY) -m ruff check $(LINT_DIRS)
@@ -35,11 +39,16 @@ check: lint typecheck test
 demo: venv
 	$(PY) examples/demo.py
 
+# redisflow only, small N, one run each, no files written: keeps the suite from rotting (CI).
 bench-smoke: venv
-	$(PY) benchmarks/queue_drain.py --n 20000
+	$(PY) benchmarks/suite.py --smoke
 
+# Every workload, redisflow and its peers (the `bench` extra; saq and arq get venvs of their
+# own under benchmarks/.venvs/), results in benchmarks/results/. A peer that fails to install
+# is reported in the table, so a failed install does not stop the run.
 bench: venv
-	$(PY) benchmarks/queue_drain.py
+	-$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/suite.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

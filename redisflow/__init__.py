@@ -8,12 +8,17 @@ payloads validated by pydantic from the handler's type hints.
 from .app import Flow
 from .errors import ConfigError, DecodeError, RedisflowError, Reject, Retry
 from .message import Message, Source
+from .ratelimit import Limiter, RateLimit
+from .tracking import MessageStatus
 
 __all__ = [
     "ConfigError",
     "DecodeError",
     "Flow",
+    "Limiter",
     "Message",
+    "MessageStatus",
+    "RateLimit",
     "RedisflowError",
     "Reject",
     "Retry",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -14,22 +16,28 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from . import codec
-from .connection import CONNECTION_ERRORS, Connector
+from .connection import CONNECTION_ERRORS, Backoff, Connector
 from .errors import ConfigError, RedisflowError
 from .handler import Handler, Options
-from .keys import Keys
+from .keys import sources_key
+from .lifespan import Lifespan
 from .message import Kind, Source
+from .metrics import Metrics
+from .producer import Producer
+from .ratelimit import RateLimit
 from .transports.base import Consumer
 from .transports.channel import ChannelConsumer, ChannelHub
-from .transports.priority import MAX_PRIORITY, PUSH, PriorityConsumer
-from .transports.queue import DELAY, QueueConsumer
+from .transports.priority import PriorityConsumer
+from .transports.queue import QueueConsumer
 from .transports.stream import StreamConsumer
 
 log = logging.getLogger("redisflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "redis://localhost:6379/0"
+#: What start-up retries: connection errors, and uvloop's RuntimeError "unable to perform
+#: operation on <TCPTransport closed=True>" when Redis dies during the connect.
+START_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, RuntimeError)
 
 CONSUMERS: dict[Kind, type[Consumer]] = {
     "channel": ChannelConsumer,
@@ -55,6 +63,11 @@ class Settings:
     channel_buffer: int
     stream_start: str
     consumer_name: str
+    give_up_after: float | None
+    track: bool = False
+    track_ttl: float = 86400.0
+    report_interval: float = 2.0
+    resources: dict[Any, Any] = field(default_factory=dict)
     worker_id: str = field(default_factory=lambda: os.urandom(6).hex())
     tick: float = 0.5
     spawn: Callable[..., Any] = lambda fn: None
@@ -66,7 +79,7 @@ class Settings:
         return max(self.tick, self.claim_idle / 2)
 
 
-class Flow:
+class Flow(Producer):
     """A Redis messaging service: handlers registered with decorators, run by one event loop.
 
     ``url`` defaults to ``$REDISFLOW_URL``, else ``redis://localhost:6379/0``. ``prefix``
@@ -77,7 +90,11 @@ class Flow:
     back; ``claim_idle`` the same for stream entries. ``batch_size`` is the most messages a
     fetch takes; ``prefetch`` the most a consumer holds. ``dead_maxlen`` bounds each
     dead-letter stream. ``channel_buffer`` is how many Pub/Sub messages wait per handler
-    before new ones are dropped.
+    before new ones are dropped. ``give_up_after`` is how long the flow waits for an
+    unreachable Redis (at start, or during an outage) before it fails; None waits forever.
+    ``metrics_port`` serves Prometheus metrics while the flow runs (``redisflow.metrics``).
+    ``track`` keeps a status record of every message for ``track_ttl`` seconds (see
+    ``Flow.status``); a handler may also ask for it alone with ``track=True``.
     """
 
     def __init__(
@@ -96,6 +113,10 @@ class Flow:
         channel_buffer: int = 10_000,
         stream_start: str = "0",
         max_connections: int = 32,
+        give_up_after: float | None = 60.0,
+        track: bool = False,
+        track_ttl: float = 86400.0,
+        metrics_port: int | None = None,
     ) -> None:
         if not prefix or any(c in prefix for c in "{} "):
             raise ConfigError(f"prefix must be non-empty, without braces or spaces: {prefix!r}")
@@ -118,12 +139,18 @@ class Flow:
             channel_buffer=channel_buffer,
             stream_start=stream_start,
             consumer_name=name or f"{socket.gethostname()}-{os.getpid()}",
+            give_up_after=give_up_after,
         )
         self.handlers: dict[tuple[Kind, str, str | None], Handler] = {}
         self.consumers: list[Consumer] = []
         self._connector: Connector | None = None
+        self.track, self.track_ttl = track, track_ttl
+        self.metrics_port = metrics_port
+        self._metrics: Metrics | None = None
+        self._lifespan = Lifespan()
+        self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._hub_scope: anyio.CancelScope | None = None
+        self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
 
     # -- registration ---------------------------------------------------------------------
 
@@ -152,6 +179,25 @@ class Flow:
         self.handlers[key] = handler
         return handler
 
+    def on_startup(self, fn: F) -> F:
+        """Run ``fn()`` (sync or async) when the flow starts, before any consumer."""
+        self._lifespan.startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: F) -> F:
+        """Run ``fn()`` (sync or async) when the flow has stopped and closed its resources."""
+        self._lifespan.shutdown.append(fn)
+        return fn
+
+    def resource(self, fn: F) -> F:
+        """Provide a value to every handler with a parameter annotated with its type: an
+        async generator (set up, ``yield`` it, tear down) or an async function returning
+        it, run at start (see ``redisflow.lifespan``)."""
+        if self._tg is not None:
+            raise ConfigError("cannot add a resource to a running flow")
+        self._lifespan.add_resource(fn)
+        return fn
+
     def on_channel(
         self,
         channel: str,
@@ -160,21 +206,13 @@ class Flow:
         max_attempts: int = 1,
         retry_delay: float = 1.0,
         timeout: float | None = None,
+        track: bool | None = None,
     ) -> Callable[[F], F]:
         """Handle the messages of a Pub/Sub channel (a glob such as ``orders.*`` subscribes
         to a pattern). At-most-once: messages published while the flow is down are gone;
         a failing message is retried in memory up to ``max_attempts``, then dead-lettered."""
-        return self._decorator(
-            "channel",
-            channel,
-            None,
-            dict(
-                concurrency=concurrency,
-                max_attempts=max_attempts,
-                retry_delay=retry_delay,
-                timeout=timeout,
-            ),
-        )
+        options = dict(locals())
+        return self._decorator("channel", options.pop("channel"), None, options)
 
     def on_queue(
         self,
@@ -186,6 +224,10 @@ class Flow:
         retry_max_delay: float = 300.0,
         timeout: float | None = None,
         at_most_once: bool = False,
+        idempotency_key: Callable[[Any], str] | None = None,
+        idempotency_ttl: float = 86400.0,
+        rate_limit: RateLimit | None = None,
+        track: bool | None = None,
     ) -> Callable[[F], F]:
         """Handle a list queue (producers RPUSH, the consumer takes from the left).
 
@@ -194,20 +236,14 @@ class Flow:
         ``retry_max_delay``) until ``max_attempts``, then dead-lettered. ``timeout`` cancels
         a handler that runs longer (a failed attempt). ``at_most_once`` pops destructively:
         faster, but a crash loses the messages being handled.
+
+        ``idempotency_key`` (payload -> str) handles each key once per ``idempotency_ttl``
+        seconds, crash-safely (see ``redisflow.idempotency``). ``rate_limit`` starts at most
+        N handlers per key per window across all workers; a message over the limit waits in
+        Redis until it may go. ``track`` overrides the flow's status tracking.
         """
-        return self._decorator(
-            "queue",
-            queue,
-            None,
-            dict(
-                concurrency=concurrency,
-                max_attempts=max_attempts,
-                retry_delay=retry_delay,
-                retry_max_delay=retry_max_delay,
-                timeout=timeout,
-                at_most_once=at_most_once,
-            ),
-        )
+        options = dict(locals())
+        return self._decorator("queue", options.pop("queue"), None, options)
 
     def on_priority(
         self,
@@ -219,22 +255,15 @@ class Flow:
         retry_max_delay: float = 300.0,
         timeout: float | None = None,
         at_most_once: bool = False,
+        idempotency_key: Callable[[Any], str] | None = None,
+        idempotency_ttl: float = 86400.0,
+        rate_limit: RateLimit | None = None,
+        track: bool | None = None,
     ) -> Callable[[F], F]:
         """Handle a sorted-set priority queue: lowest priority number first, FIFO within a
-        level. Delivery options as for ``on_queue``."""
-        return self._decorator(
-            "priority",
-            queue,
-            None,
-            dict(
-                concurrency=concurrency,
-                max_attempts=max_attempts,
-                retry_delay=retry_delay,
-                retry_max_delay=retry_max_delay,
-                timeout=timeout,
-                at_most_once=at_most_once,
-            ),
-        )
+        level. Options as for ``on_queue``."""
+        options = dict(locals())
+        return self._decorator("priority", options.pop("queue"), None, options)
 
     def on_stream(
         self,
@@ -246,168 +275,45 @@ class Flow:
         retry_delay: float = 1.0,
         retry_max_delay: float = 300.0,
         timeout: float | None = None,
+        idempotency_key: Callable[[Any], str] | None = None,
+        idempotency_ttl: float = 86400.0,
+        rate_limit: RateLimit | None = None,
+        track: bool | None = None,
     ) -> Callable[[F], F]:
         """Handle a stream through consumer group ``group`` (created with MKSTREAM, reading
-        from the start of the stream). At-least-once; options as for ``on_queue``."""
-        return self._decorator(
-            "stream",
-            stream,
-            group,
-            dict(
-                concurrency=concurrency,
-                max_attempts=max_attempts,
-                retry_delay=retry_delay,
-                retry_max_delay=retry_max_delay,
-                timeout=timeout,
-            ),
-        )
+        from the start of the stream). At-least-once; options as for ``on_queue`` (a rate
+        limited entry keeps its place in the group's pending list while it waits)."""
+        options = dict(locals())
+        return self._decorator("stream", options.pop("stream"), options.pop("group"), options)
 
     def _decorator(
         self, kind: Kind, name: str, group: str | None, options: dict[str, Any]
     ) -> Callable[[F], F]:
+        options.pop("self")
+
         def register(fn: F) -> F:
             self.add_handler(kind, name, fn, group=group, **options)
             return fn
 
         return register
 
-    # -- producers ------------------------------------------------------------------------
+    async def wait_idle(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until every consumer of the running flow is idle: nothing queued, delayed,
+        pending or being handled (for tests and scripts). Raises TimeoutError."""
+        if self._tg is None:
+            raise RedisflowError("wait_idle needs a running flow")
+        with anyio.fail_after(timeout):
+            calm = 0
+            while calm < 2:  # idle twice in a row: a reply in flight cannot fool it
+                results = [await consumer.idle() for consumer in self.consumers]
+                calm = calm + 1 if all(results) else 0
+                await anyio.sleep(0.02)
 
-    @property
-    def redis(self) -> Any:
-        """The pooled redis-py client (``redis.asyncio.Redis``) the producers use."""
-        return self._connection().client
+    def _sources(self) -> list[Source]:
+        return [handler.source for handler in self.handlers.values()]
 
-    def _connection(self) -> Connector:
-        if self._connector is None:
-            self._connector = Connector(self.url, max_connections=self.max_connections)
-        return self._connector
-
-    def keys(self, name: str) -> Keys:
-        """The auxiliary keys redisflow keeps for a queue, stream or channel ``name``."""
-        return Keys(self.prefix, name)
-
-    async def publish(
-        self, channel: str, data: Any, *, headers: dict[str, str] | None = None
-    ) -> int:
-        """PUBLISH ``data`` as JSON to ``channel``; returns the number of receivers."""
-        payload = codec.encode(data)
-        if headers:
-            payload = codec.envelope(payload, codec.new_id(), headers=headers)
-        receivers: int = await self.redis.publish(channel, payload)
-        return receivers
-
-    async def publish_many(self, channel: str, items: Iterable[Any]) -> int:
-        """PUBLISH each item in one round trip; returns the total number of receivers."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                pipe.publish(channel, codec.encode(item))
-            return sum(await pipe.execute())
-
-    async def enqueue(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        delay: float | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> str:
-        """Add ``data`` to a list queue (after ``delay`` seconds); returns the message id."""
-        msg_id = codec.new_id()
-        item = codec.envelope(codec.encode(data), msg_id, headers=headers)
-        if delay:
-            await DELAY(self.redis, [self.keys(queue).delayed], [_ms(delay), item])
-        else:
-            await self.redis.rpush(queue, item)
-        return msg_id
-
-    async def enqueue_many(
-        self, queue: str, items: Iterable[Any], *, delay: float | None = None
-    ) -> list[str]:
-        """Add many items to a list queue in one round trip; returns their ids."""
-        ids, packed = self._pack(items)
-        if packed:
-            if delay:
-                await DELAY(self.redis, [self.keys(queue).delayed], [_ms(delay), *packed])
-            else:
-                await self.redis.rpush(queue, *packed)
-        return ids
-
-    async def enqueue_priority(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        priority: int = 0,
-        delay: float | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> str:
-        """Add ``data`` to a priority queue; 0 is the most urgent, up to 8191. FIFO holds
-        within a level. Returns the message id."""
-        msg_id = codec.new_id()
-        item = codec.envelope(codec.encode(data), msg_id, headers=headers)
-        await self._push_priority(queue, [item], _priority(priority), delay)
-        return msg_id
-
-    async def enqueue_priority_many(
-        self,
-        queue: str,
-        items: Iterable[Any],
-        *,
-        priority: int = 0,
-        delay: float | None = None,
-    ) -> list[str]:
-        """Add many items at one priority level, in order, in one round trip."""
-        ids, packed = self._pack(items)
-        if packed:
-            await self._push_priority(queue, packed, _priority(priority), delay)
-        return ids
-
-    async def _push_priority(
-        self, queue: str, items: list[bytes], priority: int, delay: float | None
-    ) -> None:
-        keys = self.keys(queue)
-        if delay:
-            members = [b"%d:%s" % (priority, item) for item in items]
-            await DELAY(self.redis, [keys.delayed], [_ms(delay), *members])
-            return
-        argv: list[Any] = []
-        for item in items:
-            argv += (priority, item)
-        await PUSH(self.redis, [queue, keys.seq, keys.wake], argv)
-
-    async def append(
-        self,
-        stream: str,
-        data: Any,
-        *,
-        maxlen: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> str:
-        """XADD ``data`` to a stream (JSON in the field ``data``); returns the entry id.
-        ``maxlen`` trims the stream approximately (``MAXLEN ~``)."""
-        entry_id: bytes = await self.redis.xadd(
-            stream, _fields(data, headers), maxlen=maxlen, approximate=True
-        )
-        return entry_id.decode()
-
-    async def append_many(
-        self, stream: str, items: Iterable[Any], *, maxlen: int | None = None
-    ) -> list[str]:
-        """XADD many entries in one round trip; returns their ids."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                pipe.xadd(stream, _fields(item, None), maxlen=maxlen, approximate=True)
-            return [entry_id.decode() for entry_id in await pipe.execute()]
-
-    def _pack(self, items: Iterable[Any]) -> tuple[list[str], list[bytes]]:
-        ids: list[str] = []
-        packed: list[bytes] = []
-        for item in items:
-            msg_id = codec.new_id()
-            ids.append(msg_id)
-            packed.append(codec.envelope(codec.encode(item), msg_id))
-        return ids, packed
+    def _managed(self) -> set[str]:
+        return {source.name for source in self._sources()}
 
     async def dead_letters(self, name: str, count: int = 100) -> list[dict[str, str]]:
         """The oldest ``count`` dead letters of a queue, stream or channel, as str dicts."""
@@ -428,19 +334,34 @@ class Flow:
         if self._tg is not None:
             raise RedisflowError("this flow is already running")
         connector = self._connection()
-        try:
-            await connector.client.ping()
-        except CONNECTION_ERRORS as exc:
-            raise RedisflowError(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+        await self._wait_for_redis(connector)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        settings = Settings(connector=connector, spawn=tg.start_soon, **self._settings_args)
-        self.consumers = [CONSUMERS[h.source.kind](h, settings) for h in self.handlers.values()]
         try:
+            self._stack = AsyncExitStack()
+            resources = await self._lifespan.enter(self._stack)
+            settings = Settings(
+                connector=connector,
+                spawn=tg.start_soon,
+                track=self.track,
+                track_ttl=self.track_ttl,
+                resources=resources,
+                **self._settings_args,
+            )
+            self.consumers = [CONSUMERS[h.source.kind](h, settings) for h in self.handlers.values()]
+            if self.handlers:  # what ``redisflow stats --url`` lists without the app
+                await connector.send(
+                    "SADD",
+                    sources_key(self.prefix),
+                    *(f"{s.kind}|{s.name}|{s.group or ''}" for s in self._sources()),
+                )
+            if self.metrics_port is not None and self.consumers:
+                self._metrics = Metrics(self.consumers, self.metrics_port)
+                self._metrics.serve()
             channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
             if channels:
-                await tg.start(self._run_hub, ChannelHub(channels, settings))
+                await tg.start(self._helper, ChannelHub(channels, settings).run)
             for consumer in self.consumers:
                 await tg.start(consumer.run)
                 opts = consumer.options
@@ -451,14 +372,52 @@ class Flow:
                     opts.concurrency,
                     ", at-most-once" if opts.at_most_once else "",
                 )
+            if self._metrics is not None:
+                await tg.start(self._helper, self._metrics.poll)
         except BaseException:
             await self._shutdown()
             raise
 
-    async def _run_hub(self, hub: ChannelHub, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    @property
+    def give_up_after(self) -> float | None:
+        """Seconds an unreachable Redis is waited for before the flow fails (None: forever)."""
+        value: float | None = self._settings_args["give_up_after"]
+        return value
+
+    @give_up_after.setter
+    def give_up_after(self, seconds: float | None) -> None:
+        self._settings_args["give_up_after"] = seconds
+
+    async def _wait_for_redis(self, connector: Connector) -> None:
+        """PING until Redis answers; log once while waiting; fail after ``give_up_after``."""
+        backoff = Backoff(f"start: Redis at {_safe(self.url)}", self.give_up_after)
+        while True:
+            try:
+                await connector.client.ping()
+            except START_ERRORS as exc:
+                try:
+                    await backoff.wait(exc)
+                except RedisflowError:
+                    await self.aclose()
+                    raise RedisflowError(
+                        f"cannot reach Redis at {_safe(self.url)}: {exc}"
+                        f" (waited {self.give_up_after:g}s, give_up_after)"
+                    ) from exc
+            else:
+                backoff.ok()
+                return
+
+    async def _helper(
+        self, run: Callable[..., Any], *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Run a task that lives as long as the flow and is cancelled when it stops."""
         with anyio.CancelScope() as scope:
-            self._hub_scope = scope
-            await hub.run(task_status=task_status)
+            self._helpers.append(scope)
+            if "task_status" in inspect.signature(run).parameters:
+                await run(task_status=task_status)
+            else:
+                task_status.started()
+                await run()
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight handlers finish within the grace period, hand the
@@ -466,18 +425,41 @@ class Flow:
         if self._tg is not None:
             await self._shutdown()
 
+    async def aclose(self) -> None:
+        """Stop if running, and close the connections a producer-only flow opened."""
+        await self.stop()
+        if self._connector is not None:
+            connector, self._connector = self._connector, None
+            await connector.aclose()
+
     async def _shutdown(self, exc_info: tuple[Any, Any, Any] = (None, None, None)) -> None:
         tg, self._tg = self._tg, None
-        if self._hub_scope is not None:
-            self._hub_scope.cancel()
+        for scope in self._helpers:
+            scope.cancel()
+        self._helpers.clear()
         for consumer in self.consumers:
             consumer.stop()
         try:
             if tg is not None:
                 await tg.__aexit__(*exc_info)
+        except BaseExceptionGroup as group:
+            only: BaseException = group
+            while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
+                only = only.exceptions[0]
+            if only is group:
+                raise
+            raise only from None  # one failure (through nested task groups): raise it as is
         finally:
             for consumer in self.consumers:
                 log.info("%s stopped: %s", consumer, consumer.stats)
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+                    await self._lifespan.leave()
             if self._connector is not None:
                 with anyio.CancelScope(shield=True):
                     await self._connector.aclose()
@@ -494,7 +476,10 @@ class Flow:
         tb: TracebackType | None,
     ) -> None:
         if self._tg is not None:
-            await self._shutdown((exc_type, exc, tb))
+            # Only a cancellation concerns the task group; any other error in the body of
+            # ``async with flow`` propagates as itself, not wrapped in an ExceptionGroup.
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            await self._shutdown((exc_type, exc, tb) if cancelled else (None, None, None))
 
     async def run(self) -> None:
         """Run until SIGINT or SIGTERM (or cancellation), then stop gracefully."""
@@ -503,29 +488,6 @@ class Flow:
                 async for signum in signals:
                     log.info("received %s: stopping", signal.Signals(signum).name)
                     break
-
-
-def _ms(seconds: float) -> int:
-    if seconds < 0:
-        raise ConfigError(f"delay must be >= 0 seconds, got {seconds}")
-    return int(seconds * 1000)
-
-
-def _priority(priority: int) -> int:
-    if (
-        not isinstance(priority, int)
-        or isinstance(priority, bool)
-        or not (0 <= priority <= MAX_PRIORITY)
-    ):
-        raise ConfigError(f"priority must be an integer from 0 to {MAX_PRIORITY}: {priority!r}")
-    return priority
-
-
-def _fields(data: Any, headers: dict[str, str] | None) -> dict[str, bytes]:
-    fields = {"data": codec.encode(data)}
-    if headers:
-        fields["headers"] = codec.encode(headers)
-    return fields
 
 
 def _safe(url: str) -> str:

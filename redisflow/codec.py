@@ -79,7 +79,8 @@ def envelope(
 
 
 def split(raw: bytes) -> tuple[list[Any] | None, bytes]:
-    """Split an item into its envelope header (None for a foreign item) and its payload."""
+    """Split an item into its envelope header (None for a foreign item, or a header that is
+    not redisflow's: wrong shape or types) and its payload."""
     if raw[:1] != MARK:
         return None, raw
     nl = raw.find(b"\n")
@@ -88,10 +89,22 @@ def split(raw: bytes) -> tuple[list[Any] | None, bytes]:
     try:
         head = orjson.loads(raw[1:nl])
     except orjson.JSONDecodeError:
-        return None, raw
-    if not isinstance(head, list) or len(head) != 4:
-        return None, raw
+        return None, raw[nl + 1 :]
+    if not _valid_head(head):
+        return None, raw[nl + 1 :]
     return head, raw[nl + 1 :]
+
+
+def _valid_head(head: Any) -> bool:
+    return (
+        isinstance(head, list)
+        and len(head) == 4
+        and isinstance(head[0], str)
+        and isinstance(head[1], int)
+        and isinstance(head[2], int)
+        and head[2] >= 1
+        and (head[3] is None or isinstance(head[3], dict))
+    )
 
 
 def payload_of(raw: bytes) -> bytes:

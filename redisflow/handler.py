@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from .errors import ConfigError
 from .message import Message, Source
+from .ratelimit import RateLimit
 
 HandlerFunc = Callable[..., Any]
 
@@ -28,6 +29,10 @@ class Options:
     retry_max_delay: float = 300.0
     timeout: float | None = None
     at_most_once: bool = False
+    idempotency_key: Callable[[Any], str] | None = None
+    idempotency_ttl: float = 86400.0
+    rate_limit: RateLimit | None = None
+    track: bool | None = None
 
     def check(self, where: str) -> None:
         """Raise ConfigError naming ``where`` for an impossible value."""
@@ -39,6 +44,12 @@ class Options:
             raise ConfigError(f"{where}: need 0 <= retry_delay <= retry_max_delay")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"{where}: timeout must be > 0 seconds, got {self.timeout}")
+        if self.idempotency_key is not None and not callable(self.idempotency_key):
+            raise ConfigError(f"{where}: idempotency_key must be a function of the payload")
+        if self.idempotency_ttl <= 0:
+            raise ConfigError(f"{where}: idempotency_ttl must be > 0 seconds")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigError(f"{where}: rate_limit must be a RateLimit, got {self.rate_limit!r}")
 
 
 def _is_message(annotation: Any) -> bool:
@@ -60,6 +71,8 @@ class Handler:
     adapter: TypeAdapter[Any]
     wants_message: bool
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
+    deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
+    order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
 
     @property
     def name(self) -> str:
@@ -78,27 +91,7 @@ class Handler:
             hints = typing.get_type_hints(fn, include_extras=True)
         except (NameError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot read its signature: {exc}") from None
-        payload_type: Any = Any
-        order: list[str] = []  # "payload" / "message", in call order
-        for param in signature.parameters.values():
-            annotation = hints.get(param.name, inspect.Parameter.empty)
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise ConfigError(f"{where}: *args/**kwargs parameters are not supported")
-            if param.kind is param.KEYWORD_ONLY and param.default is param.empty:
-                raise ConfigError(f"{where}: keyword-only parameter {param.name!r} has no value")
-            if _is_message(annotation) and "message" not in order:
-                order.append("message")
-                args = typing.get_args(annotation)
-                if args and "payload" not in order:
-                    payload_type = args[0]
-            elif "payload" not in order and param.kind is not param.KEYWORD_ONLY:
-                order.append("payload")
-                if annotation is not inspect.Parameter.empty:
-                    payload_type = annotation
-            elif param.default is param.empty:
-                raise ConfigError(
-                    f"{where}: parameter {param.name!r} is neither the payload nor a Message"
-                )
+        payload_type, order, deps = _parameters(where, signature, hints)
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(payload_type)
         except Exception as exc:  # pydantic raises several kinds for unusable types
@@ -106,7 +99,52 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
-        return cls(fn, source, options, adapter, "message" in order, invoke)
+        return cls(
+            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order)
+        )
+
+    def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+        """The call adapter with this handler's resource parameters filled in."""
+        if not self.deps:
+            return self.invoke
+        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in resources]
+        if missing:
+            raise ConfigError(
+                f"handler {self.name!r}: no resource provides {', '.join(missing)}"
+                " (register one with @flow.resource)"
+            )
+        bound = partial(self.fn, **{name: resources[kind] for name, kind in self.deps})
+        return _invoker(bound, self.order)
+
+
+def _parameters(
+    where: str, signature: inspect.Signature, hints: dict[str, Any]
+) -> tuple[Any, list[str], list[tuple[str, Any]]]:
+    """Sort a handler's parameters: the payload (and its type), the Message, resources."""
+    payload_type: Any = Any
+    order: list[str] = []  # "payload" / "message", in call order
+    deps: list[tuple[str, Any]] = []  # keyword parameters filled from flow resources
+    for param in signature.parameters.values():
+        annotation = hints.get(param.name, inspect.Parameter.empty)
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigError(f"{where}: *args/**kwargs parameters are not supported")
+        if _is_message(annotation) and "message" not in order:
+            order.append("message")
+            args = typing.get_args(annotation)
+            if args and "payload" not in order:
+                payload_type = args[0]
+        elif "payload" not in order and param.kind is not param.KEYWORD_ONLY:
+            order.append("payload")
+            if annotation is not inspect.Parameter.empty:
+                payload_type = annotation
+        elif annotation is not inspect.Parameter.empty and param.default is param.empty:
+            deps.append((param.name, annotation))  # a resource, bound at start
+        elif param.default is param.empty:
+            raise ConfigError(
+                f"{where}: parameter {param.name!r} is neither the payload, a Message,"
+                " nor annotated with the type of a resource"
+            )
+    return payload_type, order, deps
 
 
 def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Awaitable[Any]]:

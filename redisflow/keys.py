@@ -71,6 +71,49 @@ class Keys:
         """One in-flight batch: the messages a worker took in one fetch."""
         return f"{self.base}:proc:{worker}:{n}"
 
-    def retries(self, group: str) -> str:
-        """Sorted set of stream entry ids of ``group`` waiting for a retry, scored by due ms."""
-        return f"{self.base}:retry:{group}"
+    def rate(self, key: str) -> str:
+        """Rate-limit state of one limiter key: a sliding log (sorted set) or a GCRA TAT."""
+        return f"{self.base}:rate:{key}"
+
+    def dedup(self, key: str) -> str:
+        """Producer-side dedup marker of one ``dedup_key`` (``SET NX PX``)."""
+        return f"{self.base}:dedup:{key}"
+
+    def done(self, key: str) -> str:
+        """Consumer-side idempotency record of one key: a claim while running, then done."""
+        return f"{self.base}:done:{key}"
+
+    def index(self, field: str, value: str) -> str:
+        """Set of the stream entry ids whose payload has ``field == value``."""
+        return f"{self.base}:idx:{field}:{value}"
+
+    @property
+    def indexes(self) -> str:
+        """Set of the index keys of a stream (what ``Flow.memory`` reports)."""
+        return f"{self.base}:idx"
+
+    @property
+    def counts(self) -> str:
+        """Hash of message counts per status (``published``, ``<handler>:completed``...)."""
+        return f"{self.base}:counts"
+
+    @property
+    def stats(self) -> str:
+        """Hash of consumer counters, ``<handler>:<counter>``, summed over all workers."""
+        return f"{self.base}:stats"
+
+    @property
+    def inflight(self) -> str:
+        """Hash ``<handler>:<worker>`` -> ``<messages held>:<worker's clock, ms>``, refreshed
+        by live workers (entries older than a few seconds belong to dead ones)."""
+        return f"{self.base}:inflight"
+
+
+def status_key(prefix: str, message_id: str) -> str:
+    """The status record (hash) of one tracked message; its own slot, found by id alone."""
+    return f"{prefix}:status:{{{message_id}}}"
+
+
+def sources_key(prefix: str) -> str:
+    """Set of the sources flows of this prefix consume, as ``kind|name|group``."""
+    return f"{prefix}:sources"

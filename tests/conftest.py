@@ -13,19 +13,43 @@ The ``anyio_backend`` fixture below pins them to asyncio. Async fixtures (like
 Tests never use the shared Redis on 127.0.0.1:6379: a private ``redis-server`` is
 started once per session on a free port (see ``tests/helpers.py``), unless
 ``REDISFLOW_TEST_URL`` points at a server to use instead.
+
+The fault-injection tests (``-m chaos``) report figures through the ``figures`` fixture:
+they are printed at the end of the run, and written as JSON with ``--figures=PATH`` (with
+the ``=``: a separate PATH argument would be taken for a test path before this option is
+known).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import AsyncIterator, Iterator
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
-from tests.helpers import RedisProc, start_redis, stop_redis
+from tests.helpers import RedisProc, redis_server_binary, start_redis, stop_redis
+from tests.workers import Workers
+
+_FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--figures",
+        metavar="PATH",
+        help="write the figures measured by the chaos tests to PATH (JSON)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +100,70 @@ async def r(url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProc]:
+    """A redis-server of this test alone (it may be restarted, flooded or misconfigured)."""
+    proc = start_redis()
+    try:
+        yield proc
+    finally:
+        stop_redis(proc)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
+    """A factory of ``Workers`` (real worker processes); whatever still runs at the end of
+    the test is killed, by PID."""
+    made: list[Workers] = []
+
+    def make(url: str, ns: str, **options: Any) -> Workers:
+        pool = Workers(url, ns, tmp_path / f"workers-{len(made)}", **options)
+        made.append(pool)
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.cleanup()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record figures of this test (``figures(lost=0, duplicated=12)``), reported at the end."""
+
+    def record(**values: Any) -> None:
+        _FIGURES.setdefault(request.node.nodeid, {}).update(values)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("figures")
+    for test, values in _FIGURES.items():
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        terminalreporter.write_line(f"{test}: {shown}")
+    path = config.getoption("--figures")
+    if path:
+        report = {
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": " ".join(["pytest", *config.invocation_params.args]),
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+            "python": sys.version.split()[0],
+            "redis_py": redis.__version__,
+            "redis_server": _redis_server_version(),
+            "results": _FIGURES,
+        }
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        terminalreporter.write_line(f"figures written to {path}")
+
+
+def _redis_server_version() -> str:
+    out = subprocess.run(
+        [redis_server_binary(), "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    return next((w[2:] for w in out.split() if w.startswith("v=")), out.strip())

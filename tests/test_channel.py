@@ -3,9 +3,7 @@ dead letters, resubscription after a reconnect, and bounded buffers that drop an
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import pytest
@@ -14,32 +12,13 @@ from pydantic import BaseModel
 
 from redisflow import Flow, Message
 from redisflow.transports.base import Consumer
+from tests.helpers import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 
 
 class Order(BaseModel):
     id: int
-
-
-async def eventually(
-    pred: Callable[[], object | Awaitable[object]], within: float = 5.0, interval: float = 0.02
-) -> None:
-    """Poll ``pred`` until it is true; fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while True:
-            result = pred()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(interval)
-
-
-def make_flow(url: str, ns: str, **kwargs: Any) -> Flow:
-    opts: dict[str, Any] = dict(prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, grace_period=2)
-    opts.update(kwargs)
-    return Flow(url, **opts)
 
 
 async def subscribers(r: aioredis.Redis) -> list[dict[str, str]]:

@@ -9,12 +9,14 @@ Each test is parametrized over the kinds the behaviour applies to:
 - the durable kinds (everything but ``channel``): a backlog written before the flow starts,
   competing consumers;
 - the reliable kinds (``queue``, ``priority``, ``stream``): nothing is lost when a flow
-  stops or a worker is killed with SIGKILL.
+  stops or a worker is killed with SIGKILL; a handler outliving the lease keeps its message.
+
+The slow fault-injection suites (``-m chaos``) and ``docs/reliability.md`` go further.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import itertools
 import json
 import os
@@ -24,10 +26,9 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -35,14 +36,22 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from redisflow import Flow, Message, Reject, Retry, Source
-from tests.helpers import start_redis, stop_redis
+from redisflow import Flow, Message, Reject, Retry
+from tests import helpers
+from tests.helpers import (
+    ALL,
+    DURABLE,
+    LISTY,
+    RELIABLE,
+    Kind,
+    by_kind,
+    eventually,
+    start_redis,
+    stop_redis,
+)
 
 pytestmark = pytest.mark.anyio
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-GROUP = "g"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,120 +63,10 @@ class Email(BaseModel):
 
 # -- the kinds under test ------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Kind:
-    """One consumer kind: how to register a handler, produce, and count what Redis holds."""
-
-    kind: Literal["queue", "priority", "stream", "channel"]
-    at_most_once: bool = False
-
-    def __str__(self) -> str:
-        return self.kind + ("-at-most-once" if self.at_most_once else "")
-
-    @property
-    def durable(self) -> bool:
-        """Whether messages wait in Redis for a consumer (all but Pub/Sub)."""
-        return self.kind != "channel"
-
-    @property
-    def listy(self) -> bool:
-        """Whether items live in a list or sorted set (with redisflow's envelope)."""
-        return self.kind in ("queue", "priority")
-
-    def name(self, ns: str) -> str:
-        """The source name of a test: unique per test, since it embeds ``ns``."""
-        return f"{ns}:{self.kind}"
-
-    def source(self, name: str) -> Source:
-        """The Source a Message of this kind carries."""
-        return Source(self.kind, name, GROUP if self.kind == "stream" else None)
-
-    def on(self, flow: Flow, name: str, **options: Any) -> Callable[[F], F]:
-        """The decorator registering a handler of this kind, with the options it accepts."""
-        if self.kind == "channel":
-            options.pop("retry_max_delay", None)
-            return flow.on_channel(name, **options)
-        if self.kind == "stream":
-            return flow.on_stream(name, group=GROUP, **options)
-        options["at_most_once"] = self.at_most_once
-        if self.kind == "queue":
-            return flow.on_queue(name, **options)
-        return flow.on_priority(name, **options)
-
-    async def produce(
-        self, flow: Flow, name: str, data: Any, headers: dict[str, str] | None = None
-    ) -> str | None:
-        """Send one message with the flow's producer API; its id (None for a channel)."""
-        if self.kind == "queue":
-            return await flow.enqueue(name, data, headers=headers)
-        if self.kind == "priority":
-            return await flow.enqueue_priority(name, data, headers=headers)
-        if self.kind == "stream":
-            return await flow.append(name, data, headers=headers)
-        receivers = await flow.publish(name, data, headers=headers)
-        assert receivers == 1, f"publish to {name!r} reached {receivers} subscribers"
-        return None
-
-    async def produce_many(self, flow: Flow, name: str, items: list[Any]) -> None:
-        """Send many messages in one round trip, in order."""
-        if self.kind == "queue":
-            await flow.enqueue_many(name, items)
-        elif self.kind == "priority":
-            await flow.enqueue_priority_many(name, items)
-        elif self.kind == "stream":
-            await flow.append_many(name, items)
-        else:
-            assert await flow.publish_many(name, items) == len(items)
-
-    async def push_raw(self, r: aioredis.Redis, name: str, raw: bytes) -> bytes | None:
-        """Write a bare payload as another client would; the stream entry id if any."""
-        if self.kind == "queue":
-            await r.rpush(name, raw)
-        elif self.kind == "priority":
-            await r.zadd(name, {raw: 0})
-        elif self.kind == "stream":
-            entry_id = await r.xadd(name, {"data": raw})
-            assert isinstance(entry_id, bytes)  # the client does not decode responses
-            return entry_id
-        else:
-            assert await r.publish(name, raw) == 1
-        return None
-
-    async def held(self, r: aioredis.Redis, flow: Flow, name: str) -> int:
-        """How many messages of the source Redis still holds (queued, delayed, leased or
-        pending); always 0 for Pub/Sub."""
-        if self.kind == "channel":
-            return 0
-        if self.kind == "stream":
-            summary = await r.xpending(name, GROUP)
-            return int(summary["pending"])
-        keys = flow.keys(name)
-        zset = self.kind == "priority"
-        n = int(await (r.zcard(name) if zset else r.llen(name)))
-        n += int(await r.zcard(keys.delayed))
-        async for key in r.scan_iter(match=f"{keys.base}:proc:*"):
-            size = int(await r.llen(key))
-            n += size // 2 if zset else size  # a priority batch holds score/member pairs
-        return n
-
-
-ALL = [
-    Kind("queue"),
-    Kind("queue", at_most_once=True),
-    Kind("priority"),
-    Kind("priority", at_most_once=True),
-    Kind("stream"),
-    Kind("channel"),
-]
-DURABLE = [k for k in ALL if k.durable]
-RELIABLE = [k for k in DURABLE if not k.at_most_once]
-LISTY = [k for k in ALL if k.listy]
-
-all_kinds = pytest.mark.parametrize("kind", ALL, ids=str)
-durable_kinds = pytest.mark.parametrize("kind", DURABLE, ids=str)
-reliable_kinds = pytest.mark.parametrize("kind", RELIABLE, ids=str)
-listy_kinds = pytest.mark.parametrize("kind", LISTY, ids=str)
+all_kinds = by_kind(ALL)
+durable_kinds = by_kind(DURABLE)
+reliable_kinds = by_kind(RELIABLE)
+listy_kinds = by_kind(LISTY)
 # After a stop, the next flow is the same worker (a stream consumer re-reads its own pending
 # entries) or another one (it claims the entries the stopped consumer handed back).
 restarts = pytest.mark.parametrize("successor", ["w1", "w2"], ids=["same-name", "other-name"])
@@ -176,32 +75,10 @@ restarts = pytest.mark.parametrize("successor", ["w1", "w2"], ids=["same-name", 
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def eventually(pred: Callable[[], Any], within: float = 5.0, what: str = "") -> None:
-    """Poll ``pred`` (sync or async) until it is truthy; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = pred()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within}s: {what or pred}")
-        await anyio.sleep(0.01)
-
-
 @pytest.fixture
 def make_flow(url: str, ns: str) -> Callable[..., Flow]:
     """A Flow factory with the test's prefix and short timings (overridable)."""
-
-    def make(**overrides: Any) -> Flow:
-        options: dict[str, Any] = dict(
-            prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, grace_period=2
-        )
-        options.update(overrides)
-        return Flow(url, **options)
-
-    return make
+    return functools.partial(helpers.make_flow, url, ns)
 
 
 async def settled(kind: Kind, r: aioredis.Redis, flow: Flow, name: str) -> None:
@@ -319,6 +196,36 @@ async def test_consumes_items_written_by_other_clients(
         assert first.raw == b'{"to": "foreign"}'
 
 
+@all_kinds
+async def test_foreign_items_are_retried_and_dead_lettered_like_produced_ones(
+    kind: Kind, make_flow: Callable[..., Flow], ns: str, r: aioredis.Redis
+) -> None:
+    """A foreign item (no envelope) that fails is retried with its attempt counted, and one
+    that keeps failing is dead-lettered with its original bytes."""
+    flow = make_flow()
+    name = kind.name(ns)
+    seen: list[tuple[str, int]] = []
+
+    @kind.on(flow, name, max_attempts=2, retry_delay=0.01)
+    async def handler(e: Email, msg: Message[Email]) -> None:
+        seen.append((e.to, msg.attempt))
+        if e.to == "doomed" or msg.attempt == 1:
+            raise RuntimeError(f"fails: {e.to}")
+
+    async with flow:
+        await kind.push_raw(r, name, b'{"to": "flaky"}')
+        await kind.push_raw(r, name, b'{"to": "doomed"}')
+        await eventually(lambda: _count_dead(flow, name, 1))
+        await eventually(lambda: ("flaky", 2) in seen)
+        await settled(kind, r, flow, name)
+        dead = await flow.dead_letters(name)
+    assert sorted(seen) == [("doomed", 1), ("doomed", 2), ("flaky", 1), ("flaky", 2)]
+    assert len(dead) == 1
+    assert dead[0]["data"] == '{"to": "doomed"}'
+    assert dead[0]["error"] == "RuntimeError: fails: doomed"
+    assert dead[0]["attempts"] == "2"
+
+
 @durable_kinds
 async def test_backlog_written_before_start_is_consumed(
     kind: Kind, make_flow: Callable[..., Flow], ns: str
@@ -364,7 +271,8 @@ async def test_one_worker_sees_production_order(
 async def test_each_message_handled_once_and_settled(
     kind: Kind, make_flow: Callable[..., Flow], ns: str, r: aioredis.Redis
 ) -> None:
-    """Many messages in small batches are each handled once, and Redis keeps nothing after."""
+    """Many messages in small batches are each handled once, and Redis keeps nothing after:
+    no batch list, worker set, lease or delayed set, no dead letter."""
     flow = make_flow(batch_size=7, prefetch=20)
     name = kind.name(ns)
     n = 300
@@ -382,11 +290,8 @@ async def test_each_message_handled_once_and_settled(
     assert sorted(got, key=int) == [str(i) for i in range(n)]
     async with make_flow() as probe:
         assert await kind.held(r, probe, name) == 0
-    if kind.listy:
-        keys = flow.keys(name)
-        assert await r.zcard(keys.leases) == 0, "a stopped worker keeps its lease"
-        left = [k async for k in r.scan_iter(match=f"{keys.base}:*")]
-        assert not [k for k in left if b":proc:" in k or b":w:" in k], left
+        assert await kind.leftovers(r, probe, name) == set()
+        assert await probe.dead_letters(name) == []
 
 
 @durable_kinds
@@ -413,7 +318,7 @@ async def test_competing_consumers_share_without_duplicates(
     assert sorted(got, key=int) == [str(i) for i in range(200)]
 
 
-@durable_kinds
+@reliable_kinds  # an at-most-once pop has nothing a peer could take back
 async def test_slow_handler_keeps_its_message(
     kind: Kind, make_flow: Callable[..., Flow], ns: str
 ) -> None:
@@ -532,21 +437,26 @@ async def test_retry_backoff_is_capped(kind: Kind, make_flow: Callable[..., Flow
 async def test_retry_signal_chooses_the_delay(
     kind: Kind, make_flow: Callable[..., Flow], ns: str
 ) -> None:
-    """``raise Retry(delay=...)`` overrides the backoff (here 60 s) for that attempt."""
+    """``raise Retry(delay=...)`` overrides the backoff (here 60 s) for that attempt: the
+    next attempt comes after that delay, not sooner, not after the backoff."""
     flow = make_flow()
     name = kind.name(ns)
     attempts: list[int] = []
+    times: list[float] = []
 
     @kind.on(flow, name, max_attempts=3, retry_delay=60.0, retry_max_delay=60.0)
     async def handler(msg: Message[Email]) -> None:
         attempts.append(msg.attempt)
+        times.append(time.monotonic())
         if msg.attempt == 1:
-            raise Retry(delay=0.05)
+            raise Retry(delay=0.3)
 
     async with flow:
         await kind.produce(flow, name, {"to": "a"})
         await eventually(lambda: len(attempts) == 2)
     assert attempts == [1, 2]
+    # 20 ms of slack: a queue's due time is in server milliseconds.
+    assert gaps(times)[0] >= 0.3 - 0.02, gaps(times)
 
 
 @all_kinds
@@ -640,7 +550,8 @@ async def test_exhausted_message_is_dead_lettered_with_its_story(
 async def test_invalid_payload_is_dead_lettered_without_calling_the_handler(
     kind: Kind, make_flow: Callable[..., Flow], ns: str, r: aioredis.Redis
 ) -> None:
-    """An invalid or non-JSON payload is dead-lettered at once, without calling the handler."""
+    """An invalid or non-JSON payload is dead-lettered at once, without calling the handler,
+    with a reason that names the problem; the messages behind it are handled."""
     flow = make_flow()
     name = kind.name(ns)
     got: list[Email] = []
@@ -663,8 +574,11 @@ async def test_invalid_payload_is_dead_lettered_without_calling_the_handler(
         assert entry["attempts"] == "1"
         assert entry["error"].startswith(("invalid payload", "undecodable payload")), entry
         assert entry["handler"] == handler.__qualname__
+        assert entry["source"] == str(kind.source(name))
     assert json.loads(dead[0]["data"]) == {"nope": 1}
+    assert "to\n  Field required" in dead[0]["error"], dead[0]["error"]
     assert dead[1]["data"] == "not json {"
+    assert "Invalid JSON" in dead[1]["error"], dead[1]["error"]
 
 
 @all_kinds
@@ -831,9 +745,10 @@ async def test_stop_after_grace_period_hands_messages_back(
 @reliable_kinds
 @restarts
 async def test_stop_hands_back_fetched_but_unstarted_messages(
-    kind: Kind, make_flow: Callable[..., Flow], ns: str, successor: str
+    kind: Kind, make_flow: Callable[..., Flow], ns: str, successor: str, r: aioredis.Redis
 ) -> None:
-    """Fetched but unstarted messages go back on stop, and come again as attempt 1."""
+    """Fetched but unstarted messages go back on stop (none stays in a batch list), and come
+    again as attempt 1; each message is handled exactly once over the two flows."""
     name = kind.name(ns)
     first: list[str] = []
     started = anyio.Event()
@@ -850,6 +765,9 @@ async def test_stop_hands_back_fetched_but_unstarted_messages(
         with anyio.fail_after(5):
             await started.wait()
     assert first, "the in-flight handler should finish within the grace period"
+    # Each message is either handled or back in Redis, not both, not neither.
+    assert await kind.held(r, flow, name) == 10 - len(first)
+    assert await kind.leftovers(r, flow, name) == set()
 
     second: list[str] = []
     attempts: list[int] = []
@@ -1013,3 +931,24 @@ async def test_consumer_survives_killed_connections(kind: Kind, ns: str) -> None
         assert got == ["before", "after"]
     finally:
         stop_redis(server)
+
+
+async def test_idle_waits_do_not_grow_the_workers_batch_set(
+    make_flow: Callable[..., Flow], ns: str, r: aioredis.Redis
+) -> None:
+    """Each timed-out blocking wait reuses its registered (empty) batch key: a worker idle
+    for many block timeouts holds one key, not one per wait."""
+    kind = Kind("queue")
+    name = kind.name(ns)
+    flow = make_flow(block_timeout=0.1)
+
+    @kind.on(flow, name)
+    async def handle(email: Email) -> None:
+        pass
+
+    async with flow:
+        await anyio.sleep(1.0)  # ~10 block timeouts
+        keys = flow.keys(name)
+        sets = [key async for key in r.scan_iter(match=f"{keys.base}:w:*")]
+        assert len(sets) == 1
+        assert await r.scard(sets[0]) <= 1

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +15,7 @@ from typing_extensions import TypedDict
 
 from redisflow import ConfigError, Flow, Message
 from redisflow.message import Source
+from tests.helpers import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 
@@ -35,26 +34,6 @@ class EmailDC:
 class EmailTD(TypedDict):
     to: str
     n: int
-
-
-async def eventually(
-    pred: Callable[[], object | Awaitable[object]], within: float = 5.0, interval: float = 0.02
-) -> None:
-    """Poll ``pred`` until it is true; fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while True:
-            result = pred()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(interval)
-
-
-def make_flow(url: str, ns: str, **kwargs: Any) -> Flow:
-    opts: dict[str, Any] = dict(prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, grace_period=2)
-    opts.update(kwargs)
-    return Flow(url, **opts)
 
 
 # -- registration ---------------------------------------------------------------------------
@@ -181,19 +160,114 @@ def test_var_args_handlers_are_rejected(ns: str) -> None:
     assert flow.handlers == {}
 
 
+class Client:
+    """A resource type no test provides."""
+
+
+class Pool:
+    """A resource type: a shared pool."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
+class Settings(dict[str, str]):
+    """A resource type: shared settings."""
+
+
 def test_extra_required_parameter_is_rejected(ns: str) -> None:
-    """A required parameter that is neither the payload nor a Message raises ConfigError."""
+    """A required parameter that is neither the payload, a Message, nor annotated (a
+    resource) raises ConfigError."""
     flow = Flow("redis://127.0.0.1:1/0", prefix=ns)
 
-    async def too_many(data: Email, other: int) -> None: ...
+    async def too_many(data: Email, other) -> None: ...  # type: ignore[no-untyped-def]
 
-    async def too_many_with_msg(msg: Message[Email], data: Email, extra: str) -> None: ...
+    async def too_many_with_msg(msg: Message[Email], data: Email, extra=...) -> None: ...  # type: ignore[no-untyped-def]
 
     with _raises_naming(too_many):
         flow.on_queue(f"{ns}:q1")(too_many)
-    with _raises_naming(too_many_with_msg):
-        flow.on_queue(f"{ns}:q2")(too_many_with_msg)
-    assert flow.handlers == {}
+    flow.on_queue(f"{ns}:q2")(too_many_with_msg)  # a default makes it optional
+    assert list(flow.handlers) == [("queue", f"{ns}:q2", None)]
+
+
+async def test_resource_parameter_without_a_resource_fails_start(url: str, ns: str) -> None:
+    """A handler asking for a type no resource provides: start raises ConfigError naming
+    the handler and the parameter."""
+    flow = make_flow(url, ns)
+
+    @flow.on_queue(f"{ns}:q")
+    async def needs(data: Email, client: Client) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"needs.*client"):
+        async with flow:
+            pass
+
+
+async def test_hooks_and_resources_wrap_the_consumers(url: str, ns: str) -> None:
+    """Start-up hooks run first, resources open before handlers run and are injected by
+    type (async and sync handlers), and close after the consumers stopped, before the
+    shutdown hooks."""
+    flow = make_flow(url, ns)
+    events: list[str] = []
+
+    @flow.on_startup
+    async def boot() -> None:
+        events.append("startup")
+
+    @flow.resource
+    async def pool() -> AsyncIterator[Pool]:
+        events.append("pool open")
+        yield Pool()
+        events.append("pool closed")
+
+    @flow.resource
+    async def settings() -> Settings:
+        return Settings(region="eu")
+
+    @flow.on_shutdown
+    def bye() -> None:
+        events.append("shutdown")
+
+    @flow.on_queue(f"{ns}:q")
+    async def use(n: int, msg: Message[int], pool: Pool, settings: Settings) -> None:
+        pool.used += n
+        events.append(f"handled {n} in {settings['region']}")
+
+    @flow.on_queue(f"{ns}:sync")
+    def use_sync(n: int, pool: Pool) -> None:
+        pool.used += n
+        events.append(f"sync {n}")
+
+    async with flow:
+        await flow.enqueue(f"{ns}:q", 2)
+        await flow.enqueue(f"{ns}:sync", 3)
+        await eventually(lambda: len(events) == 4)
+    assert events[:2] == ["startup", "pool open"]
+    assert sorted(events[2:4]) == ["handled 2 in eu", "sync 3"]
+    assert events[4:] == ["pool closed", "shutdown"]
+
+
+def test_bad_resources_are_rejected(ns: str) -> None:
+    """A resource needs an annotated return type (AsyncIterator[T] for a generator), and
+    one resource per type."""
+    flow = Flow("redis://127.0.0.1:1/0", prefix=ns)
+
+    async def untyped():  # type: ignore[no-untyped-def]
+        return 1
+
+    async def gen() -> int:  # type: ignore[misc]
+        yield 1
+
+    async def one() -> int:
+        return 1
+
+    with pytest.raises(ConfigError, match="annotate"):
+        flow.resource(untyped)
+    with pytest.raises(ConfigError, match="AsyncIterator"):
+        flow.resource(gen)
+    flow.resource(one)
+    with pytest.raises(ConfigError, match="already"):
+        flow.resource(one)
 
 
 def test_stream_handler_without_group_is_rejected(ns: str) -> None:
@@ -441,3 +515,38 @@ async def test_invalid_payload_is_dead_lettered_without_calling_handler(
 
 async def _xlen_is(r: aioredis.Redis, key: str, n: int) -> bool:
     return int(await r.xlen(key)) == n
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+async def test_error_in_the_body_of_async_with_propagates_as_itself(url: str, ns: str) -> None:
+    """A user error inside ``async with flow`` is raised unchanged (not an ExceptionGroup),
+    and the flow is stopped and closed."""
+    flow = make_flow(url, ns)
+
+    @flow.on_queue(f"{ns}:q")
+    async def handle(n: int) -> None:
+        pass
+
+    with pytest.raises(KeyError, match="boom"):
+        async with flow:
+            raise KeyError("boom")
+    assert flow._tg is None and flow._connector is None
+
+
+async def test_producer_only_flow_is_closed_by_aclose(url: str, ns: str) -> None:
+    """A flow used only to produce (never started) closes its pool with ``aclose``; it can
+    produce again afterwards, and ``aclose`` is idempotent."""
+    flow = make_flow(url, ns)
+    assert await flow.enqueue(f"{ns}:q", 1)
+    await flow.aclose()
+    assert flow._connector is None
+    assert await flow.enqueue(f"{ns}:q", 2)
+    await flow.aclose()
+    await flow.aclose()
+    client = aioredis.Redis.from_url(url)
+    try:
+        assert await client.llen(f"{ns}:q") == 2
+    finally:
+        await client.aclose()

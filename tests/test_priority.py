@@ -3,17 +3,15 @@ their level, and a blocked consumer wakes promptly."""
 
 from __future__ import annotations
 
-import inspect
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from redisflow import Flow, Message, Retry
+from redisflow import Message, Retry
+from tests.helpers import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 
@@ -23,26 +21,6 @@ SHIFT = 2**40
 class Job(BaseModel):
     p: int
     i: int
-
-
-async def eventually(
-    pred: Callable[[], object | Awaitable[object]], within: float = 5.0, interval: float = 0.02
-) -> None:
-    """Poll ``pred`` until it is true; fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while True:
-            result = pred()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(interval)
-
-
-def make_flow(url: str, ns: str, **kwargs: Any) -> Flow:
-    opts: dict[str, Any] = dict(prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, grace_period=2)
-    opts.update(kwargs)
-    return Flow(url, **opts)
 
 
 async def test_order_is_priority_then_fifo(url: str, ns: str, r: aioredis.Redis) -> None:

@@ -254,34 +254,83 @@ async def test_pubsub_survives_redis_restart(server: Server, ns: str) -> None:
         await eventually(lambda: 10_000 in got, what="follow-up message")
 
 
+async def test_pubsub_survives_outage_spanning_a_watchdog_check(server: Server, ns: str) -> None:
+    """Redis comes back while the hub is still backing off and its 5 s quiet-connection check
+    falls due: the hub must still subscribe again (the check must not corrupt the link)."""
+    ch = f"{ns}:news"
+    flow = new_flow(server.url, ns)
+    got: list[int] = []
+
+    @flow.on_channel(ch)
+    async def handle(n: int) -> None:
+        got.append(n)
+
+    async with flow:
+        t0 = anyio.current_time()  # the hub subscribed (and its watchdog started) just before
+        await anyio.to_thread.run_sync(server.stop)
+        # Back ~0.6 s before the first check (at t0 + 5 s): the hub is likely still backing off.
+        await anyio.sleep(max(0.0, t0 + 4.4 - anyio.current_time()))
+        await anyio.to_thread.run_sync(server.start)
+        deadline = anyio.current_time() + RECOVERY_DEADLINE
+        n = 0
+        while not got:
+            assert anyio.current_time() < deadline, "no message handled after the outage"
+            try:
+                await flow.publish(ch, n)
+            except PRODUCER_ERRORS:
+                pass
+            n += 1
+            await anyio.sleep(0.1)
+        # Keep going past the check: the subscription stays usable.
+        await anyio.sleep(max(0.0, t0 + 5.5 - anyio.current_time()))
+        assert await flow.publish(ch, 10_000) == 1
+        await eventually(lambda: 10_000 in got, what="message after the watchdog check")
+
+
 # -- producers ---------------------------------------------------------------------------
 
 
 async def test_producer_survives_redis_restart(
     server: Server, client: aioredis.Redis, ns: str
 ) -> None:
-    """A producer-only Flow (never started) keeps working after Redis restarts."""
+    """A producer-only Flow (never started) keeps working after Redis restarts, and calls
+    made while Redis is down wait for it (within the producers' retry window) instead of
+    failing."""
     q = f"{ns}:jobs"
     flow = Flow(server.url, prefix=ns)
     try:
         await flow.enqueue(q, {"n": 1})
         assert await client.llen(q) == 1
-        await server.restart()
-        await retry_once(lambda: flow.enqueue(q, {"n": 2}))
-        await flow.enqueue(q, {"n": 3})  # no failure once a call went through
-        assert await retry_once(lambda: client.llen(q)) == 3
+        await anyio.to_thread.run_sync(server.stop)
+        ids: list[str | None] = []
+
+        async def produce(n: int) -> None:
+            ids.append(await flow.enqueue(q, {"n": n}))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(2, 12):
+                tg.start_soon(produce, n)
+            await anyio.sleep(1.0)  # the calls are waiting for Redis
+            assert ids == []
+            await anyio.to_thread.run_sync(server.start)
+        assert len(ids) == 10 and all(ids)
+        await flow.enqueue(q, {"n": 12})
+        assert await retry_once(lambda: client.llen(q)) == 12
     finally:
-        await flow.redis.aclose()
-        await flow.redis.connection_pool.disconnect()
+        await flow.aclose()
 
 
 # -- start-up without Redis ----------------------------------------------------------------
 
 
-async def test_start_with_redis_unreachable_fails_promptly(ns: str) -> None:
-    """Starting a flow whose Redis is unreachable raises a RedisflowError naming the URL."""
+async def test_start_gives_up_after_give_up_after(
+    ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starting a flow whose Redis stays unreachable logs that it waits, then raises a
+    RedisflowError naming the URL once ``give_up_after`` has passed."""
+    caplog.set_level(logging.WARNING, logger="redisflow")
     url = f"redis://127.0.0.1:{free_port()}/0"
-    flow = Flow(url, prefix=ns)
+    flow = Flow(url, prefix=ns, give_up_after=1.5)
 
     @flow.on_queue(f"{ns}:q")
     async def handle(n: int) -> None:
@@ -291,8 +340,56 @@ async def test_start_with_redis_unreachable_fails_promptly(ns: str) -> None:
     with anyio.fail_after(15), pytest.raises(RedisflowError) as info:
         async with flow:
             pytest.fail("the flow started without Redis")
-    assert time.monotonic() - begin < 10
+    assert 1.5 <= time.monotonic() - begin < 10
     assert url in str(info.value)
+    assert len(_lines(caplog, "start: Redis at", "lost Redis")) == 1
+
+
+async def test_start_waits_for_a_redis_that_comes_up_late(ns: str) -> None:
+    """A worker started before its Redis waits, then starts and consumes once it is up."""
+    port = free_port()
+    flow = Flow(f"redis://127.0.0.1:{port}/0", prefix=ns, give_up_after=30, block_timeout=0.5)
+    got: list[int] = []
+
+    @flow.on_queue(f"{ns}:q")
+    async def handle(n: int) -> None:
+        got.append(n)
+
+    async def start_late() -> RedisProc:
+        await anyio.sleep(1.0)
+        return await anyio.to_thread.run_sync(lambda: start_redis(port=port))
+
+    proc: RedisProc | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def boot() -> None:
+                nonlocal proc
+                proc = await start_late()
+
+            tg.start_soon(boot)
+            with anyio.fail_after(20):
+                async with flow:
+                    await flow.enqueue(f"{ns}:q", 7)
+                    await eventually(lambda: got == [7], what="message after a late start")
+    finally:
+        if proc is not None:
+            stop_redis(proc)
+
+
+async def test_outage_longer_than_give_up_after_fails_the_flow(server: Server, ns: str) -> None:
+    """A Redis that never comes back makes ``run`` fail (so the worker exits non-zero)."""
+    flow = Flow(server.url, prefix=ns, block_timeout=0.5, give_up_after=1.0)
+
+    @flow.on_queue(f"{ns}:q")
+    async def handle(n: int) -> None:
+        pass
+
+    with anyio.fail_after(20), pytest.raises(RedisflowError, match="giving up"):
+        async with flow:
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.sleep(15)
+            pytest.fail("the flow kept running without Redis")
 
 
 # -- logging ---------------------------------------------------------------------------------

@@ -4,9 +4,7 @@ delivery-count dead-lettering and approximate trimming."""
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -15,6 +13,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from redisflow import Flow, Message
+from tests.helpers import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 
@@ -22,26 +21,6 @@ pytestmark = pytest.mark.anyio
 class Note(BaseModel):
     to: str
     n: int
-
-
-async def eventually(
-    pred: Callable[[], object | Awaitable[object]], within: float = 5.0, interval: float = 0.02
-) -> None:
-    """Poll ``pred`` until it is true; fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while True:
-            result = pred()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(interval)
-
-
-def make_flow(url: str, ns: str, **kwargs: Any) -> Flow:
-    opts: dict[str, Any] = dict(prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, grace_period=2)
-    opts.update(kwargs)
-    return Flow(url, **opts)
 
 
 def _s(value: Any) -> Any:
@@ -352,3 +331,30 @@ async def test_long_running_handler_keeps_its_entry(url: str, ns: str, r: aiored
                 await done.wait()
             await eventually(lambda: _pending_is(r, s, "g", 0))
     assert calls == [("slow", eid)]
+
+
+async def test_group_destroyed_while_running_is_created_again(
+    url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """XGROUP DESTROY under a blocked consumer (NOGROUP) is survived: the group is created
+    again and later entries are handled."""
+    s = f"{ns}:events"
+    flow = make_flow(url, ns)
+    got: list[int] = []
+
+    @flow.on_stream(s, group="g")
+    async def handle(note: Note) -> None:
+        got.append(note.n)
+
+    async with flow:
+        await flow.append(s, Note(to="a", n=1))
+        await eventually(lambda: got == [1])
+        await anyio.sleep(0.1)  # the consumer is blocked in XREADGROUP again
+        assert await r.xgroup_destroy(s, "g") == 1
+
+        async def group_exists() -> bool:
+            return any(_s(g["name"]) == "g" for g in await r.xinfo_groups(s))
+
+        await eventually(group_exists, within=5)
+        await flow.append(s, Note(to="b", n=2))
+        await eventually(lambda: 2 in got, within=5)

@@ -1,22 +1,29 @@
 -- Add items to a priority queue with exact scores: priority * 2^40 + a per-queue sequence.
--- KEYS[1] sorted set, KEYS[2] sequence counter, KEYS[3] wake stream
--- ARGV: priority1, member1, priority2, member2, ...
+-- KEYS[1] sorted set, KEYS[2] sequence counter, KEYS[3] wake stream, KEYS[4] dedup key (opt.)
+-- ARGV: [dedup window ms, only with KEYS[4]], priority1, member1, priority2, member2, ...
 -- Scores stay integers below 2^53, so a lower priority always goes first and FIFO holds
 -- within a level (REDIS-NOTES: priority*1e6 + time.time() gets both wrong).
+-- Returns the number of items added, or false if the dedup key was seen in its window.
 local function call_chunked(cmd, key, args)
   -- unpack() is limited by the Lua C stack (~8000 values): send long lists in chunks
   for i = 1, #args, 4000 do
     redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
   end
 end
-local count = #ARGV / 2
+local from = 1
+if #KEYS == 4 then
+  if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then return false end
+  from = 2
+end
+local count = (#ARGV - from + 1) / 2
 local last = redis.call('INCRBY', KEYS[2], count)
 local first = last - count + 1
 local args = {}
 for i = 1, count do
-  local score = tonumber(ARGV[2 * i - 1]) * 1099511627776 + first + i - 1
+  local at = from + 2 * (i - 1)
+  local score = tonumber(ARGV[at]) * 1099511627776 + first + i - 1
   args[#args + 1] = string.format('%.0f', score)
-  args[#args + 1] = ARGV[2 * i]
+  args[#args + 1] = ARGV[at + 1]
 end
 call_chunked('ZADD', KEYS[1], args)
 redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'n', count)

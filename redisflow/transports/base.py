@@ -10,22 +10,29 @@ per message; a worker validates just before calling its handler (REDIS-NOTES, "h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 from anyio.abc import TaskStatus
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
 from ..codec import now_ms
 from ..connection import CONNECTION_ERRORS, Backoff, Link
 from ..errors import DecodeError, Reject, Retry
+from ..idempotency import Defer, Idempotency, Skip
 from ..keys import Keys
+from ..ratelimit import Limiter
+from ..tracking import Status, Tracker
 
 if TYPE_CHECKING:
     from ..app import Settings
@@ -33,6 +40,9 @@ if TYPE_CHECKING:
     from ..message import Message
 
 log = logging.getLogger("redisflow")
+
+#: What the fetch loop may survive; a ``ResponseError`` only if ``recoverable`` says so.
+RECONNECTABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, ResponseError)
 
 
 @dataclass(slots=True)
@@ -44,12 +54,18 @@ class Stats:
     dead: int = 0
     dropped: int = 0
     reconnects: int = 0
+    skipped: int = 0  # duplicates of an idempotency key already handled
+    deferred: int = 0  # delivered again later by a rate limit or a running duplicate
 
     def __str__(self) -> str:
         return (
             f"processed={self.processed} retried={self.retried} dead={self.dead}"
             f" dropped={self.dropped} reconnects={self.reconnects}"
+            f" skipped={self.skipped} deferred={self.deferred}"
         )
+
+
+STAT_FIELDS = ("processed", "retried", "dead", "dropped", "reconnects", "skipped", "deferred")
 
 
 @dataclass(slots=True)
@@ -61,6 +77,7 @@ class Failure:
     decode: bool = False
     retry_delay: float | None = None
     reject: bool = False
+    defer: bool = False  # not a failure: deliver again later without counting an attempt
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -87,12 +104,15 @@ class Consumer:
     def __init__(self, handler: Handler, settings: Settings) -> None:
         self.handler = handler
         self.options = handler.options
+        self.invoke = handler.bind(settings.resources)  # ConfigError if a resource is missing
         self.settings = settings
         self.redis = settings.connector.client
         self.keys = Keys(settings.prefix, handler.source.name)
         self.stats = Stats()
+        self._reported = Stats()  # what ``report`` has sent to Redis
+        self._reported_once = False
         self.stopping = False
-        self.backoff = Backoff(f"{handler.source} [{handler.name}]")
+        self.backoff = Backoff(f"{handler.source} [{handler.name}]", settings.give_up_after)
         self._dq: deque[Any] = deque()
         self._idle: list[asyncio.Future[None]] = []
         self._busy = 0
@@ -102,6 +122,21 @@ class Consumer:
         self._connected = False
         self._blocked = False  # a request that may block in Redis is outstanding on ``link``
         self.link: Link = settings.connector.link()  # opened by fetching transports
+        send = settings.connector.send
+        options = self.options
+        track = settings.track if options.track is None else options.track
+        self.tracker = Tracker(send, settings.prefix, settings.track_ttl) if track else None
+        self.limiter = (
+            Limiter(self.redis, self.keys, options.rate_limit) if options.rate_limit else None
+        )
+        self.idempotency = None
+        if options.idempotency_key is not None:
+            claim = max(settings.lease, options.timeout or 0) * 2
+            self.idempotency = Idempotency(
+                send, self.keys, options.idempotency_key, options.idempotency_ttl, claim
+            )
+        self.observe: Callable[[float], object] | None = None  # set by Metrics
+        self.guarded = bool(self.tracker or self.limiter or self.idempotency)
 
     # -- transport hooks -------------------------------------------------------------------
 
@@ -117,6 +152,10 @@ class Consumer:
         """Fill the deque with ``feed`` until ``stopping`` is set."""
         raise NotImplementedError
 
+    def recoverable(self, exc: ResponseError) -> bool:
+        """Whether a Redis error reply in the fetch loop is cured by connecting again."""
+        return False
+
     async def fetch(self) -> None:
         """Run ``fetch_loop``, reconnecting with backoff when the connection is lost."""
         try:
@@ -127,20 +166,60 @@ class Consumer:
                         self._connected = True
                         self.backoff.ok()
                     await self.fetch_loop()
-                except CONNECTION_ERRORS as exc:
+                except RECONNECTABLE as exc:
+                    lost = isinstance(exc, CONNECTION_ERRORS)
+                    if not lost and not self.recoverable(exc):  # type: ignore[arg-type]
+                        raise
                     self._connected = False
                     if self.stopping:
                         break
                     self.stats.reconnects += 1
                     await self.link.close()
-                    await self.backoff.wait(exc)
+                    if lost:
+                        await self.backoff.wait(exc)
+                    else:
+                        log.warning("%s: %s; setting up again", self, exc)
+                        await anyio.sleep(0.1)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.link.close()
 
+    async def idle(self) -> bool:
+        """Whether nothing is left to do: no message held here or waiting in Redis (due
+        later included). ``Flow.wait_idle`` polls it; transports add their Redis side."""
+        return self.backlog == 0
+
     async def maintain(self) -> None:
         """Periodic housekeeping that runs until the consumer has released everything."""
         await anyio.sleep_forever()
+
+    async def _report(self) -> None:
+        """Publish this consumer's counters and in-flight count to Redis every few seconds,
+        for ``redisflow stats`` (in other processes) to read."""
+        while True:
+            await anyio.sleep(self.settings.report_interval)
+            try:
+                await self.report()
+            except CONNECTION_ERRORS:
+                pass
+
+    async def report(self, final: bool = False) -> None:
+        """Send the counter deltas since the last report and the in-flight gauge (``final``:
+        remove the gauge, this worker is leaving)."""
+        commands: list[tuple[Any, ...]] = []
+        name = self.handler.name
+        for counter in STAT_FIELDS:
+            delta = getattr(self.stats, counter) - getattr(self._reported, counter)
+            if delta or not self._reported_once:  # zeros once: a quiet handler is listed
+                commands.append(("HINCRBY", self.keys.stats, f"{name}:{counter}", delta))
+                setattr(self._reported, counter, getattr(self.stats, counter))
+        self._reported_once = True
+        field = f"{name}:{self.settings.worker_id}"
+        if final:
+            commands.append(("HDEL", self.keys.inflight, field))
+        else:
+            commands.append(("HSET", self.keys.inflight, field, f"{self.backlog}:{now_ms()}"))
+        await self.settings.connector.send.many(*commands)
 
     def interrupt(self) -> None:
         """Wake a fetch that blocks in Redis, so that it sees ``stopping``."""
@@ -177,8 +256,9 @@ class Consumer:
     def done(self, item: Any) -> None:
         """Record that an item is settled (its ack is sent in a later batch)."""
 
-    async def retry(self, item: Any, delay: float) -> None:
-        """Deliver the item again after ``delay`` seconds, then settle it."""
+    async def retry(self, item: Any, delay: float, count: bool = True) -> None:
+        """Deliver the item again after ``delay`` seconds, then settle it; ``count=False``
+        keeps its attempt number (a deferral, not a failure)."""
         raise NotImplementedError
 
     async def bury(self, item: Any, fields: dict[Any, Any]) -> None:
@@ -197,6 +277,7 @@ class Consumer:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.maintain)
+                outer.start_soon(self._report)
                 async with anyio.create_task_group() as workers:
                     for _ in range(self.options.concurrency):
                         workers.start_soon(self._work)
@@ -215,7 +296,10 @@ class Consumer:
                         await self.release(started, unstarted)
                 except Exception as exc:  # the messages stay leased; a peer recovers them
                     left = len(started) + len(unstarted)
-                    log.warning("%s: could not hand back %d messages: %r", self, left, exc)
+                    if left:
+                        log.warning("%s: could not hand back %d messages: %r", self, left, exc)
+                with contextlib.suppress(Exception), anyio.move_on_after(2):
+                    await self.report(final=True)
 
     def stop(self) -> None:
         """Stop fetching; in-flight handlers go on for the grace period."""
@@ -265,10 +349,11 @@ class Consumer:
         dq = self._dq
         idle = self._idle
         loop = asyncio.get_running_loop()
-        invoke = self.handler.invoke
+        invoke = self.invoke
         wants_message = self.handler.wants_message
         decode = self.decode
         timeout = self.options.timeout
+        guarded = self.guarded
         while True:
             if not dq or self._draining:
                 if self._draining:
@@ -282,12 +367,18 @@ class Consumer:
             try:
                 try:
                     value = decode(item)
-                    msg = self.message(item, value) if wants_message else None
-                    if timeout is None:
-                        await invoke(value, msg)
+                    if guarded:
+                        await self._guarded(item, value)
                     else:
-                        with anyio.fail_after(timeout):
+                        msg = self.message(item, value) if wants_message else None
+                        if timeout is None:
                             await invoke(value, msg)
+                        else:
+                            with anyio.fail_after(timeout):
+                                await invoke(value, msg)
+                except Skip:
+                    self.stats.skipped += 1
+                    self.done(item)
                 except Exception as exc:
                     await self._failed(item, exc)
                 else:
@@ -301,20 +392,72 @@ class Consumer:
                 if not self._busy and self._draining:
                     self._all_idle.set()
 
+    async def _guarded(self, item: Any, value: Any) -> None:
+        """Call the handler with the options that need Redis around it: idempotency, rate
+        limit, status tracking (raises Skip or Defer instead of calling it)."""
+        msg = self.message(item, value)
+        idem, limiter, tracker = self.idempotency, self.limiter, self.tracker
+        record = token = ""
+        if idem is not None:
+            record = idem.record(value)
+            token = await idem.claim(record)
+        if limiter is not None:
+            rate = limiter.rate
+            wait = await limiter.try_acquire(str(rate.key(value)) if rate.key else "")
+            if wait > 0:
+                if idem is not None:
+                    await idem.drop(record, token)
+                raise Defer(wait, "rate limited")
+        if tracker is not None:
+            await self._track(msg, "processing")
+        began = time.perf_counter()
+        try:
+            call = self.invoke(value, msg)
+            if self.options.timeout is None:
+                await call
+            else:
+                with anyio.fail_after(self.options.timeout):
+                    await call
+        except Exception:
+            if idem is not None:
+                await idem.drop(record, token)
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - began)
+        if idem is not None:
+            await idem.done(record, token)
+        if tracker is not None:
+            await self._track(msg, "completed")
+
     async def _failed(self, item: Any, exc: Exception) -> None:
+        if isinstance(exc, Defer):
+            await self._settle(item, Failure(str(exc), retry_delay=exc.delay, defer=True), 0, False)
+            return
         failure = Failure.of(exc)
         if isinstance(exc, TimeoutError) and self.options.timeout is not None:
             failure.error = f"handler timed out after {self.options.timeout}s"
         attempt = self.attempt(item)
         final = failure.decode or failure.reject or attempt >= self.options.max_attempts
-        if not failure.decode:
+        msg_id = self.message(item, None).id
+        if failure.decode:
             log.warning(
-                "%s: attempt %d/%d failed: %s",
+                "%s: message %s dead-lettered: %s",
                 self,
+                msg_id,
+                failure.error[:500],
+                extra=self._log_fields(msg_id, attempt),
+            )
+        else:
+            log.warning(
+                "%s: message %s attempt %d/%d failed: %s",
+                self,
+                msg_id,
                 attempt,
                 self.options.max_attempts,
                 failure.error,
                 exc_info=exc if final and not failure.reject else None,
+                extra=self._log_fields(msg_id, attempt),
             )
         await self._settle(item, failure, attempt, final)
 
@@ -323,13 +466,17 @@ class Consumer:
         with anyio.CancelScope(shield=True):
             while True:
                 try:
+                    if failure.defer:
+                        await self.retry(item, failure.retry_delay or 0.0, count=False)
+                        self.stats.deferred += 1
+                        return
                     if final:
                         await self.bury(item, self._dead_fields(item, failure, attempt))
                         self.stats.dead += 1
                     else:
                         await self.retry(item, self._delay(attempt, failure.retry_delay))
                         self.stats.retried += 1
-                    return
+                    break
                 except CONNECTION_ERRORS as err:
                     if self.stopping:  # leave it leased: a peer (or our restart) redelivers it
                         log.warning(
@@ -338,6 +485,28 @@ class Consumer:
                         self._unfinished.append(item)
                         return
                     await self.backoff.wait(err)
+            # After the loop: a status write that fails must not repeat the verdict.
+            if self.tracker is not None:
+                status: Status = "dead" if final else "failed"
+                await self._track(self.message(item, None), status, failure.error)
+
+    async def _track(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
+        """Record a status change if this handler is tracked; best effort: a status record
+        is never worth failing or repeating the message's own verdict."""
+        if self.tracker is not None:
+            try:
+                await self.tracker.moved(msg, self.handler.name, status, error)
+            except Exception as exc:  # lost connection, or a foreign key in the way
+                log.warning("%s: status of message %s not recorded: %r", self, msg.id, exc)
+
+    def _log_fields(self, msg_id: str, attempt: int) -> dict[str, Any]:
+        """Structured fields of a log record about one message (for JSON log handlers)."""
+        return {
+            "message_id": msg_id,
+            "attempt": attempt,
+            "handler": self.handler.name,
+            "source": str(self.handler.source),
+        }
 
     def _delay(self, attempt: int, asked: float | None) -> float:
         if asked is not None:
@@ -346,9 +515,12 @@ class Consumer:
         return random.uniform(ceiling / 2, ceiling)
 
     def _dead_fields(self, item: Any, failure: Failure, attempt: int) -> dict[Any, Any]:
+        msg = self.message(item, None)
+        extra = {"headers": orjson.dumps(msg.headers)} if msg.headers else {}
         return {
+            **extra,
             "data": self.raw(item),
-            "message_id": self.message(item, None).id,
+            "message_id": msg.id,
             "error": failure.error,
             "where": failure.where,
             "attempts": attempt,

@@ -60,6 +60,9 @@ class ChannelConsumer(Consumer):
             return
         self.feed(((channel, data, 1),))
 
+    async def idle(self) -> bool:
+        return not self.backlog and not self._waiting
+
     async def fetch_loop(self) -> None:
         await self._stop.wait()
 
@@ -100,9 +103,9 @@ class ChannelConsumer(Consumer):
         data: bytes = item[1]
         return data
 
-    async def retry(self, item: Any, delay: float) -> None:
+    async def retry(self, item: Any, delay: float, count: bool = True) -> None:
         # Pub/Sub cannot deliver again: the retry is held in memory, lost if the process dies.
-        again = (item[0], item[1], item[2] + 1)
+        again = (item[0], item[1], item[2] + count)
 
         def redeliver() -> None:
             self._waiting.discard(handle)
@@ -136,10 +139,12 @@ class ChannelHub:
                 consumer
             )
         self.link = settings.connector.link()
-        self.backoff = Backoff("pubsub")
+        self.backoff = Backoff("pubsub", settings.give_up_after)
         self.last_read = 0.0
+        self.live = False  # subscribed and reading: only then may the watchdog write
 
     async def _subscribe(self) -> None:
+        self.live = False
         await self.link.open()
         commands: list[list[Any]] = []
         if self.exact:
@@ -150,6 +155,7 @@ class ChannelHub:
         for _ in range(len(self.exact) + len(self.patterns)):  # one confirmation each
             await self.link.read()
         self.last_read = anyio.current_time()
+        self.live = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Subscribe (then report ready) and dispatch until cancelled."""
@@ -162,6 +168,7 @@ class ChannelHub:
                     try:
                         await self._read()
                     except CONNECTION_ERRORS as exc:
+                        self.live = False
                         await self.link.close()
                         await self.backoff.wait(exc)
                         try:
@@ -174,24 +181,27 @@ class ChannelHub:
                 await self.link.close()
 
     async def _read(self) -> None:
-        read = self.link.read
         exact, patterns = self.exact, self.patterns
-        while True:
-            reply = await read()
-            kind = reply[0]
-            if kind == b"message":
-                exact[reply[1]].push(reply[1], reply[2])
-            elif kind == b"pmessage":
-                patterns[reply[1]].push(reply[2], reply[3])
-            self.last_read = anyio.current_time()
+        now = asyncio.get_running_loop().time
+        async for replies in self.link.replies():
+            for reply in replies:
+                kind = reply[0]
+                if kind == b"message":
+                    exact[reply[1]].push(reply[1], reply[2])
+                elif kind == b"pmessage":
+                    patterns[reply[1]].push(reply[2], reply[3])
+            self.last_read = now()
 
     async def _watchdog(self) -> None:
         """PING a quiet connection; drop it if even that gets no answer (half-open TCP)."""
         while True:
             await anyio.sleep(5)
+            if not self.live:  # reconnecting: a write now would reopen the connection
+                continue
             quiet = anyio.current_time() - self.last_read
             if quiet > 30:
                 log.warning("pubsub: no reply for %.0fs; reconnecting", quiet)
+                self.live = False
                 await self.link.close()
             elif quiet > 5:
                 try:

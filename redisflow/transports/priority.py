@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import reenvelope
 from ..connection import Script
+from .base import Failure
 from .queue import FETCH as QUEUE_FETCH
 from .queue import Batch, QueueConsumer
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 FETCH = Script("priority_fetch")
 PUSH = Script("priority_push")
+STATS = Script("priority_stats")
 
 #: Priorities are integers in [0, MAX_PRIORITY]; 0 is the most urgent.
 MAX_PRIORITY = 8191
@@ -67,6 +69,9 @@ class PriorityConsumer(QueueConsumer):
         if reply:
             self._wake_id = reply[0][1][-1][0]
         return []  # the next fetch takes the items
+
+    def _dead_fields(self, item: Any, failure: Failure, attempt: int) -> dict[Any, Any]:
+        return {**super()._dead_fields(item, failure, attempt), "priority": priority_of(item[1])}
 
     def _retry_member(self, item: Any, attempt: int) -> bytes:
         return b"%d:%s" % (priority_of(item[1]), reenvelope(item[0], attempt))

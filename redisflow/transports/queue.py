@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 
-from ..codec import content_id, payload_of, reenvelope, split
+from ..codec import MARK, content_id, payload_of, reenvelope, split
 from ..connection import CONNECTION_ERRORS, Script, command
 from ..message import Message
 from .base import Consumer
@@ -59,10 +59,13 @@ class QueueConsumer(Consumer):
         self.worker = settings.worker_id
         self.wset = self.keys.batches(self.worker)
         self._seq = 0
+        self._wait_key: str | None = None
         self._acks: list[str] = []
+        self._sent_acks: list[str] = []  # acks in the fetch whose reply is awaited
         self._known: dict[str, Batch] = {}
         self._ack_now = anyio.Event()
         self._room = anyio.Event()
+        self._room_wanted = False  # the fetch loop waits for room: ``done`` must wake it
         self._validate = handler.adapter.validator.validate_json
         self.batch_size = settings.batch_size
         self.prefetch = max(settings.prefetch, self.options.concurrency)
@@ -95,7 +98,9 @@ class QueueConsumer(Consumer):
         if self.options.at_most_once:
             reply = await self.link.call("BLMPOP", timeout, 1, name, "LEFT", "COUNT", self._want())
             return self._items(reply, None)
-        key = self._next_key()
+        # The key is registered before the move, so a crash never leaves a message in an
+        # unknown key; after a timeout it is empty and serves the next wait.
+        key = self._wait_key = self._wait_key or self._next_key()
         await self.link.send(
             ["SADD", self.wset, key], ["BLMOVE", name, key, "LEFT", "RIGHT", timeout]
         )
@@ -103,6 +108,7 @@ class QueueConsumer(Consumer):
         raw = await self.link.read()
         if raw is None:
             return []
+        self._wait_key = None
         batch = self._known[key] = Batch(key, 1)
         return [(raw, batch)]
 
@@ -120,6 +126,28 @@ class QueueConsumer(Consumer):
     async def connect(self) -> None:
         await self.link.open(self.scripts)
         await self._maintain_once()  # hold a lease before leasing any message
+        await self._recover_own()
+
+    async def _recover_own(self) -> None:
+        """After a lost connection: acks whose reply was lost are sent again, and batches
+        this worker leased but never heard of (the reply of a fetch or of a BLMOVE was
+        lost) go back to the queue, instead of waiting for this worker to stop."""
+        self._acks[:0], self._sent_acks = self._sent_acks, []
+        self._wait_key = None
+        held = {_text(b) for b in await self.redis.smembers(self.wset)}
+        orphans = sorted(held - set(self._known) - set(self._acks))
+        if not orphans:
+            return
+        moved = await RELEASE(
+            self.redis,
+            [self.handler.source.name, self.keys.leases, self.wset, *orphans],
+            [self.mode, self.worker, 0, "0"],
+        )
+        await self._maintain_once()  # the release drops an empty worker's lease: renew it
+        if moved:
+            self.settings.log.warning(
+                "%s: %d messages whose fetch reply was lost were put back", self, moved
+            )
 
     def _next_key(self) -> str:
         self._seq += 1
@@ -131,6 +159,7 @@ class QueueConsumer(Consumer):
     async def _send_fetch(self, n: int) -> str:
         key = self._next_key()
         acks, self._acks = self._acks, []
+        self._sent_acks += acks
         await self.link.send(self._fetch(key, n, acks))
         return key
 
@@ -143,10 +172,12 @@ class QueueConsumer(Consumer):
                 n = self._want()
                 if n == 0:
                     self._room = anyio.Event()
+                    self._room_wanted = True
                     await self._room.wait()
                     continue
                 pending = await self._send_fetch(n)
             reply = await self.link.read()
+            self._sent_acks.clear()
             key, pending = pending, None
             batch = None if self.options.at_most_once else Batch(key, 0)
             items = self._items(reply, batch)
@@ -170,6 +201,15 @@ class QueueConsumer(Consumer):
                 self._blocked = False
             if items:
                 self.feed(items)
+
+    async def idle(self) -> bool:
+        if self.backlog or self._known:
+            return False
+        size = "ZCARD" if self.mode == "zset" else "LLEN"
+        waiting, delayed = await self.settings.connector.send.many(
+            (size, self.handler.source.name), ("ZCARD", self.keys.delayed)
+        )
+        return not waiting and not delayed and not self.backlog
 
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -222,14 +262,22 @@ class QueueConsumer(Consumer):
                 acks, self._acks = self._acks, []
                 try:
                     await command(self.redis, *self._fetch(self._next_key(), 0, acks))
-                except CONNECTION_ERRORS:
+                except CONNECTION_ERRORS:  # they go with the next call
                     self._acks.extend(acks)
+                except BaseException:  # cancelled at stop: release drops them
+                    self._acks.extend(acks)
+                    raise
 
     # -- verdicts -------------------------------------------------------------------------
 
     def decode(self, item: Any) -> Any:
+        raw = item[0]
+        if raw[:1] == MARK:  # payload_of, inlined (once per message)
+            nl = raw.find(b"\n")
+            if nl != -1:
+                raw = raw[nl + 1 :]
         try:
-            return self._validate(payload_of(item[0]))
+            return self._validate(raw)
         except ValidationError as exc:
             raise self.invalid(exc) from None
         except ValueError as exc:
@@ -263,11 +311,12 @@ class QueueConsumer(Consumer):
                 self._acks.append(batch.key)
                 if self._blocked:
                     self._ack_now.set()
-        if not self._room.is_set():
+        if self._room_wanted:  # a plain bool: this runs once per message
+            self._room_wanted = False
             self._room.set()
 
-    async def retry(self, item: Any, delay: float) -> None:
-        member = self._retry_member(item, self.attempt(item) + 1)
+    async def retry(self, item: Any, delay: float, count: bool = True) -> None:
+        member = self._retry_member(item, self.attempt(item) + count)
         await DELAY(self.redis, [self.keys.delayed], [int(delay * 1000), member])
         self.done(item)
 
@@ -277,7 +326,7 @@ class QueueConsumer(Consumer):
 
     async def release(self, started: list[Any], unstarted: list[Any]) -> None:
         unfinished = started + unstarted
-        drop = [*self._acks, *self._known]
+        drop = [*self._sent_acks, *self._acks, *self._known]
         known = set(drop)
         orphans = [_text(b) for b in await self.redis.smembers(self.wset)]
         orphans = [key for key in orphans if key not in known]
@@ -287,6 +336,7 @@ class QueueConsumer(Consumer):
             [self.mode, self.worker, len(drop), "0", *self._release_items(unfinished)],
         )
         self._acks.clear()
+        self._sent_acks.clear()
         self._known.clear()
         if unfinished or moved:
             self.settings.log.info("%s: handed back %d messages", self, len(unfinished) + moved)

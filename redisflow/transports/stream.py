@@ -69,6 +69,7 @@ class StreamConsumer(Consumer):
         self._waiting: dict[bytes, tuple[asyncio.TimerHandle, Any]] = {}
         self._ack_now = anyio.Event()
         self._room = anyio.Event()
+        self._room_wanted = False  # the fetch loop waits for room: ``done`` must wake it
         self._validate_json = handler.adapter.validator.validate_json
         self._validate = handler.adapter.validator.validate_python
         self._cursor = b"0-0"
@@ -99,9 +100,18 @@ class StreamConsumer(Consumer):
         read += ["STREAMS", self.stream, self._pel_cursor if self._own_pel else ">"]
         cmds.append(read)
         self._blocked = block
-        await self.link.send(*cmds)
-        if len(cmds) == 2:
-            await self.link.read()  # XACK count, read in order
+        try:
+            await self.link.send(*cmds)
+            if len(cmds) == 2:
+                await self.link.read()  # XACK count, read in order
+        except BaseException:
+            if len(cmds) == 2:  # keep them: acked twice is harmless, never is a duplicate
+                self._acks.extend(acks)
+            raise
+
+    def recoverable(self, exc: ResponseError) -> bool:
+        # The group (or the stream) was deleted under us: connecting creates it again.
+        return str(exc).startswith("NOGROUP")
 
     async def fetch_loop(self) -> None:
         pending = False
@@ -113,6 +123,7 @@ class StreamConsumer(Consumer):
                 n = self._want()
                 if n == 0:
                     self._room = anyio.Event()
+                    self._room_wanted = True
                     await self._room.wait()
                     continue
                 await self._send(n, block)
@@ -126,9 +137,11 @@ class StreamConsumer(Consumer):
             own = self._own_pel
             if own and not entries:
                 self._own_pel = False
-            items = self._items(entries, own)
             if own and entries:
                 self._pel_cursor = entries[-1][0]
+                entries = self._not_held(entries)
+            items = self._items(entries, own)
+            if own and items:
                 items = await self._with_counts(items)
             block = not items
             if items:
@@ -137,6 +150,15 @@ class StreamConsumer(Consumer):
                     await self._send(n, block=False)  # Redis works while we dispatch
                     pending = True
                 self.feed(items)
+
+    def _not_held(self, entries: list[Any]) -> list[Any]:
+        """Our pending entries re-read after a reconnect, less those this process still
+        holds (queued, running, waiting for a retry, or settled with the ack not yet sent):
+        delivering those again would run them twice while we live."""
+        held = set(self._acks)
+        for batch in self._batches:
+            held.update(batch.ids)
+        return [e for e in entries if e[0] not in held] if held else entries
 
     def _items(self, entries: list[Any], own: bool) -> list[Any]:
         gone = [e[0] for e in entries if e[1] is None]  # trimmed while pending
@@ -164,6 +186,18 @@ class StreamConsumer(Consumer):
         )
         counts = {p[0]: int(p[3]) for p in pending}
         return await self._admit([(i[0], i[1], i[2], counts.get(i[0], 1)) for i in items])
+
+    async def idle(self) -> bool:
+        if self.backlog or self._waiting:
+            return False
+        for info in await self.redis.xinfo_groups(self.stream):
+            if info["name"] == self.group.encode():
+                if info["pending"] or self.backlog:
+                    return False
+                # Not "lag": on Redis 7.0 it also counts entries trimmed before being read.
+                last = (await self.redis.xinfo_stream(self.stream))["last-generated-id"]
+                return bool(info["last-delivered-id"] == last)
+        return False
 
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -233,6 +267,9 @@ class StreamConsumer(Consumer):
                     await self.redis.xack(self.stream, self.group, *acks)
                 except CONNECTION_ERRORS:
                     self._acks.extend(acks)
+                except BaseException:  # cancelled at stop: release sends them
+                    self._acks.extend(acks)
+                    raise
 
     # -- verdicts -------------------------------------------------------------------------
 
@@ -255,7 +292,12 @@ class StreamConsumer(Consumer):
         fields = dict(zip(item[1][::2], item[1][1::2], strict=False))
         headers: dict[str, str] = {}
         if b"headers" in fields:
-            headers = orjson.loads(fields[b"headers"])
+            try:  # written by another client, it may be anything: then there are none
+                parsed = orjson.loads(fields[b"headers"])
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                headers = parsed
         ms = int(entry_id.split(b"-", 1)[0])
         return Message(
             entry_id.decode(),
@@ -277,21 +319,27 @@ class StreamConsumer(Consumer):
             if fields[i] == b"data":
                 data: bytes = fields[i + 1]
                 return data
-        return orjson.dumps(entry_fields(fields))
+        # A dead letter must be written whatever the bytes: escape what is not UTF-8.
+        text = [f.decode("utf-8", "backslashreplace") for f in fields]
+        return orjson.dumps(dict(zip(text[::2], text[1::2], strict=False)))
 
     def done(self, item: Any) -> None:
         self._acks.append(item[0])
         item[2].left -= 1
         if self._blocked:
             self._ack_now.set()
-        if not self._room.is_set():
+        if self._room_wanted:  # a plain bool: this runs once per message
+            self._room_wanted = False
             self._room.set()
 
-    async def retry(self, item: Any, delay: float) -> None:
+    async def retry(self, item: Any, delay: float, count: bool = True) -> None:
         entry_id = item[0]
-        # Bumps the delivery count (so a crash still counts this attempt) and resets idle.
-        await self.redis.xclaim(self.stream, self.group, self.consumer, 0, [entry_id])
-        again = (entry_id, item[1], item[2], item[3] + 1)
+        # Bumps the delivery count (so a crash still counts this attempt) and resets idle;
+        # a deferral (JUSTID) only resets idle.
+        await self.redis.xclaim(
+            self.stream, self.group, self.consumer, 0, [entry_id], justid=not count
+        )
+        again = (entry_id, item[1], item[2], item[3] + count)
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay, self._redeliver, entry_id)
         self._waiting[entry_id] = (handle, again)
@@ -307,6 +355,9 @@ class StreamConsumer(Consumer):
             pipe.xack(self.stream, self.group, item[0])
             await pipe.execute()
         item[2].left -= 1
+        if self._room_wanted:
+            self._room_wanted = False
+            self._room.set()
 
     async def release(self, started: list[Any], unstarted: list[Any]) -> None:
         for handle, item in self._waiting.values():

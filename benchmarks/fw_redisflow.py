@@ -1,0 +1,155 @@
+"""redisflow: every workload, with the documented defaults (concurrency 16 per handler,
+batch_size 500, prefetch 1000), the payload validated from the handler's annotation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import common
+from common import Email, Run, Tally
+
+from redisflow import Flow
+
+CONCURRENCY = "16 (default)"
+
+
+async def fill(flow: Flow, kind: str, items: list[Email]) -> None:
+    """Pre-fill a source with the producer API, 10,000 per call (not timed)."""
+    for i, part in enumerate(common.chunks(items, 10_000)):
+        if kind == "queue":
+            await flow.enqueue_many("q", part)
+        elif kind == "priority":
+            await flow.enqueue_priority_many("q", part, priority=i % 4)
+        else:
+            await flow.append_many("q", part)
+
+
+def consumer(url: str, kind: str, tally: Tally, *, suspend: bool = False, **options: Any) -> Flow:
+    """A flow with one handler on ``q`` that counts what it handles."""
+    flow = Flow(url, prefix="bench")
+    if suspend:
+
+        async def handle(email: Email) -> None:
+            await asyncio.sleep(0)
+            tally.hit()
+
+    else:
+
+        async def handle(email: Email) -> None:
+            tally.hit()
+
+    if kind == "queue":
+        flow.on_queue("q", **options)(handle)
+    elif kind == "priority":
+        flow.on_priority("q", **options)(handle)
+    else:
+        flow.on_stream("q", group="g", **options)(handle)
+    return flow
+
+
+async def _drain(run: Run, kind: str, **options: Any) -> dict[str, Any]:
+    tally = Tally(run.n)
+    flow = consumer(run.url, kind, tally, **options)
+    await fill(flow, kind, common.emails(run.n))
+    result = await common.drain(flow.start, flow.stop, tally)
+    return {**result, "concurrency": CONCURRENCY}
+
+
+async def queue(run: Run) -> dict[str, Any]:
+    return await _drain(run, "queue")
+
+
+async def queue_await(run: Run) -> dict[str, Any]:
+    return await _drain(run, "queue", suspend=True)
+
+
+async def queue_amo(run: Run) -> dict[str, Any]:
+    return await _drain(run, "queue", at_most_once=True)
+
+
+async def stream(run: Run) -> dict[str, Any]:
+    return await _drain(run, "stream")
+
+
+async def priority(run: Run) -> dict[str, Any]:
+    return await _drain(run, "priority")
+
+
+async def pubsub(run: Run) -> dict[str, Any]:
+    tally = Tally(run.n)
+    flow = Flow(run.url, prefix="bench")
+
+    @flow.on_channel("c")
+    async def handle(email: Email) -> None:
+        tally.hit()
+
+    async def payloads(client: Any) -> None:  # Pub/Sub messages are bare JSON
+        for part in common.chunks(common.emails(run.n), 10_000):
+            await client.rpush(common.PAYLOADS, *(e.model_dump_json() for e in part))
+
+    async with flow:
+        result = await common.pubsub(run, "c", tally, payloads)
+    return {**result, "concurrency": CONCURRENCY}
+
+
+async def produce(run: Run) -> dict[str, Any]:
+    flow = Flow(run.url, prefix="bench")
+    items = common.emails(run.n)
+    result = await common.produce(lambda e: flow.enqueue("q", e), items)
+    await flow.aclose()
+    return result
+
+
+async def produce_concurrent(run: Run) -> dict[str, Any]:
+    flow = Flow(run.url, prefix="bench")
+    items = common.emails(run.n)
+    result = await common.produce_concurrently(lambda e: flow.enqueue("q", e), items)
+    await flow.aclose()
+    return result
+
+
+async def latency(run: Run) -> dict[str, Any]:
+    probe = common.Probe()
+    flow = Flow(run.url, prefix="bench")
+
+    @flow.on_queue("q")
+    async def handle(email: Email) -> None:
+        probe.mark()
+
+    async with flow:
+        result = await common.latency(lambda e: flow.enqueue("q", e), probe, run)
+    return {**result, "concurrency": CONCURRENCY}
+
+
+async def memory(run: Run) -> dict[str, Any]:
+    if run.fill:
+        producer = Flow(run.url, prefix="bench")
+        for part in common.chunks(range(run.n), 10_000):
+            await fill(
+                producer, "queue", [Email(to="m@example.com", subject="m", n=i) for i in part]
+            )
+        await producer.aclose()
+        return {}
+    await common.fill_elsewhere(run)
+    tally = Tally(run.n)
+    flow = consumer(run.url, "queue", tally)
+    result = await common.memory(flow.start, flow.stop, tally, run)
+    return {**result, "concurrency": CONCURRENCY}
+
+
+CASES = {
+    "queue": queue,
+    "queue_await": queue_await,
+    "queue_amo": queue_amo,
+    "stream": stream,
+    "priority": priority,
+    "pubsub": pubsub,
+    "produce": produce,
+    "produce_concurrent": produce_concurrent,
+    "latency": latency,
+    "memory": memory,
+}
+
+if __name__ == "__main__":
+    common.main(CASES)

@@ -1,0 +1,210 @@
+"""What a row of the suite is, and how its results are shown: the tables (results.md), the
+raw runs (results.json) and the chart (results.png)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORKLOADS = {
+    "queue": "Queue drain: N pre-filled messages, msg/s",
+    "stream": "Stream drain, consumer group + acks, msg/s",
+    "priority": "Priority-queue drain, msg/s",
+    "pubsub": "Pub/Sub: received msg/s, publisher (pipelines of 100) in another process",
+    "produce": "Produce: one awaited call per message, msg/s",
+    "produce_concurrent": "Produce: 1,000 tasks awaiting one call per message, msg/s",
+    "latency": "Latency, one message in flight: publish -> handler start, p50 (p99) ms",
+    "memory": "Memory: peak RSS of a worker draining a backlog, MB",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    label: str
+    framework: str
+    case: str | None  # None: the framework has no such feature (``note`` says so)
+    size: str = "n"  # which N: "n", "slow" or "job" (capped for slow consumers), "memory"
+    note: str = ""
+    # redisflow's target: (">=" or "<=", value); ("of", f): at least f times the redis-py row
+    # of the same case; ("~", 0): a peak RSS no more than 10% + 5 MB above the same worker's
+    # with an N-message backlog (bounded by prefetch, not by backlog)
+    target: tuple[str, float] | None = None
+
+
+@dataclass
+class Outcome:
+    row: Row
+    n: int = 0
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "msg/s":
+        return f"{value:,.0f}"
+    return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
+
+
+def describe(o: Outcome) -> tuple[str, str, str]:
+    """(median, min-max, details) of an outcome's runs."""
+    values = [r["value"] for r in o.runs]
+    unit = o.runs[0]["unit"]
+    median = fmt(statistics.median(values), unit)
+    spread = f"{fmt(min(values), unit)} - {fmt(max(values), unit)}"
+    details = []
+    last = o.runs[-1]
+    if "concurrency" in last:
+        details.append(f"concurrency {last['concurrency']}")
+    if "cpu_us" in last:
+        details.append(f"{statistics.median(r['cpu_us'] for r in o.runs):.1f} us CPU/msg")
+    if "p99" in last:
+        details.append(f"p99 {fmt(statistics.median(r['p99'] for r in o.runs), 'ms')} ms")
+    if "lost" in last:
+        details.append(f"lost {', '.join(str(r['lost']) for r in o.runs)}")
+        details.append(
+            f"published at {statistics.median(r['published_rate'] for r in o.runs):,.0f}/s"
+        )
+    if "drained" in last:
+        start = statistics.median(r["start_mb"] for r in o.runs)
+        drained = statistics.median(r["drained"] for r in o.runs)
+        details.append(f"{start:.0f} MB before draining; drained {drained:,.0f}")
+    return median, spread, "; ".join(details)
+
+
+def verdict(o: Outcome, outcomes: list[Outcome]) -> str:
+    if o.row.target is None or not o.runs:
+        return ""
+    op, goal = o.row.target
+    value = statistics.median(r["value"] for r in o.runs)
+    if op == "~":
+        small = [
+            x for x in outcomes
+            if x.row.case == o.row.case and x.row.framework == o.row.framework and x.row.size == "n"
+        ]  # fmt: skip
+        if not small or not small[0].runs:
+            return ""
+        base = statistics.median(r["value"] for r in small[0].runs)
+        met = value <= base * 1.1 + 5
+        return f"{'met' if met else 'NOT met'} (vs {base:.1f} MB with {small[0].n:,})"
+    if op == "of":
+        bare = [
+            x for x in outcomes
+            if x.row.case == o.row.case and x.row.framework == "redis-py" and x.runs
+        ]  # fmt: skip
+        if not bare:
+            return ""
+        ratio = value / statistics.median(r["value"] for r in bare[0].runs)
+        return f"{'met' if ratio >= goal else 'NOT met'} ({ratio:.0%} of redis-py, >= {goal:.0%})"
+    met = value >= goal if op == ">=" else value <= goal
+    return f"{'met' if met else 'NOT met'} ({op} {goal:,g})"
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines: list[str] = []
+    for workload, title in WORKLOADS.items():
+        rows = [o for o in outcomes if o.row.workload == workload]
+        if not rows:
+            continue
+        lines += ["", f"### {title}", ""]
+        lines += [
+            "| framework | N | median | min - max | target | notes |",
+            "|---|--:|--:|--:|---|---|",
+        ]
+        for o in rows:
+            if o.row.case is None:
+                lines.append(f"| {o.row.label} | | - | | | {o.row.note} |")
+            elif o.error and not o.runs:
+                lines.append(f"| {o.row.label} | {o.n:,} | - | | | failed: {o.error} |")
+            elif o.runs:
+                median, spread, details = describe(o)
+                if o.error:
+                    details += f"; failed after {len(o.runs)} runs: {o.error}"
+                n = statistics.median(r["n"] for r in o.runs)
+                lines.append(
+                    f"| {o.row.label} | {n:,.0f} | {median} | {spread} | {verdict(o, outcomes)} "
+                    f"| {details} |"
+                )
+    return "\n".join(lines)
+
+
+# -- chart ----------------------------------------------------------------------------------
+
+
+def chart(outcomes: list[Outcome], info: dict[str, Any], path: Path) -> None:
+    """One panel per workload: the median of each framework, whiskers at min and max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w for w in WORKLOADS if any(o.row.workload == w and o.runs for o in outcomes)]
+    fig, axes = plt.subplots(len(workloads), 1, figsize=(10, 2.2 + 0.42 * len(outcomes)))
+    axes = [axes] if len(workloads) == 1 else list(axes)
+    for ax, workload in zip(axes, workloads, strict=True):
+        rows = [o for o in outcomes if o.row.workload == workload and o.runs]
+        values = [statistics.median(r["value"] for r in o.runs) for o in rows]
+        low = [v - min(r["value"] for r in o.runs) for v, o in zip(values, rows, strict=True)]
+        high = [max(r["value"] for r in o.runs) - v for v, o in zip(values, rows, strict=True)]
+        colors = ["tab:blue" if o.row.framework == "redisflow" else "tab:gray" for o in rows]
+        colors = [
+            "tab:green" if o.row.framework == "redis-py" else c
+            for o, c in zip(rows, colors, strict=True)
+        ]
+        y = range(len(rows))
+        ax.barh(y, values, xerr=[low, high], color=colors, capsize=2)
+        ax.set_yticks(list(y), [o.row.label for o in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(WORKLOADS[workload], fontsize=9, loc="left")
+        if rows[0].runs[0]["unit"] != "MB":
+            ax.set_xscale("log")
+        for i, v in enumerate(values):
+            ax.text(v, i, " " + fmt(v, rows[i].runs[0]["unit"]), va="center", fontsize=7)
+        target = rows[0].row.target
+        if target and target[0] in (">=", "<="):
+            ax.axvline(target[1], color="tab:red", lw=0.8, ls="--")
+    fig.suptitle(
+        f"redisflow (blue), peers (grey), hand-written redis-py (green); one process each\n"
+        f"{info['machine'].split(',')[1].strip()}, {info['event loop']}, "
+        f"Redis {info['redis-server']}, {info['date']}; median of runs, whiskers: min-max; "
+        f"dashed: redisflow's target",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def report(outcomes: list[Outcome], info: dict[str, Any], out_dir: str) -> None:
+    """Print the tables; write results.md, results.json and results.png to ``out_dir``."""
+    problems = info.get("problems", [])
+    header = "\n".join(f"- {k}: {v}" for k, v in info.items() if k != "problems")
+    text = f"{header}\n{table(outcomes)}\n"
+    if problems:
+        text += "\n" + "\n".join(f"- {line}" for line in problems) + "\n"
+    print(text)
+    if not out_dir:
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text)
+    raw = [
+        {"workload": o.row.workload, "label": o.row.label, "n": o.n, "runs": o.runs,
+         "error": o.error}
+        for o in outcomes
+    ]  # fmt: skip
+    (out / "results.json").write_text(json.dumps({"info": info, "rows": raw}, indent=1))
+    try:
+        chart(outcomes, info, out / "results.png")
+    except ImportError:
+        print("matplotlib is missing: no chart (pip install -e '.[bench]')", file=sys.stderr)

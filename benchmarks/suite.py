@@ -1,0 +1,369 @@
+"""redisflow and its peers, side by side on one private Redis: ``make bench``.
+
+Starts a redis-server (no persistence) on a free port, then runs every row of ``ROWS`` in a
+fresh process (``fw_<framework>.py --case ...``, see ``common.py``), ``--repeat`` times,
+interleaved so that drift in the machine's load hits every row alike. ``report.py`` writes
+``results.md`` (median and min-max per row), ``results.json`` (every run) and ``results.png``
+to ``--out``; ``--report results.json`` draws them again without running anything.
+
+saq (redis<8) and arq (redis<6) cannot share our venv (redis 8): each gets its own under
+``benchmarks/.venvs/``, created here on first use. A peer that fails to install or to run is
+reported in the table, not fatal.
+
+    python benchmarks/suite.py [--repeat 3] [--only queue,stream] [--frameworks redisflow,arq]
+    python benchmarks/suite.py --smoke    # redisflow only, small N, no files: what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from report import WORKLOADS, Outcome, Row, describe, report
+
+HERE = Path(__file__).resolve().parent
+VENVS = HERE / ".venvs"
+
+
+@dataclass(frozen=True)
+class Framework:
+    module: str
+    imports: str  # what must import for it to run
+    venv: tuple[str, ...] = ()  # its own venv's requirements, when it conflicts with ours
+    version_of: str = ""  # the distribution whose version is reported
+
+
+FRAMEWORKS = {
+    "redisflow": Framework("fw_redisflow.py", "redisflow", version_of="redisflow"),
+    "faststream": Framework("fw_faststream.py", "faststream.redis", version_of="faststream"),
+    "taskiq": Framework("fw_taskiq.py", "taskiq_redis", version_of="taskiq-redis"),
+    "saq": Framework("fw_saq.py", "saq", ("saq[redis,hiredis]", "pydantic>=2.7", "uvloop"), "saq"),
+    "arq": Framework("fw_arq.py", "arq", ("arq", "hiredis", "pydantic>=2.7", "uvloop"), "arq"),
+    "redis-py": Framework("fw_redispy.py", "redis", version_of="redis"),
+}
+
+
+ROWS = [
+    Row("queue", "redisflow", "redisflow", "queue", target=(">=", 400_000)),
+    Row("queue", "redisflow, handler awaits sleep(0)", "redisflow", "queue_await",
+        target=(">=", 200_000)),
+    Row("queue", "redisflow at_most_once", "redisflow", "queue_amo"),
+    Row("queue", "FastStream list", "faststream", "queue", "slow"),
+    Row("queue", "taskiq ListQueueBroker", "taskiq", "queue", "slow"),
+    Row("queue", "SAQ", "saq", "queue", "job"),
+    Row("queue", "arq", "arq", "queue", "job"),
+    Row("queue", "redis-py BLPOP one-by-one", "redis-py", "queue", "slow"),
+    Row("queue", "redis-py LPOP 500 batches", "redis-py", "queue_batch"),
+    Row("stream", "redisflow", "redisflow", "stream", target=(">=", 300_000)),
+    Row("stream", "FastStream StreamSub", "faststream", "stream", "slow"),
+    Row("stream", "taskiq RedisStreamBroker", "taskiq", "stream", "slow"),
+    Row("stream", "SAQ", "saq", None, note="no streams"),
+    Row("stream", "arq", "arq", None, note="no streams"),
+    Row("stream", "redis-py XREADGROUP COUNT 1 + XACK", "redis-py", "stream", "slow"),
+    Row("stream", "redis-py XREADGROUP COUNT 500 + one XACK", "redis-py", "stream_batch"),
+    Row("priority", "redisflow", "redisflow", "priority", target=(">=", 300_000)),
+    Row("priority", "FastStream", "faststream", None, note="no priority queues"),
+    Row("priority", "taskiq", "taskiq", None, note="no priority queues"),
+    Row("priority", "SAQ", "saq", None, note="no priority queues"),
+    Row("priority", "arq", "arq", None, note="no priority queues"),
+    Row("priority", "redis-py BZPOPMIN one-by-one", "redis-py", "priority", "slow"),
+    Row("priority", "redis-py ZPOPMIN 500 batches", "redis-py", "priority_batch"),
+    Row("pubsub", "redisflow", "redisflow", "pubsub", target=(">=", 100_000)),
+    Row("pubsub", "FastStream channel", "faststream", "pubsub", "slow"),
+    Row("pubsub", "taskiq PubSubBroker", "taskiq", "pubsub", "slow"),
+    Row("pubsub", "SAQ", "saq", None, note="no Pub/Sub consumer"),
+    Row("pubsub", "arq", "arq", None, note="no Pub/Sub consumer"),
+    Row("pubsub", "redis-py PubSub.listen()", "redis-py", "pubsub"),
+    Row("produce", "redisflow enqueue", "redisflow", "produce", "slow", target=("of", 0.9)),
+    Row("produce", "FastStream publish(list=)", "faststream", "produce", "slow"),
+    Row("produce", "taskiq .kiq()", "taskiq", "produce", "slow"),
+    Row("produce", "SAQ enqueue", "saq", "produce", "job"),
+    Row("produce", "arq enqueue_job", "arq", "produce", "job"),
+    Row("produce", "redis-py RPUSH", "redis-py", "produce", "slow"),
+    Row("produce", "redis-py RPUSH 500 per call", "redis-py", "produce_batch"),
+    Row("produce_concurrent", "redisflow enqueue", "redisflow", "produce_concurrent",
+        target=(">=", 100_000)),
+    Row("produce_concurrent", "FastStream publish(list=)", "faststream", "produce_concurrent",
+        "slow"),
+    Row("produce_concurrent", "taskiq .kiq()", "taskiq", "produce_concurrent", "slow"),
+    Row("produce_concurrent", "SAQ enqueue", "saq", "produce_concurrent", "job"),
+    Row("produce_concurrent", "arq enqueue_job", "arq", "produce_concurrent", "job"),
+    Row("produce_concurrent", "redis-py RPUSH", "redis-py", "produce_concurrent", "slow"),
+    Row("latency", "redisflow queue", "redisflow", "latency", target=("<=", 0.3)),
+    Row("latency", "FastStream list", "faststream", "latency"),
+    Row("latency", "taskiq ListQueueBroker", "taskiq", "latency"),
+    Row("latency", "SAQ", "saq", "latency"),
+    Row("latency", "arq", "arq", "latency"),
+    Row("latency", "redis-py RPUSH -> BLPOP", "redis-py", "latency"),
+    Row("memory", "redisflow queue", "redisflow", "memory", "memory", target=("~", 0)),
+    Row("memory", "redisflow queue, N-message backlog", "redisflow", "memory"),
+    Row("memory", "FastStream list", "faststream", "memory", "memory"),
+    Row("memory", "taskiq ListQueueBroker", "taskiq", "memory", "memory"),
+    Row("memory", "SAQ", "saq", None, note="not run: no batch enqueue to fill 1M jobs"),
+    Row("memory", "arq", "arq", None, note="not run: no batch enqueue to fill 1M jobs"),
+    Row("memory", "redis-py LPOP 500 batches", "redis-py", "memory_batch", "memory"),
+]  # fmt: skip
+
+
+# -- the private Redis, the peer venvs -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server on a free loopback port, no persistence, in a temp dir (the cases
+    refuse to flush any server whose dir lacks the ``rf-bench-`` prefix)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="rf-bench-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        args += ["no", "--dir", self.dir]
+        self.proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise SystemExit("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def interpreter(name: str, log: list[str]) -> str | None:
+    """The Python that runs a framework, or None (with the reason logged) if it can't."""
+    fw = FRAMEWORKS[name]
+    python = sys.executable
+    if fw.venv:
+        venv = VENVS / name
+        python = str(venv / "bin" / "python")
+        stamp = venv / ".requirements"
+        wanted = "\n".join(fw.venv)
+        if not stamp.exists() or stamp.read_text() != wanted:
+            print(f"creating {venv} for {name} ({', '.join(fw.venv)})", file=sys.stderr)
+            base = getattr(sys, "_base_executable", sys.executable)
+            made = subprocess.run([base, "-m", "venv", "--clear", str(venv)], capture_output=True)
+            pip = [python, "-m", "pip", "install", "-q", *fw.venv]
+            done = made.returncode == 0 and subprocess.run(pip, capture_output=True).returncode == 0
+            if not done:
+                log.append(f"{name}: could not install {' '.join(fw.venv)} into {venv}")
+                return None
+            stamp.write_text(wanted)
+    check = subprocess.run([python, "-c", f"import {fw.imports}"], capture_output=True, text=True)
+    if check.returncode:
+        why = (check.stderr.strip().splitlines() or ["?"])[-1]
+        log.append(f"{name}: not installed ({why}); pip install -e '.[bench]'")
+        return None
+    return python
+
+
+def version(python: str, dist: str) -> str:
+    code = f"from importlib.metadata import version; print(version({dist!r}))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def run_one(python: str, row: Row, url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in a fresh process; raises RuntimeError with the reason on failure."""
+    assert row.case is not None
+    cmd = [python, str(HERE / FRAMEWORKS[row.framework].module), "--case", row.case]
+    cmd += ["--url", url, "--n", str(n), "--samples", str(args.samples)]
+    cmd += ["--budget", str(args.budget)] + (["--uvloop"] if args.uvloop else [])
+    env = None
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        path = Path(args.profile) / f"{row.framework}-{row.case}-{time.time_ns()}.prof"
+        env = dict(os.environ, BENCH_PROFILE=str(path.resolve()))
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {args.timeout}s") from None
+    results = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode or not results:
+        tail = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        raise RuntimeError(tail[:300])
+    result: dict[str, Any] = json.loads(results[-1].removeprefix("RESULT "))
+    return result
+
+
+def size(row: Row, args: argparse.Namespace) -> int:
+    slow = min(args.n, args.slow_n)
+    return {"n": args.n, "slow": slow, "job": min(slow, args.job_n), "memory": args.memory_n}[
+        row.size
+    ]
+
+
+def run_all(
+    rows: list[Row], pythons: dict[str, str | None], url: str, args: argparse.Namespace
+) -> list[Outcome]:
+    outcomes = [Outcome(row, size(row, args)) for row in rows]
+    for rep in range(args.repeat):
+        for o in outcomes:
+            if o.row.case is None or o.error:
+                continue
+            python = pythons[o.row.framework]
+            if python is None:
+                o.error = "not installed"
+                continue
+            t0 = time.perf_counter()
+            try:
+                o.runs.append(run_one(python, o.row, url, o.n, args))
+            except RuntimeError as exc:
+                o.error = str(exc)
+            took = time.perf_counter() - t0
+            shown = describe(o)[0] if o.runs and not o.error else f"FAILED: {o.error}"
+            print(
+                f"[{rep + 1}/{args.repeat}] {o.row.workload:<18} {o.row.label:<42} "
+                f"{shown} ({took:.1f}s)",
+                file=sys.stderr,
+            )
+    return outcomes
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def machine(pythons: dict[str, str | None], args: argparse.Namespace) -> dict[str, Any]:
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    git = subprocess.run(
+        ["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/suite.py", *sys.argv[1:]]),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "redisflow commit": git.stdout.strip() or "?",
+        "event loop": "uvloop" if args.uvloop else "asyncio",
+        "redis-server": server.stdout.split("v=")[1].split()[0] if "v=" in server.stdout else "?",
+    }
+    for name, python in pythons.items():
+        if python is not None:
+            fw = FRAMEWORKS[name]
+            info[fw.version_of] = version(python, fw.version_of)
+            if fw.venv:
+                info[f"redis-py for {name}"] = version(python, "redis")
+    info["pydantic"] = version(sys.executable, "pydantic")
+    info["hiredis"] = version(sys.executable, "hiredis")
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100_000, help="messages per run (default 100000)")
+    p.add_argument(
+        "--slow-n",
+        type=int,
+        default=5000,
+        help="cap for one-by-one consumers and producers (default 5000)",
+    )
+    p.add_argument(
+        "--job-n",
+        type=int,
+        default=2000,
+        help="cap for SAQ and arq, whose enqueue is slow too (default 2000)",
+    )
+    p.add_argument("--memory-n", type=int, default=1_000_000, help="backlog of the memory runs")
+    p.add_argument("--samples", type=int, default=2000, help="latency samples per run")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="seconds a latency run or a memory drain may take (default 10)",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs per row (default 3)")
+    p.add_argument("--only", help="workloads: " + ",".join(WORKLOADS))
+    p.add_argument("--frameworks", help="frameworks: " + ",".join(FRAMEWORKS))
+    p.add_argument("--uvloop", action="store_true", help="run every event loop on uvloop")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile the measured part of each run into DIR (slows the runs down)",
+    )
+    p.add_argument("--timeout", type=float, default=300, help="seconds per run before it fails")
+    p.add_argument("--out", default=str(HERE / "results"), help="where results go ('' = none)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="redisflow only, small N, one run, no files; fails if any run fails",
+    )
+    p.add_argument("--report", metavar="JSON", help="only redraw tables and chart from a JSON")
+    args = p.parse_args()
+    if args.report:
+        rereport(args.report, args.out)
+        return
+    if args.smoke:
+        args.n, args.slow_n, args.job_n, args.memory_n = 5000, 5000, 1000, 20_000
+        args.samples = 200
+        args.repeat, args.out, args.budget = 1, "", 5.0
+        args.frameworks = args.frameworks or "redisflow"
+    workloads = args.only.split(",") if args.only else list(WORKLOADS)
+    names = args.frameworks.split(",") if args.frameworks else list(FRAMEWORKS)
+    bad = [w for w in workloads if w not in WORKLOADS] + [f for f in names if f not in FRAMEWORKS]
+    if bad:
+        p.error(f"unknown workload or framework: {', '.join(bad)}")
+    rows = [r for r in ROWS if r.workload in workloads and r.framework in names]
+    problems: list[str] = []
+    pythons = {name: interpreter(name, problems) for name in names}
+    redis = PrivateRedis()
+    started = time.perf_counter()
+    try:
+        info = machine(pythons, args)
+        outcomes = run_all(rows, pythons, redis.url, args)
+    finally:
+        redis.stop()
+    info["duration"] = f"{time.perf_counter() - started:.0f} s"
+    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    info["problems"] = problems
+    report(outcomes, info, args.out)
+    failed = [o for o in outcomes if o.error]
+    if args.smoke and failed:
+        raise SystemExit(f"{len(failed)} runs failed")
+
+
+def rereport(path: str, out_dir: str) -> None:
+    """Tables and chart again from a results.json (after changing how they are drawn)."""
+    saved = json.loads(Path(path).read_text())
+    rows = {(r.workload, r.label): r for r in ROWS}
+    outcomes = [
+        Outcome(rows[(x["workload"], x["label"])], x["n"], x["runs"], x["error"])
+        for x in saved["rows"]
+    ]
+    report(outcomes, saved["info"], out_dir)
+
+
+if __name__ == "__main__":
+    main()

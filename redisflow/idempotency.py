@@ -1,0 +1,68 @@
+"""Consumer-side deduplication: handle each idempotency key once within a window.
+
+``@flow.on_queue(..., idempotency_key=lambda order: order.id)``: before the handler runs,
+the key is claimed in Redis (``scripts/idempotency.lua``). A key already done within
+``idempotency_ttl`` skips the message; a key claimed by another worker that is handling a
+duplicate right now defers this copy until that claim ends (the other copy may still fail).
+Success marks the key done; a failure drops the claim, so the retry runs again. A worker
+killed mid-handler leaves only its claim, which expires after ``claim`` seconds: the key is
+never marked done for work that did not finish.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .connection import Pipeliner, Script
+from .keys import Keys
+
+IDEMPOTENCY = Script("idempotency")
+
+
+class Skip(Exception):
+    """The message was already handled: settle it without calling the handler."""
+
+
+class Defer(Exception):
+    """Deliver the message again after ``delay`` seconds, without counting an attempt."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Idempotency:
+    """The idempotency records of one handler."""
+
+    def __init__(
+        self, send: Pipeliner, keys: Keys, key: Callable[[Any], str], ttl: float, claim: float
+    ) -> None:
+        self.send, self.keys, self.key = send, keys, key
+        self.ttl_ms, self.claim_ms = int(ttl * 1000), int(claim * 1000)
+        self.tokens = (f"{os.urandom(6).hex()}:{n}" for n in itertools.count())
+
+    def record(self, value: Any) -> str:
+        """The record key of a payload."""
+        return self.keys.done(str(self.key(value)))
+
+    async def claim(self, record: str) -> str:
+        """Claim ``record`` and return the claim's token; raise Skip if it is done, Defer
+        if another worker (or another coroutine) holds it."""
+        token = next(self.tokens)
+        state = await IDEMPOTENCY(self.send, [record], ["claim", token, self.claim_ms])
+        if state == b"done":
+            raise Skip
+        if state:
+            raise Defer(int(state) / 1000, "a duplicate is being handled by another worker")
+        return token
+
+    async def done(self, record: str, token: str) -> None:
+        """Mark ``record`` handled for the window."""
+        await IDEMPOTENCY(self.send, [record], ["done", token, self.ttl_ms])
+
+    async def drop(self, record: str, token: str) -> None:
+        """Release our claim after a failure."""
+        await IDEMPOTENCY(self.send, [record], ["drop", token, 0])

@@ -1,0 +1,151 @@
+"""Prometheus metrics (``pip install 'redisflow[prometheus]'``; ``Flow(metrics_port=9108)``
+or ``redisflow run --metrics-port 9108``).
+
+Exported on ``http://<host>:<port>/metrics``, from a registry of the flow's own:
+
+- ``redisflow_messages_total{source,handler,outcome}``: processed, retried, dead, dropped,
+  skipped, deferred (read from the consumers' counters at scrape time: no cost per message)
+- ``redisflow_reconnects_total{source,handler}``
+- ``redisflow_handler_seconds{source,handler}``: histogram of handler run time
+- ``redisflow_in_flight{source,handler}``: messages held by this process
+- ``redisflow_queue_depth{source}``, ``redisflow_stream_lag{source,group}``,
+  ``redisflow_stream_pending{source,group}``, ``redisflow_dead_letters{source}``: read from
+  Redis every ``interval`` seconds
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import ResponseError
+
+from .connection import CONNECTION_ERRORS
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .transports.base import Consumer
+
+log = logging.getLogger("redisflow")
+
+OUTCOMES = ("processed", "retried", "dead", "dropped", "skipped", "deferred")
+
+
+class Metrics:
+    """The metrics of one running flow, served over HTTP while it runs."""
+
+    def __init__(self, consumers: list[Consumer], port: int, interval: float = 5.0) -> None:
+        try:
+            import prometheus_client as prom
+            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        except ImportError:
+            raise ConfigError(
+                "metrics need prometheus_client: pip install 'redisflow[prometheus]'"
+            ) from None
+        self.consumers, self.port, self.interval = consumers, port, interval
+        self.registry = prom.CollectorRegistry()
+        labels = ["source", "handler"]
+        self.seconds = prom.Histogram(
+            "redisflow_handler_seconds", "Handler run time.", labels, registry=self.registry
+        )
+        self.depth = prom.Gauge(
+            "redisflow_queue_depth", "Messages waiting.", ["source"], registry=self.registry
+        )
+        self.lag = prom.Gauge(
+            "redisflow_stream_lag", "Entries not yet read by the group.", ["source", "group"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.pending = prom.Gauge(
+            "redisflow_stream_pending", "Entries read but not acked.", ["source", "group"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.dead = prom.Gauge(
+            "redisflow_dead_letters", "Dead letters kept.", ["source"], registry=self.registry
+        )
+        families = (CounterMetricFamily, GaugeMetricFamily)
+        self.registry.register(_Counters(consumers, *families))
+        self._server: Any = None
+        for consumer in consumers:
+            consumer.observe = self.seconds.labels(
+                str(consumer.handler.source), consumer.handler.name
+            ).observe
+            consumer.guarded = True
+
+    def serve(self) -> None:
+        """Start the HTTP endpoint (a thread of prometheus_client)."""
+        import prometheus_client as prom
+
+        self._server, _ = prom.start_http_server(self.port, registry=self.registry)
+        log.info("metrics on http://0.0.0.0:%d/metrics", self.port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    async def poll(self) -> None:
+        """Refresh the gauges read from Redis, every ``interval`` seconds, until cancelled."""
+        while True:
+            try:
+                await self.refresh()
+            except CONNECTION_ERRORS:
+                pass
+            except ResponseError as exc:  # e.g. a stream deleted under us: try again later
+                log.debug("metrics: %s", exc)
+            await anyio.sleep(self.interval)
+
+    async def refresh(self) -> None:
+        """Read depths, lags and dead-letter counts in one pipelined round trip."""
+        commands: list[tuple[Any, ...]] = []
+        for consumer in self.consumers:
+            source = consumer.handler.source
+            if source.kind == "queue":
+                commands.append(("LLEN", source.name))
+            elif source.kind == "priority":
+                commands.append(("ZCARD", source.name))
+            elif source.kind == "stream":
+                commands.append(("XINFO", "GROUPS", source.name))
+            else:
+                commands.append(("PING",))
+            commands.append(("XLEN", consumer.keys.dead))
+        send = self.consumers[0].settings.connector.send
+        replies = await send.many(*commands) if commands else []
+        for i, consumer in enumerate(self.consumers):
+            source = consumer.handler.source
+            reply, dead = replies[2 * i], replies[2 * i + 1]
+            self.dead.labels(str(source)).set(dead)
+            if source.kind in ("queue", "priority"):
+                self.depth.labels(str(source)).set(reply)
+            elif source.kind == "stream":
+                for group in reply:
+                    info = dict(zip(group[::2], group[1::2], strict=True))
+                    name = info[b"name"].decode()
+                    self.pending.labels(str(source), name).set(info[b"pending"])
+                    if info.get(b"lag") is not None:
+                        self.lag.labels(str(source), name).set(info[b"lag"])
+
+
+class _Counters:
+    """Counters read from the consumers' ``Stats`` at scrape time."""
+
+    def __init__(self, consumers: list[Consumer], counter: Any, gauge: Any) -> None:
+        self.consumers, self.counter, self.gauge = consumers, counter, gauge
+
+    def collect(self) -> Iterator[Any]:
+        labels = ["source", "handler"]
+        messages = self.counter(
+            "redisflow_messages", "Messages by outcome.", labels=[*labels, "outcome"]
+        )
+        reconnects = self.counter("redisflow_reconnects", "Reconnections.", labels=labels)
+        in_flight = self.gauge("redisflow_in_flight", "Messages held.", labels=labels)
+        for consumer in self.consumers:
+            key = [str(consumer.handler.source), consumer.handler.name]
+            for outcome in OUTCOMES:
+                messages.add_metric([*key, outcome], getattr(consumer.stats, outcome))
+            reconnects.add_metric(key, consumer.stats.reconnects)
+            in_flight.add_metric(key, consumer.backlog)
+        yield from (messages, reconnects, in_flight)

@@ -1,0 +1,121 @@
+"""Message status tracking: a status record per message, and counts per handler.
+
+With ``Flow(track=True)`` (or ``track=True`` on a handler) every message gets a hash
+``<prefix>:status:{<id>}`` that expires ``track_ttl`` seconds after its last change::
+
+    status      published | processing | completed | failed | dead
+    source      e.g. "queue 'emails'"      handler   the handler's name
+    attempts    the attempt that set it    error     the last failure, if any
+    created_at  updated_at                 (epoch ms)
+
+A producer writes ``published`` with HSETNX, so it never overwrites a consumer that got
+there first (a stream entry's id is only known after its XADD). Each source also keeps a
+hash of counters, ``<prefix>:{<source>}:counts``: ``published``, and per handler
+``<handler>:<status>``, the number of times a message entered that status (so
+``processing - completed - failed - dead`` is what is in flight). They are kept
+incrementally, never by scanning keys. Writes are pipelined with concurrent traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from .codec import now_ms
+from .connection import Pipeliner
+from .keys import Keys, status_key
+from .message import Message
+
+Status = Literal["published", "processing", "completed", "failed", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """The status record of one message, as ``Flow.status`` returns it."""
+
+    id: str
+    status: Status
+    source: str
+    handler: str | None
+    attempts: int
+    created_at: datetime | None
+    updated_at: datetime | None
+    error: str | None
+
+    @classmethod
+    def from_hash(cls, msg_id: str, fields: dict[bytes, bytes]) -> MessageStatus:
+        """Build it from the hash fields (bytes) of a status record."""
+        text = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+        return cls(
+            id=msg_id,
+            status=text.get("status", "published"),  # type: ignore[arg-type]
+            source=text.get("source", ""),
+            handler=text.get("handler"),
+            attempts=int(text.get("attempts", 0)),
+            created_at=Message.time(_int(text.get("created_at"))),
+            updated_at=Message.time(_int(text.get("updated_at"))),
+            error=text.get("error"),
+        )
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+class Tracker:
+    """Writes status records and counters through a flow's Pipeliner."""
+
+    def __init__(self, send: Pipeliner, prefix: str, ttl: float) -> None:
+        self.send = send
+        self.prefix = prefix
+        self.ttl_ms = int(ttl * 1000)
+
+    async def published(self, source: str, ids: list[str], kind: str = "") -> None:
+        """Record freshly produced messages (before or right after they are sent)."""
+        now = now_ms()
+        commands: list[tuple[Any, ...]] = []
+        for msg_id in ids:
+            key = status_key(self.prefix, msg_id)
+            commands += [
+                ("HSETNX", key, "status", "published"),
+                ("HSETNX", key, "created_at", now),
+                ("HSET", key, "source", f"{kind} {source!r}".strip(), "updated_at", now),
+                ("PEXPIRE", key, self.ttl_ms),
+            ]
+        commands.append(("HINCRBY", Keys(self.prefix, source).counts, "published", len(ids)))
+        await self.send.many(*commands)
+
+    async def moved(
+        self,
+        msg: Message[Any],
+        handler: str,
+        status: Status,
+        error: str | None = None,
+    ) -> None:
+        """Record that a consumer moved a message to ``status``."""
+        key = status_key(self.prefix, msg.id)
+        fields: list[Any] = ["status", status, "handler", handler, "attempts", msg.attempt]
+        fields += ["updated_at", now_ms(), "source", str(msg.source)]
+        if error is not None:
+            fields += ["error", error]
+        await self.send.many(
+            ("HSET", key, *fields),
+            ("HSETNX", key, "created_at", now_ms()),
+            ("PEXPIRE", key, self.ttl_ms),
+            ("HINCRBY", Keys(self.prefix, msg.source.name).counts, f"{handler}:{status}", 1),
+        )
+
+    async def status(self, msg_id: str) -> MessageStatus | None:
+        """The status record of a message, or None (never tracked, or expired)."""
+        flat = await self.send("HGETALL", status_key(self.prefix, msg_id))
+        return MessageStatus.from_hash(msg_id, _pairs(flat)) if flat else None
+
+    async def counts(self, source: str) -> dict[str, int]:
+        """The counters of a source: ``published`` and ``<handler>:<status>``."""
+        flat = await self.send("HGETALL", Keys(self.prefix, source).counts)
+        return {k.decode(): int(v) for k, v in _pairs(flat).items()}
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -1,0 +1,211 @@
+"""Connections that break at the worst moment: after Redis ran a fetch but before its
+reply arrived, or while an ack is on its way when the flow stops.
+
+The fetch of a queue or priority queue moves messages into a batch list and the fetch of a
+stream assigns entries to the consumer, in Redis, before the reply is sent; if the
+connection breaks in between, the consumer reconnects without knowing what it was given.
+A proxy between the flow and Redis (``CuttingProxy``) breaks the connection exactly there:
+it swallows the first reply that carries a marked message, and closes the connection; or
+it holds back a chosen command, so that it is still in flight when the flow stops. Redis
+is real; only the TCP connection is interfered with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import anyio.abc
+import pytest
+import redis.asyncio as aioredis
+
+from redisflow import Flow
+from redisflow.transports import priority, queue
+from tests.helpers import RELIABLE, Kind, RedisProc, by_kind, eventually, make_flow
+
+pytestmark = pytest.mark.anyio
+
+
+class CuttingProxy:
+    """A TCP proxy in front of Redis that breaks a connection at a chosen moment: the first
+    reply from Redis that contains ``marker`` is never delivered, the connection is closed."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.marker: bytes | None = None
+        self.cuts = 0
+        self.hold: Callable[[bytes], bool] | None = None
+        self.held = 0
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        async with listener:
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            task_status.started()
+            await listener.serve(self._pipe)
+
+    async def _pipe(self, client: anyio.abc.SocketStream) -> None:
+        async with client, await anyio.connect_tcp("127.0.0.1", self.upstream_port) as server:
+            async with anyio.create_task_group() as tg:
+
+                async def up() -> None:
+                    try:
+                        async for chunk in client:
+                            if self.hold is not None and self.hold(chunk):
+                                self.hold = None
+                                self.held += 1
+                                await anyio.sleep_forever()  # never reaches Redis
+                            await server.send(chunk)
+                    finally:
+                        tg.cancel_scope.cancel()
+
+                async def down() -> None:
+                    try:
+                        async for chunk in server:
+                            if self.marker is not None and self.marker in chunk:
+                                self.marker = None
+                                self.cuts += 1
+                                return  # swallow the reply, close both sides
+                            await client.send(chunk)
+                    finally:
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(up)
+                tg.start_soon(down)
+
+
+@pytest.fixture
+async def proxy(redis_port: int) -> AsyncIterator[CuttingProxy]:
+    """A cutting proxy in front of the session's Redis."""
+    proxy = CuttingProxy(redis_port)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        yield proxy
+        tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+def redis_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def proxied(proxy: CuttingProxy, ns: str) -> Flow:
+    """A flow whose every connection goes through the proxy."""
+    return make_flow(f"redis://127.0.0.1:{proxy.port}/0", ns)
+
+
+@by_kind(RELIABLE)
+async def test_messages_of_a_lost_fetch_reply_are_delivered(
+    kind: Kind, proxy: CuttingProxy, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """The messages of a fetch whose reply was lost are delivered while the worker runs
+    (they are neither lost nor held until it stops)."""
+    name = kind.name(ns)
+    async with make_flow(url, ns) as producer:
+        await kind.produce_many(producer, name, [{"to": "victim"}, {"to": "next"}])
+    proxy.marker = b"victim"
+    flow = proxied(proxy, ns)
+    got: list[str] = []
+
+    @kind.on(flow, name)
+    async def handler(payload: dict[str, str]) -> None:
+        got.append(payload["to"])
+
+    async with flow:
+        await eventually(lambda: proxy.cuts == 1, what="the cut")
+        await eventually(lambda: "victim" in got, within=4, what="the victim delivered")
+        await eventually(lambda: _settled(kind, r, flow, name), what="nothing left held")
+    assert sorted(got) == ["next", "victim"]
+
+
+@by_kind([Kind("queue"), Kind("stream")])  # a priority consumer waits without a pop
+async def test_message_of_a_lost_blocking_reply_is_delivered(
+    kind: Kind, proxy: CuttingProxy, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """An idle consumer blocked in Redis is given a message, the reply is lost: after the
+    reconnect that message is delivered, and the ones after it too."""
+    name = kind.name(ns)
+    flow = proxied(proxy, ns)
+    got: list[str] = []
+
+    @kind.on(flow, name)
+    async def handler(payload: dict[str, str]) -> None:
+        got.append(payload["to"])
+
+    async with flow, make_flow(url, ns) as producer:
+        await anyio.sleep(0.3)  # idle: blocked in BLMOVE / XREADGROUP BLOCK
+        proxy.marker = b"victim"
+        await kind.produce(producer, name, {"to": "victim"})
+        await eventually(lambda: proxy.cuts == 1, what="the cut")
+        await kind.produce(producer, name, {"to": "after"})
+        await eventually(lambda: "after" in got, what="the message after")
+        await eventually(lambda: "victim" in got, within=4, what="the victim delivered")
+        await eventually(lambda: _settled(kind, r, flow, name), what="nothing left held")
+    assert sorted(got) == ["after", "victim"]
+
+
+@by_kind(RELIABLE)
+async def test_reconnect_does_not_deliver_messages_in_flight_again(
+    kind: Kind, private_redis: RedisProc, ns: str
+) -> None:
+    """Redis drops every connection while handlers run: after the reconnect the consumer
+    does not hand the messages it is still working on to a second handler call."""
+    flow = make_flow(private_redis.url, ns)
+    name = kind.name(ns)
+    starts: list[str] = []
+    ends: list[str] = []
+
+    @kind.on(flow, name, concurrency=4)
+    async def handler(payload: dict[str, str]) -> None:
+        starts.append(payload["to"])
+        await anyio.sleep(1.0)
+        ends.append(payload["to"])
+
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        async with flow:
+            await kind.produce_many(flow, name, [{"to": str(i)} for i in range(4)])
+            await eventually(lambda: len(starts) == 4, what="four handlers running")
+            assert await client.client_kill_filter(_type="normal", skipme=True) >= 1
+            await eventually(lambda: len(ends) == 4, what="the handlers done")
+            await anyio.sleep(0.5)  # a second delivery would have started by now
+            await eventually(lambda: _settled(kind, client, flow, name), what="all acked")
+    finally:
+        await client.aclose()
+    assert sorted(starts) == ["0", "1", "2", "3"], starts
+
+
+async def _settled(kind: Kind, r: aioredis.Redis, flow: Flow, name: str) -> bool:
+    return await kind.held(r, flow, name) == 0
+
+
+def is_ack(kind: Kind) -> Callable[[bytes], bool]:
+    """Whether a command is a standalone ack: XACK, or the fetch script asking for 0 items."""
+    if kind.kind == "stream":
+        return lambda chunk: b"XACK" in chunk and b"XREADGROUP" not in chunk
+    sha = (queue if kind.kind == "queue" else priority).FETCH.sha.encode()
+    return lambda chunk: sha in chunk and chunk.endswith(b"$1\r\n0\r\n")
+
+
+@by_kind(RELIABLE)
+async def test_ack_in_flight_when_the_flow_stops_is_not_lost(
+    kind: Kind, proxy: CuttingProxy, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """The flow stops while the ack of handled messages is on its way: after the stop,
+    Redis holds nothing of them (nothing is handed back to be handled a second time)."""
+    name = kind.name(ns)
+    flow = proxied(proxy, ns)
+    got: list[str] = []
+
+    @kind.on(flow, name)
+    async def handler(payload: dict[str, str]) -> None:
+        got.append(payload["to"])
+
+    async with flow, make_flow(url, ns) as producer:
+        await anyio.sleep(0.3)  # idle: acks now go through the pool, not with a fetch
+        proxy.hold = is_ack(kind)
+        await kind.produce_many(producer, name, [{"to": str(i)} for i in range(3)])
+        await eventually(lambda: len(got) == 3, what="the messages handled")
+        await eventually(lambda: proxy.held == 1, what="an ack held back")
+    assert await kind.held(r, flow, name) == 0, "handled messages were handed back"
