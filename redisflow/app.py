@@ -334,7 +334,12 @@ class Flow(Producer):
         if self._tg is not None:
             raise RedisflowError("this flow is already running")
         connector = self._connection()
-        await self._wait_for_redis(connector)
+        try:
+            await self._wait_for_redis(connector)
+        except BaseException:  # gave up, or cancelled (a signal during start-up)
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -398,7 +403,6 @@ class Flow(Producer):
                 try:
                     await backoff.wait(exc)
                 except RedisflowError:
-                    await self.aclose()
                     raise RedisflowError(
                         f"cannot reach Redis at {_safe(self.url)}: {exc}"
                         f" (waited {self.give_up_after:g}s, give_up_after)"
@@ -443,9 +447,7 @@ class Flow(Producer):
             if tg is not None:
                 await tg.__aexit__(*exc_info)
         except BaseExceptionGroup as group:
-            only: BaseException = group
-            while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
-                only = only.exceptions[0]
+            only = _single(group)
             if only is group:
                 raise
             raise only from None  # one failure (through nested task groups): raise it as is
@@ -481,13 +483,41 @@ class Flow(Producer):
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
             await self._shutdown((exc_type, exc, tb) if cancelled else (None, None, None))
 
-    async def run(self) -> None:
-        """Run until SIGINT or SIGTERM (or cancellation), then stop gracefully."""
-        async with self:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def run(self, *, ready: Callable[[], object] | None = None) -> None:
+        """Run until SIGINT or SIGTERM (or cancellation), then stop gracefully. A signal
+        that arrives while the flow is still starting (waiting for Redis, say) abandons the
+        start: nothing is held yet. ``ready()`` is called once every consumer has started."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            started, stop = False, anyio.Event()
+
+            async def until_signal(scope: anyio.CancelScope) -> None:
                 async for signum in signals:
                     log.info("received %s: stopping", signal.Signals(signum).name)
-                    break
+                    if started:
+                        stop.set()
+                    else:
+                        scope.cancel()
+                    return
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(until_signal, tg.cancel_scope)
+                    async with self:
+                        started = True
+                        if ready is not None:
+                            ready()
+                        await stop.wait()
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
+
+
+def _single(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The one exception inside nested single-member groups, else the group itself."""
+    only: BaseException = group
+    while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
+        only = only.exceptions[0]
+    return only
 
 
 def _safe(url: str) -> str:

@@ -308,19 +308,12 @@ def _describe(status: int) -> str:
 async def serve(flow: Flow) -> None:
     """``Flow.run`` (until SIGINT/SIGTERM), telling the supervisor that started this
     process, if any, once the flow has started."""
-    log = logging.getLogger("redisflow")  # the worker's messages, as Flow.run's
     handshake = Handshake.from_env()
-    async with flow:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            try:
-                if handshake is not None:
-                    handshake.ready()
-                async for signum in signals:
-                    log.info("received %s: stopping", signal.Signals(signum).name)
-                    break
-            finally:
-                if handshake is not None:
-                    handshake.close()
+    try:
+        await flow.run(ready=handshake.ready if handshake is not None else None)
+    finally:
+        if handshake is not None:
+            handshake.close()
 
 
 class Handshake:

@@ -14,6 +14,9 @@ It is configured by environment variables:
 - ``CHAOS_RECORD``: ``0`` to record nothing (for a million messages);
 - ``CHAOS_RATE``: ``limit,per``: a ``RateLimit`` per payload priority ``p`` (the key).
 
+Each process leaves ``<out>/<pid>.ready`` once it has started (its signal handlers are in
+place: a SIGTERM from then on is a graceful stop).
+
 A record is one line written with a single ``os.write`` (so it survives ``kill -9``):
 ``<event> <kind> <n> <attempt> <monotonic time>``, where the event is ``S`` when a handler
 starts, ``E`` when it returns and ``C`` when it is cancelled. CLOCK_MONOTONIC is shared by
@@ -57,6 +60,12 @@ _fd = os.open(
     os.O_WRONLY | os.O_CREAT | os.O_APPEND,
     0o644,
 )
+
+
+@flow.on_startup
+def ready() -> None:
+    """Leave ``<out>/<pid>.ready``: from now on SIGTERM stops this worker gracefully."""
+    open(os.path.join(os.environ["CHAOS_OUT"], f"{os.getpid()}.ready"), "w").close()
 
 
 def record(event: str, msg: Message[Job], job: Job) -> None:

@@ -229,6 +229,48 @@ def test_unreachable_redis_exits_1_naming_the_url(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_waiting_for_redis_stops_cleanly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A worker told to stop while it still waits for Redis (nothing held yet) abandons
+    the start and exits 0 at once, without a traceback."""
+    write(
+        tmp_path,
+        "w_app",
+        """\
+        from redisflow import Flow
+        flow = Flow()
+
+        @flow.on_queue("q")
+        async def handle(n: int) -> None:
+            pass
+    """,
+    )
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "redisflow", "run", "w_app:flow", "--url", url],
+            cwd=tmp_path,
+            env=env_for(tmp_path),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for(lambda: "reconnecting" in log.read_text(), 20, "the worker waits for Redis")
+        proc.send_signal(signum)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert f"received {signum.name}" in text
+    assert "Traceback" not in text
+
+
 # -- a full run ----------------------------------------------------------------------------
 
 

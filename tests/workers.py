@@ -128,10 +128,16 @@ class Workers:
         return [w for w in self.alive if _size(self.out / f"{w.pid}.rec") > 0]
 
     def stop_all(self, timeout: float = 30) -> dict[int, int]:
-        """SIGTERM every live worker and wait; their exit codes by PID."""
-        for worker in self.alive:
-            worker.terminate()
+        """SIGTERM every live worker and wait; their exit codes by PID. A worker still
+        starting is given until ``timeout`` to be ready first: killed while it imports, it
+        would die of the signal, which says nothing about redisflow."""
         deadline = time.monotonic() + timeout
+        for worker in self.alive:
+            while not (self.out / f"{worker.pid}.ready").exists() and worker.alive:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            worker.terminate()
         codes: dict[int, int] = {}
         for worker in self.started:
             codes[worker.pid] = worker.wait(max(0.1, deadline - time.monotonic()))
