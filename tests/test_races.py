@@ -115,9 +115,9 @@ def test_inversion_check_finds_a_planted_inversion() -> None:
 class Producers:
     """Producer tasks, each with its own connections, enqueuing at random priorities."""
 
-    def __init__(self, url: str, ns: str, n: int, seed: int) -> None:
+    def __init__(self, url: str, ns: str, n: int, seed: int, queue: str = "priority") -> None:
         self.flows = [Flow(url, prefix=ns) for _ in range(n)]
-        self.queue = f"{ns}:priority"
+        self.queue = f"{ns}:{queue}"
         self.rng = random.Random(seed)
         self.sent: dict[int, Sent] = {}
 
@@ -162,16 +162,13 @@ async def test_competing_consumers_take_a_backlog_in_priority_order(
 ) -> None:
     """Four producers enqueue 3,000 messages at random priorities at once; then three
     consumer processes (batches of 20) compete for them: each consumer sees them in priority
-    order (FIFO within a level and producer), and each message is handled exactly once."""
+    order (FIFO within a level and producer), and each message is handled exactly once.
+
+    The backlog is built under another key and renamed into place once all three workers
+    are ready, so none of them is still starting while the others drain it."""
     url = private_redis.url
     seed = random.randrange(10**6)
-    producers = Producers(url, ns, 4, seed)
-    try:
-        async with anyio.create_task_group() as tg:
-            for which in range(4):
-                tg.start_soon(producers.run, which, 750, 0.0)
-    finally:
-        await producers.aclose()
+    producers = Producers(url, ns, 4, seed, queue="staging")
     pool = workers(
         url,
         ns,
@@ -181,6 +178,24 @@ async def test_competing_consumers_take_a_backlog_in_priority_order(
     )
     for _ in range(3):
         pool.start()
+    r = aioredis.Redis.from_url(url)
+    try:
+        async with anyio.create_task_group() as tg:
+            for which in range(4):
+                tg.start_soon(producers.run, which, 750, 0.0)
+        await eventually(lambda: len(pool.ready) == 3, within=60, what="three workers ready")
+        queue = f"{ns}:priority"
+        await r.rename(producers.queue, queue)
+        # One more message, through redisflow so that it wakes every worker; from a fifth
+        # "producer" (its sequence number is the real queue's, not the staging one's).
+        sentinel = Sent(4_000_000, LEVELS - 1, time.monotonic(), time.monotonic())
+        await producers.flows[0].enqueue_priority(
+            queue, {"n": sentinel.n, "p": sentinel.p}, priority=sentinel.p
+        )
+        producers.sent[sentinel.n] = sentinel
+    finally:
+        await producers.aclose()
+        await r.aclose()
     total = len(producers.sent)
     await eventually(
         lambda: len(count(pool.records(), "E", "priority")) == total,

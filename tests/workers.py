@@ -127,6 +127,11 @@ class Workers:
         """Live workers that have started handlers (a worker still importing has not)."""
         return [w for w in self.alive if _size(self.out / f"{w.pid}.rec") > 0]
 
+    @property
+    def ready(self) -> list[Worker]:
+        """Live workers that have started (see ``tests/chaos_app.py``)."""
+        return [w for w in self.alive if (self.out / f"{w.pid}.ready").exists()]
+
     def stop_all(self, timeout: float = 30) -> dict[int, int]:
         """SIGTERM every live worker and wait; their exit codes by PID. A worker still
         starting is given until ``timeout`` to be ready first: killed while it imports, it
