@@ -200,10 +200,11 @@ async def test_ack_in_flight_when_the_flow_stops_is_not_lost(
 
     @kind.on(flow, name)
     async def handler(payload: dict[str, str]) -> None:
-        got.append(payload["to"])
+        await anyio.sleep(0.1)  # done once the fetch loop waits in Redis again: then the
+        got.append(payload["to"])  # acks go through the pool, not with a fetch
 
     async with flow, make_flow(url, ns) as producer:
-        await anyio.sleep(0.3)  # idle: acks now go through the pool, not with a fetch
+        await anyio.sleep(0.3)
         proxy.hold = is_ack(kind)
         await kind.produce_many(producer, name, [{"to": str(i)} for i in range(3)])
         await eventually(lambda: len(got) == 3, what="the messages handled")
