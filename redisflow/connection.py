@@ -183,18 +183,15 @@ class Pipeliner:
         if not link.conn.is_connected:
             await link.open()
         await link.write(b"".join(packed))
-        read = link.conn.read_response
         for commands, fut in sent:
-            replies: list[Any] = []
-            error: Exception | None = None
-            for _ in commands:
-                try:
-                    replies.append(await read())
-                except ResponseError as exc:
-                    error = error or exc
-                    replies.append(exc)
+            replies = [await link.reply() for _ in commands]
             if fut.done():
                 continue
+            error = None
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    error = reply
+                    break
             if error is not None:
                 fut.set_exception(error)
             else:
@@ -336,12 +333,40 @@ class Link:
             raise RedisConnectionError("link is closed")
         await self.conn.send_packed_command(pack(commands), check_health=False)
 
+    def reader(self) -> Any:
+        """The connection's hiredis reader (``gets()`` returns a buffered reply, or
+        ``NOT_ENOUGH_DATA``: then ``fill``), or None without hiredis."""
+        if NOT_ENOUGH_DATA is None:
+            return None
+        return getattr(self.conn._parser, "_reader", None)
+
+    async def reply(self) -> Any:
+        """The next reply; an error reply is returned as its exception, not raised. With
+        hiredis a buffered reply is taken without going through redis-py's read chain."""
+        reader = self.reader()
+        if reader is None:
+            try:
+                return await self.conn.read_response()
+            except ResponseError as exc:
+                return exc
+        reply = reader.gets()
+        while reply is NOT_ENOUGH_DATA:
+            await self.fill()
+            reply = reader.gets()
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply  # e.g. LOADING: a connection error
+        return reply
+
+    async def fill(self) -> None:
+        """Read from the socket into the hiredis reader (raises if the server closed it)."""
+        parser: Any = self.conn._parser
+        await parser.read_from_socket()
+
     async def replies(self) -> AsyncIterator[list[Any]]:
         """Every reply as it arrives, a socket read's worth at a time (for Pub/Sub). With
         hiredis (our dependency) the buffered replies are taken without an await each."""
-        parser: Any = self.conn._parser
-        reader = getattr(parser, "_reader", None)
-        if reader is None or NOT_ENOUGH_DATA is None:  # redis-py without hiredis
+        reader = self.reader()
+        if reader is None:  # redis-py without hiredis
             while True:
                 yield [await self.read()]
         while True:
@@ -354,7 +379,7 @@ class Link:
                 reply = reader.gets()
             if batch:
                 yield batch
-            await parser.read_from_socket()
+            await self.fill()
 
     async def read(self) -> Any:
         """Read the next reply (raises a reply error as an exception)."""
