@@ -93,9 +93,14 @@ class Producer:
         dedup_key: str | None = None,
         dedup_ttl: float = DEDUP_TTL,
         durable: str | None = None,
+        maxlen: int | None = None,
+        minid: str | None = None,
     ) -> int | None:
         """PUBLISH ``data`` as JSON to ``channel``; returns the number of receivers (None for
-        a duplicate). ``durable="stream"`` also appends it to that stream, atomically."""
+        a duplicate). ``durable="stream"`` also appends it to that stream, atomically,
+        trimmed (approximately) by ``maxlen`` or ``minid`` as ``append`` does."""
+        if durable is None and (maxlen is not None or minid is not None):
+            raise ConfigError("maxlen and minid trim the durable stream: give durable= too")
         payload = codec.encode(data)
         if headers:
             payload = codec.envelope(payload, codec.new_id(), headers=headers)
@@ -106,7 +111,8 @@ class Producer:
         keys: list[str] = []
         if durable is not None:
             keys.append(durable)
-            commands.append(("XADD", durable, "*", *_field_args(data, headers)))
+            trim = _trim(maxlen, minid)
+            commands.append(("XADD", durable, *trim, "*", *_field_args(data, headers)))
         dedup = self.keys(durable or channel).dedup(dedup_key) if dedup_key is not None else ""
         result: int | None = await self._produce(dedup, dedup_ttl, keys, commands)
         return result

@@ -49,9 +49,10 @@ async def test_killed_workers_lose_nothing(
 ) -> None:
     """Three workers consume 20,000 messages (handlers of 0-5 ms, 4 at a time per
     worker: slower than the producer, so a backlog builds and a worker always holds
-    messages) while one of them is killed with SIGKILL at random moments and replaced: every message is handled at least
-    once, Redis ends with nothing leased or pending, and every duplicate comes from a
-    killed worker (a live worker's messages are never handed to another one)."""
+    messages) while one of them is killed with SIGKILL at random moments and replaced:
+    every message is handled at least once, Redis ends with nothing leased or pending, and
+    every duplicate comes from a killed worker (a live worker's messages are never handed
+    to another one)."""
     total, kills_wanted = 20_000, 4
     url = private_redis.url
     pool = workers(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -367,6 +368,26 @@ async def test_durable_publish_reaches_live_and_offline_consumers(url: str, ns: 
 
     async with later:
         await eventually(lambda: slow == [1], what="stream consumer got the durable copy")
+
+
+async def test_durable_publish_trims_its_stream(url: str, ns: str) -> None:
+    """publish(durable=..., maxlen=N) keeps the durable stream near N entries (approximate
+    trimming: whole stream nodes of 100 entries); maxlen without durable is a ConfigError."""
+    ch, s = f"{ns}:ch", f"{ns}:s"
+    flow = make_flow(url, ns)
+    r = aioredis.Redis.from_url(url)
+    try:
+        for n in range(500):
+            await flow.publish(ch, {"n": n}, durable=s, maxlen=10)
+        length = await r.xlen(s)
+        assert 10 <= length <= 110, length
+        last = await r.xrevrange(s, count=1)
+        assert orjson.loads(last[0][1][b"data"]) == {"n": 499}
+        with pytest.raises(ConfigError, match="durable"):
+            await flow.publish(ch, {"n": 0}, maxlen=10)
+    finally:
+        await flow.aclose()
+        await r.aclose()
 
 
 async def test_notified_queue_is_handled_once_and_notifies(url: str, ns: str) -> None:
