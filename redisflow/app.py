@@ -64,6 +64,7 @@ class Settings:
     stream_start: str
     consumer_name: str
     give_up_after: float | None
+    forget_consumers_after: float | None = 3600.0
     track: bool = False
     track_ttl: float = 86400.0
     report_interval: float = 2.0
@@ -87,8 +88,10 @@ class Flow(Producer):
     may run after a stop. ``name`` names this process's stream consumers (default
     ``host-pid``: give a stable name to re-read its own pending entries after a restart).
     ``lease`` is how long a silent queue worker keeps its messages before peers take them
-    back; ``claim_idle`` the same for stream entries. ``batch_size`` is the most messages a
-    fetch takes; ``prefetch`` the most a consumer holds. ``dead_maxlen`` bounds each
+    back; ``claim_idle`` the same for stream entries. ``forget_consumers_after``: stream
+    consumers of our groups that hold nothing and were not seen for that long (stopped or
+    dead workers) are deleted from the group (None keeps them). ``batch_size`` is the most
+    messages a fetch takes; ``prefetch`` the most a consumer holds. ``dead_maxlen`` bounds each
     dead-letter stream. ``channel_buffer`` is how many Pub/Sub messages wait per handler
     before new ones are dropped. ``give_up_after`` is how long the flow waits for an
     unreachable Redis (at start, or during an outage) before it fails; None waits forever.
@@ -106,6 +109,7 @@ class Flow(Producer):
         name: str | None = None,
         lease: float = 15.0,
         claim_idle: float = 30.0,
+        forget_consumers_after: float | None = 3600.0,
         batch_size: int = 500,
         prefetch: int = 1000,
         block_timeout: float = 5.0,
@@ -124,6 +128,8 @@ class Flow(Producer):
             raise ConfigError("batch_size must be from 1 to 2000, and prefetch >= 1")
         if lease <= 1 or claim_idle <= 1:
             raise ConfigError("lease and claim_idle must be > 1 second")
+        if forget_consumers_after is not None and forget_consumers_after <= 0:
+            raise ConfigError("forget_consumers_after must be > 0 seconds, or None")
         self.url = url or os.environ.get("REDISFLOW_URL") or DEFAULT_URL
         self.prefix = prefix
         self.max_connections = max_connections
@@ -133,6 +139,7 @@ class Flow(Producer):
             block_timeout=block_timeout,
             lease=lease,
             claim_idle=claim_idle,
+            forget_consumers_after=forget_consumers_after,
             batch_size=batch_size,
             prefetch=prefetch,
             dead_maxlen=dead_maxlen,

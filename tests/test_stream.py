@@ -202,6 +202,49 @@ async def test_dead_consumers_entries_are_reclaimed(url: str, ns: str, r: aiored
     assert sorted(got) == sorted((eid, 2) for eid in ids)
 
 
+async def consumers_of(r: aioredis.Redis, stream: str, group: str) -> dict[str, int]:
+    """The group's consumers and their pending counts."""
+    rows = await r.xinfo_consumers(stream, group)
+    return {_s(row["name"]): int(row["pending"]) for row in rows}
+
+
+async def test_idle_consumers_that_hold_nothing_are_deleted(
+    url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """Consumers left behind by stopped workers (nothing pending, not seen for
+    ``forget_consumers_after``) are deleted from the group; one still holding an entry is
+    kept, and so is the flow's own consumer."""
+    s = f"{ns}:events"
+    await r.xgroup_create(s, "g", id="0", mkstream=True)
+    for k in range(2):
+        await r.xadd(s, {"data": b'{"to": "x", "n": %d}' % k})
+    gone = await r.xreadgroup("g", "gone-1", {s: ">"}, count=1)
+    await r.xack(s, "g", gone[0][1][0][0])
+    await r.xreadgroup("g", "holder", {s: ">"}, count=1)  # never acked
+    await r.execute_command("XGROUP", "CREATECONSUMER", s, "g", "gone-2")
+    assert await consumers_of(r, s, "g") == {"gone-1": 0, "holder": 1, "gone-2": 0}
+    await anyio.sleep(1.0)  # older than forget_consumers_after
+    flow = make_flow(url, ns, claim_idle=60, forget_consumers_after=0.8, name="alive")
+
+    @flow.on_stream(s, group="g")
+    async def handle(note: Note) -> None:
+        pass
+
+    async with flow:
+        await eventually(
+            lambda: _consumers_are(r, s, "g", {"holder", "alive"}),
+            what="the idle consumers deleted",
+        )
+        await anyio.sleep(1.2)  # the live one, idle but blocked in XREADGROUP, stays
+        assert set(await consumers_of(r, s, "g")) == {"holder", "alive"}
+    with pytest.raises(Exception, match="forget_consumers_after"):
+        make_flow(url, ns, forget_consumers_after=0)
+
+
+async def _consumers_are(r: aioredis.Redis, s: str, g: str, names: set[str]) -> bool:
+    return set(await consumers_of(r, s, g)) == names
+
+
 async def test_entry_deleted_while_pending_leaves_the_pel(
     url: str, ns: str, r: aioredis.Redis
 ) -> None:

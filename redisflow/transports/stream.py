@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..handler import Handler
 
 CLAIM = Script("stream_claim")
+FORGET = Script("stream_forget")
 PARKED_IDLE_MS = 10**9  # handed-back entries look idle at once to XAUTOCLAIM
 
 
@@ -202,7 +203,8 @@ class StreamConsumer(Consumer):
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._acker)
-            last_claim = 0.0
+            last_claim = last_forget = 0.0
+            forget = self.settings.forget_consumers_after
             while True:
                 try:
                     await self._touch()
@@ -210,6 +212,9 @@ class StreamConsumer(Consumer):
                     if now - last_claim >= self.settings.claim_interval and not self.stopping:
                         last_claim = now
                         await self._reclaim()
+                    if forget is not None and now - last_forget >= min(forget / 2, 60):
+                        last_forget = now
+                        await self._forget(forget)
                 except CONNECTION_ERRORS:
                     pass
                 except Exception:  # a bug here must not stop the handlers: log, go on
@@ -244,6 +249,16 @@ class StreamConsumer(Consumer):
         self._batches.append(batch)
         self.settings.log.warning("%s: reclaimed %d idle entries", self, len(entries))
         self.feed(await self._admit([(e[0], e[1], batch, int(e[2])) for e in entries]))
+
+    async def _forget(self, after: float) -> None:
+        """Delete consumers of our group that hold nothing and were not seen for ``after``
+        seconds (workers that stopped or died), so the group does not grow with restarts."""
+        gone = await FORGET(
+            self.redis, [self.stream], [self.group, int(after * 1000), self.consumer]
+        )
+        if gone:
+            names = ", ".join(g.decode() for g in gone)
+            self.settings.log.info("%s: deleted %d idle consumers: %s", self, len(gone), names)
 
     async def _admit(self, items: list[Any]) -> list[Any]:
         """Dead-letter entries delivered more than max_attempts times without an ack: they
