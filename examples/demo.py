@@ -60,8 +60,9 @@ if __name__ == "__main__":
     url = os.environ.get("REDISFLOW_URL", "redis://localhost:6379/0")
     proc = workdir = None
     if not reachable(url):
+        wanted = url
         proc, url, workdir = private_redis()
-        print(f"no Redis at the default URL: started a private one at {url}")
+        print(f"no Redis at {wanted}: started a private one at {url}")
     else:
         print(f"using the Redis at {url}")
     try:
