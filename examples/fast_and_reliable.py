@@ -4,7 +4,8 @@ Tutorial pattern "Hybrid Architectural Patterns", Pattern 1 (Fast Path + Reliabl
 There PUBLISH and XADD are separate calls (a crash between them gives the live listeners an
 event the log never records), ``xadd(stream, event)`` fails on any nested value, and the
 reliable reader calls XREADGROUP once, on a group nobody created, and never acknowledges.
-Here ``publish(..., durable=STREAM)`` publishes and appends in one atomic step. The channel
+Here ``publish(..., durable=STREAM)`` publishes and appends in one atomic step (and
+``maxlen`` keeps the log bounded, which the tutorial's never was). The channel
 handler gets events at once but only while it runs (at-most-once); the stream handler's
 consumer group gets every event, including those sent while no worker ran, and acks each
 one when its handler is done (at-least-once).
@@ -22,6 +23,7 @@ from redisflow import Flow
 
 CHANNEL = "examples:fast_and_reliable:live"
 STREAM = "examples:fast_and_reliable:log"
+KEEP = 10_000  # entries the log keeps (approximately: MAXLEN ~)
 
 flow = Flow()  # $REDISFLOW_URL, else redis://localhost:6379/0
 
@@ -47,7 +49,8 @@ async def produce(first: int = 1, count: int = 3) -> list[int]:
     """Send events ``first``.. ``first + count - 1``; returns each one's live receivers."""
     receivers = []
     for n in range(first, first + count):
-        live_now = await flow.publish(CHANNEL, Event(n=n, kind="order.created"), durable=STREAM)
+        event = Event(n=n, kind="order.created")
+        live_now = await flow.publish(CHANNEL, event, durable=STREAM, maxlen=KEEP)
         assert live_now is not None  # None only for a duplicate dedup_key
         receivers.append(live_now)
         print(f"sent event {n}: {live_now} live listener(s), and kept in {STREAM}")
