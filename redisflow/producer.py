@@ -113,7 +113,7 @@ class Producer:
             keys.append(durable)
             trim = _trim(maxlen, minid)
             commands.append(("XADD", durable, *trim, "*", *_field_args(data, headers)))
-        dedup = self.keys(durable or channel).dedup(dedup_key) if dedup_key is not None else ""
+        dedup = self.keys(durable or channel).dedup(dedup_key) if dedup_key is not None else None
         result: int | None = await self._produce(dedup, dedup_ttl, keys, commands)
         return result
 
@@ -156,7 +156,7 @@ class Producer:
         commands = [push]
         if notify is not None:
             commands.append(("PUBLISH", notify, item))
-        dedup = keys.dedup(dedup_key) if dedup_key is not None else ""
+        dedup = keys.dedup(dedup_key) if dedup_key is not None else None
         if await self._produce(dedup, dedup_ttl, [target], commands) is None:
             return None
         await self._track("queue", queue, [msg_id])
@@ -182,7 +182,7 @@ class Producer:
         else:
             commands: list[Sequence[Any]] = [("RPUSH", queue, *packed)]
             commands += [("PUBLISH", notify, item) for item in packed]
-            await self._produce("", 0, [queue], commands)
+            await self._produce(None, 0, [queue], commands)
         await self._track("queue", queue, ids)
         return ids
 
@@ -286,7 +286,7 @@ class Producer:
             touched.append(key)
         if index:
             touched.append(keys.indexes)
-        dedup = keys.dedup(dedup_key) if dedup_key is not None else ""
+        dedup = keys.dedup(dedup_key) if dedup_key is not None else None
         reply = await self._produce(dedup, dedup_ttl, touched, commands)
         if reply is None:
             return None
@@ -455,12 +455,14 @@ class Producer:
     # -- shared ---------------------------------------------------------------------------
 
     async def _produce(
-        self, dedup: str, ttl: float, keys: list[str], commands: Sequence[Sequence[Any]]
+        self, dedup: str | None, ttl: float, keys: list[str], commands: Sequence[Sequence[Any]]
     ) -> Any:
-        argv: list[Any] = [_ms(ttl) or 1]
+        """Run ``commands`` in one script (atomic), unless ``dedup`` (a key) was seen within
+        ``ttl`` seconds; ``keys`` are every key they touch, declared for Redis Cluster."""
+        argv: list[Any] = [_ms(ttl) or 1 if dedup else 0]
         for command in commands:
             argv += (len(command), *command)
-        return await PRODUCE(self._send, [dedup, *keys], argv)
+        return await PRODUCE(self._send, [dedup, *keys] if dedup else keys, argv)
 
     async def _track(self, kind: str, source: str, ids: list[str]) -> None:
         # After the send: a status record that cannot be written must not make a sent

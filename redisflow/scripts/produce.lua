@@ -1,10 +1,11 @@
 -- Run a producer's commands atomically, unless its dedup key was seen within the window.
--- KEYS[1] dedup key, or '' for none; KEYS[2..] every key the commands touch (for Cluster).
--- ARGV[1] dedup window ms; then each command as: argument count, arguments...
+-- ARGV[1] dedup window ms, or 0 for no dedup; then each command as: argument count,
+-- arguments... KEYS: the dedup key first when there is one, then every key the commands
+-- touch (declared for Redis Cluster: all in one slot).
 -- An argument '\0id' is replaced by the reply of the first command (an XADD's entry id, for
 -- the index SADDs); '\0due:<ms>' by the server time in ms plus <ms> (delayed enqueues).
 -- Returns false for a duplicate, else the reply of the first command.
-if KEYS[1] ~= '' then
+if ARGV[1] ~= '0' then
   if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return false end
 end
 local now
