@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -857,7 +858,9 @@ async def test_messages_of_a_killed_worker_are_delivered_again(
     url: str,
     tmp_path: Path,
 ) -> None:
-    """The message of a worker killed by SIGKILL mid-handler is delivered again to a peer."""
+    """The message of a worker killed by SIGKILL mid-handler is delivered again to a peer,
+    as attempt 2: the delivery that died counts (a stream's delivery count, a queue
+    message's envelope)."""
     name = kind.name(ns)
     async with make_flow() as producer:
         msg_id = await kind.produce(producer, name, {"to": "a"})
@@ -894,6 +897,100 @@ async def test_messages_of_a_killed_worker_are_delivered_again(
         await eventually(lambda: got, within=10, what="redelivery after the crash")
     assert [m.id for m in got] == [msg_id]
     assert got[0].payload == Email(to="a")
+    assert got[0].attempt == 2
+    async with make_flow() as probe:
+        assert await kind.held(r, probe, name) == 0
+
+
+POISON_WORKER = textwrap.dedent(
+    """
+    import os
+    import signal
+    import sys
+
+    import anyio
+
+    from redisflow import Flow
+
+    url, ns, kind, name, log = sys.argv[1:6]
+    sys.stderr = open(log, "a", buffering=1)
+    flow = Flow(
+        url, prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, batch_size=1, prefetch=1
+    )
+
+
+    async def handler(job: dict) -> None:
+        if job["poison"]:
+            os.kill(os.getpid(), signal.SIGKILL)  # a segfault, the OOM killer...
+        await flow.redis.rpush(ns + ":handled", job["n"])
+
+
+    if kind == "queue":
+        flow.on_queue(name, max_attempts=2, concurrency=1)(handler)
+    elif kind == "priority":
+        flow.on_priority(name, max_attempts=2, concurrency=1)(handler)
+    else:
+        flow.on_stream(name, group="g", max_attempts=2, concurrency=1)(handler)
+    anyio.run(flow.run)
+    """
+)
+
+
+@reliable_kinds
+async def test_a_message_that_kills_every_worker_is_dead_lettered(
+    kind: Kind,
+    make_flow: Callable[..., Flow],
+    ns: str,
+    r: aioredis.Redis,
+    url: str,
+    tmp_path: Path,
+) -> None:
+    """A message whose handler kills the worker process each time (max_attempts=2) does not
+    stall its source forever: after two deliveries that died it is dead-lettered, and the
+    messages behind it are handled. (A crash counts a delivery for every message the worker
+    held, as stream delivery counts do; with ``prefetch=1`` that is the poison alone.)"""
+    name = kind.name(ns)
+    async with make_flow() as producer:
+        await kind.produce(producer, name, {"n": 0, "poison": True})
+        for n in range(1, 4):
+            await kind.produce(producer, name, {"n": n, "poison": False})
+    script = tmp_path / "worker.py"
+    script.write_text(POISON_WORKER)
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, str(script), url, ns, kind.kind, name, str(log)]
+    deaths = 0
+    dead_key = make_flow().keys(name).dead
+    with anyio.fail_after(60):
+        while not await r.xlen(dead_key):
+            proc = await anyio.open_process(argv, env=env, stdout=None, stderr=None)
+            try:
+                with anyio.move_on_after(8):  # each worker dies, or dead-letters the poison
+                    while proc.returncode is None and not await r.xlen(dead_key):  # noqa: ASYNC110
+                        await anyio.sleep(0.1)
+                if proc.returncode is not None:
+                    deaths += 1
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                await proc.wait()
+                await proc.aclose()
+    [(_, fields)] = await r.xrange(dead_key)
+    assert b"without completing" in fields[b"error"], fields
+    assert orjson.loads(fields[b"data"]) == {"n": 0, "poison": True}
+    assert int(fields[b"attempts"]) == 3  # the delivery count, with the one that buried it
+    assert deaths == 2, log.read_text()
+    rescuer = make_flow()
+
+    @kind.on(rescuer, name)
+    async def handler(job: dict[str, Any]) -> None:
+        await r.rpush(f"{ns}:handled", job["n"])
+
+    async def all_handled() -> bool:
+        return {int(n) for n in await r.lrange(f"{ns}:handled", 0, -1)} == {1, 2, 3}
+
+    async with rescuer:
+        await eventually(all_handled, within=10, what="the messages behind it")
     async with make_flow() as probe:
         assert await kind.held(r, probe, name) == 0
 

@@ -1,10 +1,10 @@
--- Give a worker's leased messages back to their queue, at the head, in order.
+-- Give a live worker's leased messages back to their queue, at the head, in order (at stop,
+-- or batches whose fetch reply was lost; a dead worker's go through recover.lua).
 -- KEYS[1] queue (list or sorted set), KEYS[2] leases, KEYS[3] the worker's batch set,
 -- KEYS[4 .. 3+ARGV[3]] batches whose remaining messages are passed in ARGV (just drop them),
--- KEYS[4+ARGV[3] ..] batches to move back whole (a dead worker's, or unknown to the caller).
+-- KEYS[4+ARGV[3] ..] batches to move back whole (unknown to the caller).
 -- ARGV[1] 'list' or 'zset', ARGV[2] worker id, ARGV[3] number of batches to drop,
--- ARGV[4] '1' to act only if the worker's lease has expired (recovering a dead worker),
--- ARGV[5..] unfinished items: members for a list, score/member pairs for a sorted set.
+-- ARGV[4..] unfinished items: members for a list, score/member pairs for a sorted set.
 local function call_chunked(cmd, key, args)
   -- unpack() is limited by the Lua C stack (~8000 values): send long lists in chunks
   for i = 1, #args, 4000 do
@@ -12,13 +12,6 @@ local function call_chunked(cmd, key, args)
   end
 end
 local zset = ARGV[1] == 'zset'
-if ARGV[4] == '1' then
-  local expiry = redis.call('ZSCORE', KEYS[2], ARGV[2])
-  local now = redis.call('TIME')
-  if expiry and tonumber(expiry) > tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
-    return -1
-  end
-end
 local function give_back(items, from)
   if #items < from then return end
   if zset then
@@ -45,7 +38,7 @@ for i = 4, #KEYS do
   redis.call('DEL', KEYS[i])
   redis.call('SREM', KEYS[3], KEYS[i])
 end
-give_back(ARGV, 5)
+give_back(ARGV, 4)
 if redis.call('SCARD', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[3])
   redis.call('ZREM', KEYS[2], ARGV[2])

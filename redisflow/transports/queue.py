@@ -5,7 +5,8 @@ queue into a fresh batch list owned by this worker (``rf:{q}:proc:<worker>:<n>``
 list is deleted when all its messages are settled. Only on an empty queue does the loop
 block, in ``BLMOVE`` of one item into a batch list registered beforehand, so nothing is ever
 between Redis and a known key. The worker's lease is renewed by ``maintain``; a dead
-worker's batches are moved back by whoever sees its lease expire.
+worker's batches are moved back by whoever sees its lease expire, each message with one
+more attempt counted (``recover.lua``: one past ``max_attempts`` is dead-lettered).
 
 ``at_most_once=True`` pops destructively (``LMPOP``/``BLMPOP``): faster, but a crash loses
 what was popped. Blocking pops are stopped with ``CLIENT UNBLOCK``, never by cancellation
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from ..codec import MARK, content_id, payload_of, reenvelope, split
 from ..connection import CONNECTION_ERRORS, Script, command
 from ..message import Message
-from .base import Consumer
+from .base import Consumer, Failure
 
 if TYPE_CHECKING:
     from ..app import Settings
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 FETCH = Script("queue_fetch")
 RELEASE = Script("release")
+RECOVER = Script("recover")
 MAINTAIN = Script("maintain")
 DELAY = Script("delay")
 
@@ -141,7 +143,7 @@ class QueueConsumer(Consumer):
         moved = await RELEASE(
             self.redis,
             [self.handler.source.name, self.keys.leases, self.wset, *orphans],
-            [self.mode, self.worker, 0, "0"],
+            [self.mode, self.worker, 0],
         )
         await self._maintain_once()  # the release drops an empty worker's lease: renew it
         if moved:
@@ -240,17 +242,32 @@ class QueueConsumer(Consumer):
         return wait
 
     async def _recover(self, worker: str) -> None:
+        """Give a dead worker's batches back, counting an attempt for each message (as a
+        stream's delivery count does); those past ``max_attempts`` are dead-lettered here,
+        so a message that kills every worker that takes it cannot stall the queue."""
         wset = self.keys.batches(worker)
         batches = [_text(b) for b in await self.redis.smembers(wset)]
-        moved = await RELEASE(
+        key = self._next_key()
+        reply = await RECOVER(
             self.redis,
-            [self.handler.source.name, self.keys.leases, wset, *batches],
-            [self.mode, worker, 0, "1"],
+            [self.handler.source.name, self.keys.leases, wset, key, self.wset, *batches],
+            [self.mode, worker, self.options.max_attempts],
         )
-        if moved and int(moved) > 0:
+        moved, over = int(reply[0]), reply[1:]
+        if moved > 0:
             self.settings.log.warning(
                 "%s: worker %s died; %d messages delivered again", self, worker, moved
             )
+        if moved < 0 or not over:
+            return
+        batch = Batch(key, 0)
+        items = self._items(over, batch)
+        batch.left = len(items)
+        self._known[key] = batch
+        for item in items:  # as a stream's delivery count, the count includes this one
+            count = self.attempt(item)
+            failure = Failure(f"delivered {count} times without completing (its workers died)")
+            await self._settle(item, failure, count, final=True)
 
     async def _acker(self) -> None:
         """Flush acks through the pool while the fetch loop is blocked in Redis."""
@@ -333,7 +350,7 @@ class QueueConsumer(Consumer):
         moved = await RELEASE(
             self.redis,
             [self.handler.source.name, self.keys.leases, self.wset, *drop, *orphans],
-            [self.mode, self.worker, len(drop), "0", *self._release_items(unfinished)],
+            [self.mode, self.worker, len(drop), *self._release_items(unfinished)],
         )
         self._acks.clear()
         self._sent_acks.clear()
