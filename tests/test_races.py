@@ -339,6 +339,7 @@ async def test_rate_limit_holds_across_worker_processes(
     )
     pool.start()
     pool.start()
+    await eventually(lambda: len(pool.ready) == 2, within=60, what="both workers ready")
     flow = Flow(url, prefix=ns)
     try:
         items = [{"n": n, "p": n % keys} for n in range(keys * per_key)]

@@ -160,7 +160,8 @@ class Workers:
         out: list[Record] = []
         for path in self.out.glob("*.rec"):
             pid = int(path.stem)
-            for line in path.read_text().splitlines():
+            # Only whole lines: a record being written may be read half-written.
+            for line in path.read_text().split("\n")[:-1]:
                 event, kind, n, attempt, t = line.split()
                 out.append(Record(event, kind, int(n), int(attempt), float(t), pid))
         return out
