@@ -827,6 +827,7 @@ WORKER = textwrap.dedent(
     import anyio
 
     from redisflow import Flow, Message
+    from tests.helpers import Kind
 
     url, ns, kind, name, log = sys.argv[1:6]
     sys.stderr = open(log, "w", buffering=1)  # read by the test if the worker fails
@@ -838,15 +839,22 @@ WORKER = textwrap.dedent(
         await anyio.sleep(3600)
 
 
-    if kind == "queue":
-        flow.on_queue(name)(handler)
-    elif kind == "priority":
-        flow.on_priority(name)(handler)
-    else:
-        flow.on_stream(name, group="g")(handler)
+    Kind(kind).on(flow, name)(handler)
     anyio.run(flow.run)
     """
 )
+
+
+def worker_command(
+    source: str, tmp_path: Path, url: str, ns: str, kind: Kind, name: str
+) -> tuple[list[str], dict[str, str], Path]:
+    """The argv and environment that run a worker script (``WORKER``, ``POISON_WORKER``),
+    and the file it logs to."""
+    script = tmp_path / "worker.py"
+    script.write_text(source)
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [sys.executable, str(script), url, ns, kind.kind, name, str(log)], env, log
 
 
 @reliable_kinds
@@ -864,11 +872,7 @@ async def test_messages_of_a_killed_worker_are_delivered_again(
     name = kind.name(ns)
     async with make_flow() as producer:
         msg_id = await kind.produce(producer, name, {"to": "a"})
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    log = tmp_path / "worker.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, str(script), url, ns, kind.kind, name, str(log)]
+    argv, env, log = worker_command(WORKER, tmp_path, url, ns, kind, name)
     proc = await anyio.open_process(argv, env=env, stdout=None, stderr=None)
     try:
         try:
@@ -911,6 +915,7 @@ POISON_WORKER = textwrap.dedent(
     import anyio
 
     from redisflow import Flow
+    from tests.helpers import Kind
 
     url, ns, kind, name, log = sys.argv[1:6]
     sys.stderr = open(log, "a", buffering=1)
@@ -925,12 +930,7 @@ POISON_WORKER = textwrap.dedent(
         await flow.redis.rpush(ns + ":handled", job["n"])
 
 
-    if kind == "queue":
-        flow.on_queue(name, max_attempts=2, concurrency=1)(handler)
-    elif kind == "priority":
-        flow.on_priority(name, max_attempts=2, concurrency=1)(handler)
-    else:
-        flow.on_stream(name, group="g", max_attempts=2, concurrency=1)(handler)
+    Kind(kind).on(flow, name, max_attempts=2, concurrency=1)(handler)
     anyio.run(flow.run)
     """
 )
@@ -954,11 +954,7 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(
         await kind.produce(producer, name, {"n": 0, "poison": True})
         for n in range(1, 4):
             await kind.produce(producer, name, {"n": n, "poison": False})
-    script = tmp_path / "worker.py"
-    script.write_text(POISON_WORKER)
-    log = tmp_path / "worker.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, str(script), url, ns, kind.kind, name, str(log)]
+    argv, env, log = worker_command(POISON_WORKER, tmp_path, url, ns, kind, name)
     deaths = 0
     dead_key = make_flow().keys(name).dead
     with anyio.fail_after(60):
