@@ -223,8 +223,10 @@ async def test_idle_consumers_that_hold_nothing_are_deleted(
     await r.xreadgroup("g", "holder", {s: ">"}, count=1)  # never acked
     await r.execute_command("XGROUP", "CREATECONSUMER", s, "g", "gone-2")
     assert await consumers_of(r, s, "g") == {"gone-1": 0, "holder": 1, "gone-2": 0}
-    await anyio.sleep(1.0)  # older than forget_consumers_after
-    flow = make_flow(url, ns, claim_idle=60, forget_consumers_after=0.8, name="alive")
+    await anyio.sleep(1.6)  # older than forget_consumers_after
+    # The live consumer is seen at every XREADGROUP (block_timeout 0.5 s): it would take a
+    # 1 s stall of this process for its idle time to reach 1.5 s.
+    flow = make_flow(url, ns, claim_idle=60, forget_consumers_after=1.5, name="alive")
 
     @flow.on_stream(s, group="g")
     async def handle(note: Note) -> None:
@@ -235,7 +237,7 @@ async def test_idle_consumers_that_hold_nothing_are_deleted(
             lambda: _consumers_are(r, s, "g", {"holder", "alive"}),
             what="the idle consumers deleted",
         )
-        await anyio.sleep(1.2)  # the live one, idle but blocked in XREADGROUP, stays
+        await anyio.sleep(2.0)  # the live one, idle but blocked in XREADGROUP, stays
         assert set(await consumers_of(r, s, "g")) == {"holder", "alive"}
     with pytest.raises(Exception, match="forget_consumers_after"):
         make_flow(url, ns, forget_consumers_after=0)
