@@ -125,5 +125,6 @@ def reenvelope(raw: bytes, attempt: int) -> bytes:
 
 
 def content_id(raw: bytes) -> str:
-    """A stable id for an item written without an envelope (hash of its bytes)."""
-    return hashlib.blake2b(raw, digest_size=10).hexdigest()
+    """A stable id for an item written without an envelope: the first 20 hex digits of the
+    SHA-1 of its bytes, which ``recover.lua`` computes too (``redis.sha1hex``)."""
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:20]

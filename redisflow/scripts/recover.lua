@@ -18,7 +18,7 @@ if expiry and tonumber(expiry) > now then return {-1} end
 
 local function counted(item)
   -- the item with its attempt + 1, and that attempt; an item written by another client
-  -- (no envelope) gets one, its id from its bytes
+  -- (no envelope) gets one, with the id it had (codec.content_id: SHA-1 of its bytes)
   local s, e, id, ms, n = string.find(item, '^\30%[("[^"\\]*"),(%d+),(%d+),')
   if not s then
     return '\30["' .. string.sub(redis.sha1hex(item), 1, 20) .. '",' .. now .. ',2,null]\n'
