@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from .app import Flow
+from ..app import Flow
 
 __all__ = ["RedisServer", "run_flow"]
 
