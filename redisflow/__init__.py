@@ -6,22 +6,47 @@ payloads validated by pydantic from the handler's type hints.
 """
 
 from .app import Flow
-from .errors import ConfigError, DecodeError, RedisflowError, Reject, Retry
-from .message import Message, Source
-from .ratelimit import Limiter, RateLimit
+from .client import Client
+from .config import FlowConfig, HandlerOptions, RateLimit
+from .errors import (
+    AuthError,
+    ConfigError,
+    ConnectionLost,
+    DecodeError,
+    PermissionDenied,
+    RedisflowError,
+    Reject,
+    ReplicationError,
+    ReplyError,
+    Retry,
+)
+from .message import Kind, Message, Source
+from .ops.deadletters import DeadLetter, DeadLetters
+from .ratelimit import Limiter
 from .tracking import MessageStatus
 
 __all__ = [
+    "AuthError",
+    "Client",
     "ConfigError",
+    "ConnectionLost",
+    "DeadLetter",
+    "DeadLetters",
     "DecodeError",
     "Flow",
+    "FlowConfig",
+    "HandlerOptions",
+    "Kind",
     "Limiter",
     "Message",
     "MessageStatus",
+    "PermissionDenied",
     "RateLimit",
     "RedisflowError",
     "Reject",
+    "ReplicationError",
+    "ReplyError",
     "Retry",
     "Source",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,18 @@
-"""Exceptions raised by redisflow, and the two signals a handler may raise."""
+"""Exceptions raised by redisflow, and the two signals a handler may raise.
+
+Failures derive from ``RedisflowError``. Talking to Redis can fail in two ways, and callers
+treat them differently (docs/design.md, "Errors"):
+
+- ``ConnectionLost``: no answer (refused, reset, timed out, a server still loading its data
+  or demoted to a replica). A loop reconnects with backoff; a producer call is sent again.
+  It is also a builtin ``ConnectionError``.
+- ``ReplyError``: Redis answered with an error (``code`` is its first word: ``NOSCRIPT``,
+  ``MOVED``, ``NOPERM``, ``OOM``...). Sending the same command again gets the same answer,
+  except for the redirections a cluster router follows.
+
+``Retry`` and ``Reject`` are not failures but signals: a handler raises them to steer what
+happens to its message.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +22,40 @@ class RedisflowError(Exception):
 
 
 class ConfigError(RedisflowError, ValueError):
-    """Raised when a flow, a handler or a producer call is configured wrongly."""
+    """Raised when a flow, a handler, a URL or a producer call is configured wrongly."""
 
 
 class DecodeError(RedisflowError):
     """Raised when a message cannot be decoded or does not validate against its handler."""
+
+
+class ConnectionLost(RedisflowError, ConnectionError):
+    """Raised when Redis cannot be reached, or stops answering on a connection."""
+
+
+class ReplyError(RedisflowError):
+    """Raised when Redis answers a command with an error; ``code`` is the error's first word
+    (``NOSCRIPT``, ``MOVED``, ``WRONGTYPE``...), ``ERR`` for generic errors."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        word = message.split(" ", 1)[0]
+        self.code = word if word.isupper() else "ERR"
+
+
+class AuthError(ReplyError):
+    """Raised when Redis refuses the credentials (``WRONGPASS``, ``NOAUTH``): reconnecting
+    cannot help, so loops fail at once instead of waiting for a cure."""
+
+
+class PermissionDenied(ReplyError):
+    """Raised when the ACL user may not run a command or touch a key (``NOPERM``); the
+    message names what was refused (see docs/security.md for the rules each feature needs)."""
+
+
+class ReplicationError(RedisflowError):
+    """Raised when fewer replicas acknowledged a write than ``wait_replicas`` asks for. The
+    write happened on the primary: the message may exist, and may be lost in a failover."""
 
 
 class HandlerSignal(Exception):

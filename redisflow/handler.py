@@ -12,44 +12,11 @@ from typing import Any
 import anyio.to_thread
 from pydantic import TypeAdapter
 
+from .config import HandlerOptions
 from .errors import ConfigError
 from .message import Message, Source
-from .ratelimit import RateLimit
 
 HandlerFunc = Callable[..., Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """Per-handler delivery options (see ``Flow.on_queue`` for their meaning)."""
-
-    concurrency: int = 16
-    max_attempts: int = 5
-    retry_delay: float = 1.0
-    retry_max_delay: float = 300.0
-    timeout: float | None = None
-    at_most_once: bool = False
-    idempotency_key: Callable[[Any], str] | None = None
-    idempotency_ttl: float = 86400.0
-    rate_limit: RateLimit | None = None
-    track: bool | None = None
-
-    def check(self, where: str) -> None:
-        """Raise ConfigError naming ``where`` for an impossible value."""
-        if self.concurrency < 1:
-            raise ConfigError(f"{where}: concurrency must be >= 1, got {self.concurrency}")
-        if self.max_attempts < 1:
-            raise ConfigError(f"{where}: max_attempts must be >= 1, got {self.max_attempts}")
-        if self.retry_delay < 0 or self.retry_max_delay < self.retry_delay:
-            raise ConfigError(f"{where}: need 0 <= retry_delay <= retry_max_delay")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"{where}: timeout must be > 0 seconds, got {self.timeout}")
-        if self.idempotency_key is not None and not callable(self.idempotency_key):
-            raise ConfigError(f"{where}: idempotency_key must be a function of the payload")
-        if self.idempotency_ttl <= 0:
-            raise ConfigError(f"{where}: idempotency_ttl must be > 0 seconds")
-        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
-            raise ConfigError(f"{where}: rate_limit must be a RateLimit, got {self.rate_limit!r}")
 
 
 def _is_message(annotation: Any) -> bool:
@@ -67,7 +34,7 @@ class Handler:
 
     fn: HandlerFunc
     source: Source
-    options: Options
+    options: HandlerOptions
     adapter: TypeAdapter[Any]
     wants_message: bool
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
@@ -80,7 +47,7 @@ class Handler:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
     @classmethod
-    def build(cls, fn: HandlerFunc, source: Source, options: Options) -> Handler:
+    def build(cls, fn: HandlerFunc, source: Source, options: HandlerOptions) -> Handler:
         """Inspect ``fn`` and build its Handler, or raise ConfigError naming it."""
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):

@@ -1,12 +1,15 @@
 """Consumer-side deduplication: handle each idempotency key once within a window.
 
 ``@flow.on_queue(..., idempotency_key=lambda order: order.id)``: before the handler runs,
-the key is claimed in Redis (``scripts/idempotency.lua``). A key already done within
+the key is claimed in Redis (``lua/idempotency.lua``). A key already done within
 ``idempotency_ttl`` skips the message; a key claimed by another worker that is handling a
-duplicate right now defers this copy until that claim ends (the other copy may still fail).
-Success marks the key done; a failure drops the claim, so the retry runs again. A worker
-killed mid-handler leaves only its claim, which expires after ``claim`` seconds: the key is
-never marked done for work that did not finish.
+duplicate right now defers this copy (the other copy may still fail), and the copy is
+looked at again after half as long as the other copy has been running (at least
+``recheck``, 0.2 s; at most the time left on its claim): a duplicate of a short job waits
+about as long as that job, not as long as the claim could last. Success marks the key done;
+a failure drops the claim, so the retry runs again. A worker killed mid-handler leaves only
+its claim, which expires after ``claim`` seconds: the key is never marked done for work that
+did not finish.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .connection import Pipeliner, Script
-from .keys import Keys
+from .protocol import scripts
 
-IDEMPOTENCY = Script("idempotency")
+if TYPE_CHECKING:
+    from .connection import Connector
+    from .keys import Keys
 
 
 class Skip(Exception):
@@ -38,10 +42,17 @@ class Idempotency:
     """The idempotency records of one handler."""
 
     def __init__(
-        self, send: Pipeliner, keys: Keys, key: Callable[[Any], str], ttl: float, claim: float
+        self,
+        connector: Connector,
+        keys: Keys,
+        key: Callable[[Any], str],
+        ttl: float,
+        claim: float,
+        recheck: float = 0.2,
     ) -> None:
-        self.send, self.keys, self.key = send, keys, key
+        self.connector, self.keys, self.key = connector, keys, key
         self.ttl_ms, self.claim_ms = int(ttl * 1000), int(claim * 1000)
+        self.recheck = recheck
         self.tokens = (f"{os.urandom(6).hex()}:{n}" for n in itertools.count())
 
     def record(self, value: Any) -> str:
@@ -52,17 +63,20 @@ class Idempotency:
         """Claim ``record`` and return the claim's token; raise Skip if it is done, Defer
         if another worker (or another coroutine) holds it."""
         token = next(self.tokens)
-        state = await IDEMPOTENCY(self.send, [record], ["claim", token, self.claim_ms])
+        state = await self.connector.run(scripts.idempotency(record, "claim", token, self.claim_ms))
         if state == b"done":
             raise Skip
         if state:
-            raise Defer(int(state) / 1000, "a duplicate is being handled by another worker")
+            left = int(state) / 1000
+            running = max(0.0, self.claim_ms / 1000 - left)
+            wait = min(left, max(self.recheck, running / 2))
+            raise Defer(wait, "a duplicate is being handled by another worker")
         return token
 
     async def done(self, record: str, token: str) -> None:
         """Mark ``record`` handled for the window."""
-        await IDEMPOTENCY(self.send, [record], ["done", token, self.ttl_ms])
+        await self.connector.run(scripts.idempotency(record, "done", token, self.ttl_ms))
 
     async def drop(self, record: str, token: str) -> None:
         """Release our claim after a failure."""
-        await IDEMPOTENCY(self.send, [record], ["drop", token, 0])
+        await self.connector.run(scripts.idempotency(record, "drop", token, 0))

@@ -5,22 +5,78 @@ Auxiliary keys live under the flow's prefix and carry the hash tag of the key th
 so a queue and everything redisflow keeps for it share one Redis Cluster slot::
 
     emails            -> rf:{emails}:delayed, rf:{emails}:dead, rf:{emails}:proc:<worker>:<n>
-    {tenant}:emails   -> rf:{tenant}:emails:delayed ...  (the user's own tag is kept)
+    {tenant}:emails   -> rf:{tenant}:15:{tenant}:emails:delayed   (the user's own tag is kept)
+
+Each source owns its keys: for a name without a tag the tag *is* the name, and a tagged name
+is written out whole behind its length, so no two names (``jobs`` and ``{jobs}``, or
+``{t}:a`` and ``{t}:a:dedup``) can build the same key. Every suffix starts with a letter, so
+the length of a tagged name is never confused with one (docs/design.md, "Keys").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
+SLOTS = 16384
+
 
 def hash_tag(key: str) -> str:
-    """Return the part of ``key`` that Redis Cluster hashes (its ``{tag}``, else all of it)."""
+    """The part of ``key`` that Redis Cluster hashes: its ``{tag}`` (the text between the
+    first ``{`` and the first ``}`` after it, when not empty), else all of it."""
     start = key.find("{")
     if start != -1:
         end = key.find("}", start + 1)
         if end > start + 1:
             return key[start + 1 : end]
     return key
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16-XMODEM of its hash tag, mod 16384)."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
+    return crc % SLOTS
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """``name`` if redisflow can keep its auxiliary keys in its slot, else ConfigError."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"the {what} must be a non-empty string, got {name!r}")
+    if hash_tag(name) == name and "}" in name:
+        raise ConfigError(
+            f"the {what} {name!r} has a '}}' that does not close a hash tag: its auxiliary"
+            " keys could not share its cluster slot (use a tag such as '{tenant}:jobs')"
+        )
+    return name
+
+
+def check_prefix(prefix: object) -> str:
+    """``prefix`` if it is usable (non-empty, no braces, no spaces), else ConfigError."""
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+        raise ConfigError(f"prefix must be non-empty, without braces or spaces: {prefix!r}")
+    return prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +88,11 @@ class Keys:
 
     @property
     def base(self) -> str:
-        """``<prefix>:{<tag>}`` followed by the rest of the name when the user set a tag."""
+        """``<prefix>:{<name>}``, or ``<prefix>:{<tag>}:<length>:<name>`` for a tagged name."""
         tag = hash_tag(self.name)
         if tag == self.name:
             return f"{self.prefix}:{{{tag}}}"
-        return f"{self.prefix}:{self.name}"
+        return f"{self.prefix}:{{{tag}}}:{len(self.name)}:{self.name}"
 
     @property
     def delayed(self) -> str:
@@ -71,6 +127,11 @@ class Keys:
         """One in-flight batch: the messages a worker took in one fetch."""
         return f"{self.base}:proc:{worker}:{n}"
 
+    @property
+    def batch_pattern(self) -> str:
+        """A SCAN pattern matching every batch list of this source."""
+        return f"{self.base}:proc:*"
+
     def rate(self, key: str) -> str:
         """Rate-limit state of one limiter key: a sliding log (sorted set) or a GCRA TAT."""
         return f"{self.base}:rate:{key}"
@@ -85,11 +146,13 @@ class Keys:
 
     def index(self, field: str, value: str) -> str:
         """Set of the stream entry ids whose payload has ``field == value``."""
+        if ":" in field:
+            raise ConfigError(f"an index field name cannot contain ':': {field!r}")
         return f"{self.base}:idx:{field}:{value}"
 
     @property
     def indexes(self) -> str:
-        """Set of the index keys of a stream (what ``Flow.memory`` reports)."""
+        """Set of the index keys of a stream (what ``memory`` reports)."""
         return f"{self.base}:idx"
 
     @property
@@ -107,6 +170,11 @@ class Keys:
         """Hash ``<handler>:<worker>`` -> ``<messages held>:<worker's clock, ms>``, refreshed
         by live workers (entries older than a few seconds belong to dead ones)."""
         return f"{self.base}:inflight"
+
+    @property
+    def owned(self) -> tuple[str, ...]:
+        """The source and the keys of it that ``memory`` and ``stats`` measure."""
+        return (self.name, self.delayed, self.dead, self.counts, self.indexes)
 
 
 def status_key(prefix: str, message_id: str) -> str:

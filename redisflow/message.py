@@ -8,7 +8,10 @@ from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
+#: The four kinds of source: Pub/Sub channels, list queues, sorted-set priority queues and
+#: streams read through consumer groups.
 Kind = Literal["channel", "queue", "priority", "stream"]
+KINDS: tuple[Kind, ...] = ("channel", "queue", "priority", "stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class Message(Generic[T]):
 
     ``attempt`` is 1 on the first delivery. ``enqueued_at`` is None when the producer did not
     record it (a message written by another client). ``payload`` is the validated payload.
+    A client other than redisflow can write any id, attempt and headers: they are data, not
+    proof of anything (docs/security.md, "Trust boundary").
     """
 
     id: str
@@ -42,5 +47,11 @@ class Message(Generic[T]):
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:
-        """A UTC datetime from epoch milliseconds (None stays None)."""
-        return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+        """A UTC datetime from epoch milliseconds (None stays None, and so does a time
+        outside what ``datetime`` can hold)."""
+        if ms is None:
+            return None
+        try:
+            return datetime.fromtimestamp(ms / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None

@@ -16,27 +16,30 @@ Exported on ``http://<host>:<port>/metrics``, from a registry of the flow's own:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis.exceptions import ResponseError
 
 from .connection import CONNECTION_ERRORS
-from .errors import ConfigError
+from .consumers.base import Stats
+from .errors import ConfigError, ReplyError
+from .protocol.replies import mapping
 
 if TYPE_CHECKING:
-    from .transports.base import Consumer
+    from .connection import Connector
+    from .consumers.base import Consumer
+    from .handler import Handler
 
 log = logging.getLogger("redisflow")
 
-OUTCOMES = ("processed", "retried", "dead", "dropped", "skipped", "deferred")
+OUTCOMES = tuple(name for name in Stats.FIELDS if name != "reconnects")
 
 
 class Metrics:
     """The metrics of one running flow, served over HTTP while it runs."""
 
-    def __init__(self, consumers: list[Consumer], port: int, interval: float = 5.0) -> None:
+    def __init__(self, port: int, interval: float = 5.0) -> None:
         try:
             import prometheus_client as prom
             from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -44,7 +47,8 @@ class Metrics:
             raise ConfigError(
                 "metrics need prometheus_client: pip install 'redisflow[prometheus]'"
             ) from None
-        self.consumers, self.port, self.interval = consumers, port, interval
+        self.consumers: list[Consumer[Any]] = []
+        self.port, self.interval = port, interval
         self.registry = prom.CollectorRegistry()
         labels = ["source", "handler"]
         self.seconds = prom.Histogram(
@@ -64,14 +68,19 @@ class Metrics:
         self.dead = prom.Gauge(
             "redisflow_dead_letters", "Dead letters kept.", ["source"], registry=self.registry
         )
-        families = (CounterMetricFamily, GaugeMetricFamily)
-        self.registry.register(_Counters(consumers, *families))
+        self.registry.register(_Counters(self.consumers, CounterMetricFamily, GaugeMetricFamily))
         self._server: Any = None
-        for consumer in consumers:
-            consumer.observe = self.seconds.labels(
-                str(consumer.handler.source), consumer.handler.name
-            ).observe
-            consumer.guarded = True
+
+    def observer(self, handler: Handler) -> Callable[[float], None]:
+        """What records the run time of ``handler`` (given to its consumer's guards)."""
+        observe: Callable[[float], None] = self.seconds.labels(
+            str(handler.source), handler.name
+        ).observe
+        return observe
+
+    def watch(self, consumers: list[Consumer[Any]]) -> None:
+        """Export the counters and gauges of ``consumers``."""
+        self.consumers[:] = consumers
 
     def serve(self) -> None:
         """Start the HTTP endpoint (a thread of prometheus_client)."""
@@ -87,18 +96,18 @@ class Metrics:
             self._server.server_close()
             self._server = None
 
-    async def poll(self) -> None:
+    async def poll(self, connector: Connector) -> None:
         """Refresh the gauges read from Redis, every ``interval`` seconds, until cancelled."""
         while True:
             try:
-                await self.refresh()
+                await self.refresh(connector)
             except CONNECTION_ERRORS:
                 pass
-            except ResponseError as exc:  # e.g. a stream deleted under us: try again later
+            except ReplyError as exc:  # e.g. a stream deleted under us: try again later
                 log.debug("metrics: %s", exc)
             await anyio.sleep(self.interval)
 
-    async def refresh(self) -> None:
+    async def refresh(self, connector: Connector) -> None:
         """Read depths, lags and dead-letter counts in one pipelined round trip."""
         commands: list[tuple[Any, ...]] = []
         for consumer in self.consumers:
@@ -112,8 +121,7 @@ class Metrics:
             else:
                 commands.append(("PING",))
             commands.append(("XLEN", consumer.keys.dead))
-        send = self.consumers[0].settings.connector.send
-        replies = await send.many(*commands) if commands else []
+        replies = await connector.send.many(*commands) if commands else []
         for i, consumer in enumerate(self.consumers):
             source = consumer.handler.source
             reply, dead = replies[2 * i], replies[2 * i + 1]
@@ -122,7 +130,7 @@ class Metrics:
                 self.depth.labels(str(source)).set(reply)
             elif source.kind == "stream":
                 for group in reply:
-                    info = dict(zip(group[::2], group[1::2], strict=True))
+                    info = mapping(group)
                     name = info[b"name"].decode()
                     self.pending.labels(str(source), name).set(info[b"pending"])
                     if info.get(b"lag") is not None:
@@ -132,7 +140,7 @@ class Metrics:
 class _Counters:
     """Counters read from the consumers' ``Stats`` at scrape time."""
 
-    def __init__(self, consumers: list[Consumer], counter: Any, gauge: Any) -> None:
+    def __init__(self, consumers: list[Consumer[Any]], counter: Any, gauge: Any) -> None:
         self.consumers, self.counter, self.gauge = consumers, counter, gauge
 
     def collect(self) -> Iterator[Any]:

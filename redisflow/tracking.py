@@ -10,24 +10,28 @@ With ``Flow(track=True)`` (or ``track=True`` on a handler) every message gets a 
 
 A producer writes ``published`` with HSETNX, so it never overwrites a consumer that got
 there first (a stream entry's id is only known after its XADD). Each source also keeps a
-hash of counters, ``<prefix>:{<source>}:counts``: ``published``, and per handler
-``<handler>:<status>``, the number of times a message entered that status (so
-``processing - completed - failed - dead`` is what is in flight). They are kept
-incrementally, never by scanning keys. Writes are pipelined with concurrent traffic.
+hash of counters, ``Keys.counts``: ``published``, and per handler ``<handler>:<status>``,
+the number of times a message entered that status (so ``processing - completed - failed -
+dead`` is what is in flight). They are kept incrementally, never by scanning keys. Writes
+are pipelined with concurrent traffic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .codec import now_ms
-from .connection import Pipeliner
 from .keys import Keys, status_key
 from .message import Message
+from .protocol.envelope import now_ms
+from .protocol.replies import mapping
+
+if TYPE_CHECKING:
+    from .connection import Connector
 
 Status = Literal["published", "processing", "completed", "failed", "dead"]
+STATUSES: tuple[Status, ...] = ("published", "processing", "completed", "failed", "dead")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +51,13 @@ class MessageStatus:
     def from_hash(cls, msg_id: str, fields: dict[bytes, bytes]) -> MessageStatus:
         """Build it from the hash fields (bytes) of a status record."""
         text = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+        status = text.get("status", "published")
         return cls(
             id=msg_id,
-            status=text.get("status", "published"),  # type: ignore[arg-type]
+            status=status if status in STATUSES else "published",  # type: ignore[arg-type,unused-ignore]
             source=text.get("source", ""),
             handler=text.get("handler"),
-            attempts=int(text.get("attempts", 0)),
+            attempts=_int(text.get("attempts")) or 0,
             created_at=Message.time(_int(text.get("created_at"))),
             updated_at=Message.time(_int(text.get("updated_at"))),
             error=text.get("error"),
@@ -60,19 +65,19 @@ class MessageStatus:
 
 
 def _int(value: str | None) -> int | None:
-    return None if value is None else int(value)
+    return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
 
 class Tracker:
-    """Writes status records and counters through a flow's Pipeliner."""
+    """Writes and reads status records and counters."""
 
-    def __init__(self, send: Pipeliner, prefix: str, ttl: float) -> None:
-        self.send = send
+    def __init__(self, connector: Connector, prefix: str, ttl: float) -> None:
+        self.send = connector.send
         self.prefix = prefix
         self.ttl_ms = int(ttl * 1000)
 
     async def published(self, source: str, ids: list[str], kind: str = "") -> None:
-        """Record freshly produced messages (before or right after they are sent)."""
+        """Record freshly produced messages (right after they are sent)."""
         now = now_ms()
         commands: list[tuple[Any, ...]] = []
         for msg_id in ids:
@@ -87,11 +92,7 @@ class Tracker:
         await self.send.many(*commands)
 
     async def moved(
-        self,
-        msg: Message[Any],
-        handler: str,
-        status: Status,
-        error: str | None = None,
+        self, msg: Message[Any], handler: str, status: Status, error: str | None = None
     ) -> None:
         """Record that a consumer moved a message to ``status``."""
         key = status_key(self.prefix, msg.id)
@@ -109,13 +110,9 @@ class Tracker:
     async def status(self, msg_id: str) -> MessageStatus | None:
         """The status record of a message, or None (never tracked, or expired)."""
         flat = await self.send("HGETALL", status_key(self.prefix, msg_id))
-        return MessageStatus.from_hash(msg_id, _pairs(flat)) if flat else None
+        return MessageStatus.from_hash(msg_id, mapping(flat)) if flat else None
 
     async def counts(self, source: str) -> dict[str, int]:
         """The counters of a source: ``published`` and ``<handler>:<status>``."""
         flat = await self.send("HGETALL", Keys(self.prefix, source).counts)
-        return {k.decode(): int(v) for k, v in _pairs(flat).items()}
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+        return {k.decode(): int(v) for k, v in mapping(flat).items()}

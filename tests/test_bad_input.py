@@ -72,23 +72,25 @@ async def test_poison_messages_are_dead_lettered_and_the_rest_flows(
         await eventually(
             lambda: _dead(flow, name, len(expected)), within=30, what="the dead letters"
         )
-        dead = await flow.dead_letters(name)
+        dead = await flow.dlq(name).list()
         await eventually(lambda: _settled(kind, r, flow, name), what="nothing left held")
     assert sorted(good) == list(range(100))
     assert len(dead) == len(expected)
     for raw, reason in expected.items():
-        matching = [entry for entry in dead if reason in entry["error"]]
-        assert len(matching) == 1, (reason, [entry["error"][:200] for entry in dead])
+        matching = [entry for entry in dead if reason in entry.error]
+        assert len(matching) == 1, (reason, [entry.error[:200] for entry in dead])
         entry = matching[0]
-        assert entry["data"] == raw.decode("utf-8", "replace")  # the bytes as they came
-        assert len(entry["error"]) < 1000, "the reason should be short, not the payload"
-        assert entry["handler"] == handler.__qualname__
+        assert entry.data.decode("utf-8", "replace") == raw.decode(
+            "utf-8", "replace"
+        )  # the bytes as they came
+        assert len(entry.error) < 1000, "the reason should be short, not the payload"
+        assert entry.handler == handler.__qualname__
     assert calls[1005] == calls[1006] == 2  # every attempt made, then given up
     figures(kind=str(kind), dead_letters=len(dead), good_handled=len(good))
 
 
 async def _dead(flow: Flow, name: str, n: int) -> bool:
-    return len(await flow.dead_letters(name)) >= n
+    return len(await flow.dlq(name).list()) >= n
 
 
 async def _settled(kind: Kind, r: aioredis.Redis, flow: Flow, name: str) -> bool:
@@ -117,7 +119,7 @@ async def test_malformed_envelope_does_not_kill_the_worker(
         await kind.produce(flow, name, {"n": 8})
         await eventually(lambda: 8 in good, what="the message behind it")
         await eventually(lambda: _dead(flow, name, 1), what="a dead letter")
-        dead = await flow.dead_letters(name)
+        dead = await flow.dlq(name).list()
     assert sorted(good) in ([7, 7, 8], [7, 8], [8])  # attempts made before the verdict
     assert len(dead) == 1
 
@@ -143,8 +145,8 @@ async def test_stream_entries_with_binary_fields_or_bad_headers(
         await kind.produce(flow, name, {"n": 2}, headers={"trace": "t"})
         await eventually(lambda: len(got) == 2, what="the messages behind")
         await eventually(lambda: _dead(flow, name, 1), what="the dead letter")
-        dead = await flow.dead_letters(name)
+        dead = await flow.dlq(name).list()
     assert got == [(1, {}), (2, {"trace": "t"})]
     assert len(dead) == 1
-    assert dead[0]["error"].startswith("undecodable payload: 'utf-8' codec can't decode")
-    assert json.loads(dead[0]["data"]) == {"\\xff\\xfe": "\\x80 not utf-8"}
+    assert dead[0].error.startswith("undecodable payload: 'utf-8' codec can't decode")
+    assert json.loads(dead[0].data.decode("utf-8", "replace")) == {"\\xff\\xfe": "\\x80 not utf-8"}

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from redisflow import Flow, Message
-from redisflow.transports.base import Consumer
+from redisflow.consumers import Consumer
 from tests.helpers import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
@@ -143,13 +143,13 @@ async def test_invalid_channel_payload_is_dead_lettered(
         await flow.publish(ch, {"id": 7})
         await eventually(lambda: got)
         await eventually(lambda: _xlen_is(r, flow.keys(ch).dead, 2))
-        dead = await flow.dead_letters(ch)
+        dead = await flow.dlq(ch).list()
     assert got == [Order(id=7)]
-    assert [d["data"] for d in dead] == ["not json", '{"id": "abc"}']
+    assert [d.data.decode("utf-8", "replace") for d in dead] == ["not json", '{"id": "abc"}']
     for d in dead:
-        assert d["channel"] == ch
-        assert d["handler"] == handle.__qualname__
-        assert d["error"]
+        assert d.channel == ch
+        assert d.handler == handle.__qualname__
+        assert d.error
 
 
 async def _xlen_is(r: aioredis.Redis, key: str, n: int) -> bool:

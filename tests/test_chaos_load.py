@@ -90,7 +90,7 @@ async def test_million_message_backlog_is_drained_in_bounded_memory(
         await eventually(drained, within=120, interval=0.2, what=f"drained\n{pool.logs()}")
         seconds = anyio.current_time() - began
         peak = memory(worker.pid)
-        assert await flow.dead_letters(name) == []
+        assert await flow.dlq(name).list() == []
         assert pool.stop_all() == {worker.pid: 0}, pool.logs()
     finally:
         await flow.aclose()

@@ -195,7 +195,7 @@ async def test_worker_started_before_redis_waits_then_consumes(
     worker = pool.start("--give-up-after", "60")
     proc: RedisProc | None = None
     try:
-        waiting = f"start: Redis at {url}: lost Redis ("
+        waiting = f"start: waiting for Redis at {url} ("
         await eventually(lambda: waiting in worker.output(), within=20, what="a waiting line")
         await anyio.sleep(2.0)  # several reconnect attempts
         assert worker.alive, worker.output()
@@ -213,7 +213,7 @@ async def test_worker_started_before_redis_waits_then_consumes(
         out = worker.output()
         assert code == 0, out
         assert out.count(waiting) == 1, out  # once, not once per attempt
-        assert "start: Redis at" in out and "reconnected after" in out, out
+        assert "start: waiting for Redis at" in out and "reconnected after" in out, out
         figures(started_after_redis_up_seconds=round(first - up, 2), exit_code=code)
     finally:
         if proc is not None:

@@ -126,7 +126,7 @@ async def test_killed_workers_lose_nothing(
         # Nothing stuck in a batch list or a PEL. (The lease of a worker killed in the last
         # seconds may remain: the next live worker clears it once it has expired.)
         assert await Kind(kind).held(r, producer, name) == 0
-        assert await producer.dead_letters(name) == []
+        assert await producer.dlq(name).list() == []
     finally:
         await producer.aclose()
         await r.aclose()

@@ -92,7 +92,7 @@ async def settled(kind: Kind, r: aioredis.Redis, flow: Flow, name: str) -> None:
 
 
 async def _count_dead(flow: Flow, name: str, n: int) -> bool:
-    return len(await flow.dead_letters(name)) >= n
+    return len(await flow.dlq(name).list()) >= n
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -219,12 +219,12 @@ async def test_foreign_items_are_retried_and_dead_lettered_like_produced_ones(
         await eventually(lambda: _count_dead(flow, name, 1))
         await eventually(lambda: ("flaky", 2) in seen)
         await settled(kind, r, flow, name)
-        dead = await flow.dead_letters(name)
+        dead = await flow.dlq(name).list()
     assert sorted(seen) == [("doomed", 1), ("doomed", 2), ("flaky", 1), ("flaky", 2)]
     assert len(dead) == 1
-    assert dead[0]["data"] == '{"to": "doomed"}'
-    assert dead[0]["error"] == "RuntimeError: fails: doomed"
-    assert dead[0]["attempts"] == "2"
+    assert dead[0].data.decode("utf-8", "replace") == '{"to": "doomed"}'
+    assert dead[0].error == "RuntimeError: fails: doomed"
+    assert dead[0].attempts == 2
 
 
 @durable_kinds
@@ -292,7 +292,7 @@ async def test_each_message_handled_once_and_settled(
     async with make_flow() as probe:
         assert await kind.held(r, probe, name) == 0
         assert await kind.leftovers(r, probe, name) == set()
-        assert await probe.dead_letters(name) == []
+        assert await probe.dlq(name).list() == []
 
 
 @durable_kinds
@@ -387,7 +387,7 @@ async def test_failure_is_retried_until_success(
         await eventually(lambda: len(attempts) == 3)
     assert attempts == [1, 2, 3]
     async with make_flow() as probe:
-        assert await probe.dead_letters(name) == []
+        assert await probe.dlq(name).list() == []
         assert await kind.held(r, probe, name) == 0
 
 
@@ -476,13 +476,13 @@ async def test_retry_signal_counts_toward_max_attempts(
 
     async with flow:
         await kind.produce(flow, name, {"to": "a"})
-        await eventually(lambda: flow.dead_letters(name))
-        dead = await flow.dead_letters(name)
+        await eventually(lambda: flow.dlq(name).list())
+        dead = await flow.dlq(name).list()
         await settled(kind, r, flow, name)
     assert calls == [1, 2]
     assert len(dead) == 1
-    assert dead[0]["attempts"] == "2"
-    assert dead[0]["error"] == "retry requested: not yet"
+    assert dead[0].attempts == 2
+    assert dead[0].error == "retry requested: not yet"
 
 
 @all_kinds
@@ -501,13 +501,13 @@ async def test_reject_dead_letters_at_once(
 
     async with flow:
         await kind.produce(flow, name, {"to": "a"})
-        await eventually(lambda: flow.dead_letters(name))
-        dead = await flow.dead_letters(name)
+        await eventually(lambda: flow.dlq(name).list())
+        dead = await flow.dlq(name).list()
         await settled(kind, r, flow, name)
     assert calls == [1]
     assert len(dead) == 1
-    assert dead[0]["error"] == "rejected: bad address"
-    assert dead[0]["attempts"] == "1"
+    assert dead[0].error == "rejected: bad address"
+    assert dead[0].attempts == 1
 
 
 @all_kinds
@@ -527,24 +527,24 @@ async def test_exhausted_message_is_dead_lettered_with_its_story(
     async with flow:
         since = time.time() * 1000 - 5000
         await kind.produce(flow, name, {"to": "dead"})
-        await eventually(lambda: flow.dead_letters(name))
+        await eventually(lambda: flow.dlq(name).list())
         await settled(kind, r, flow, name)
     assert calls == [1, 2]
     async with make_flow() as probe:
-        dead = await probe.dead_letters(name)
+        dead = await probe.dlq(name).list()
     assert len(dead) == 1
     entry = dead[0]
-    assert json.loads(entry["data"]) == {"to": "dead"}
-    assert entry["error"] == "ValueError: boom"
-    assert "test_contract.py" in entry["where"]
-    assert entry["where"].endswith("in handler")
-    assert entry["attempts"] == "2"
-    assert entry["handler"] == handler.__qualname__
-    assert entry["source"] == str(kind.source(name))
-    assert since <= int(entry["failed_at"]) <= time.time() * 1000 + 5000
+    assert json.loads(entry.data.decode("utf-8", "replace")) == {"to": "dead"}
+    assert entry.error == "ValueError: boom"
+    assert "test_contract.py" in entry.where
+    assert entry.where.endswith("in handler")
+    assert entry.attempts == 2
+    assert entry.handler == handler.__qualname__
+    assert entry.source == str(kind.source(name))
+    assert since <= entry.failed_at.timestamp() * 1000 <= time.time() * 1000 + 5000
     if kind.kind == "channel":
-        assert entry["channel"] == name
-    assert entry["id"]
+        assert entry.channel == name
+    assert entry.id
 
 
 @all_kinds
@@ -568,18 +568,18 @@ async def test_invalid_payload_is_dead_lettered_without_calling_the_handler(
         await kind.produce(flow, name, {"to": "ok"})
         await eventually(lambda: got)
         await settled(kind, r, flow, name)
-        dead = await flow.dead_letters(name)
+        dead = await flow.dlq(name).list()
     assert payloads(got) == ["ok"]
     assert len(dead) == 2
     for entry in dead:
-        assert entry["attempts"] == "1"
-        assert entry["error"].startswith(("invalid payload", "undecodable payload")), entry
-        assert entry["handler"] == handler.__qualname__
-        assert entry["source"] == str(kind.source(name))
-    assert json.loads(dead[0]["data"]) == {"nope": 1}
-    assert "to\n  Field required" in dead[0]["error"], dead[0]["error"]
-    assert dead[1]["data"] == "not json {"
-    assert "Invalid JSON" in dead[1]["error"], dead[1]["error"]
+        assert entry.attempts == 1
+        assert entry.error.startswith(("invalid payload", "undecodable payload")), entry
+        assert entry.handler == handler.__qualname__
+        assert entry.source == str(kind.source(name))
+    assert json.loads(dead[0].data.decode("utf-8", "replace")) == {"nope": 1}
+    assert "to\n  Field required" in dead[0].error, dead[0].error
+    assert dead[1].data.decode("utf-8", "replace") == "not json {"
+    assert "Invalid JSON" in dead[1].error, dead[1].error
 
 
 @all_kinds
@@ -604,14 +604,14 @@ async def test_timeout_fails_the_attempt(
     async with flow:
         started = time.monotonic()
         await kind.produce(flow, name, {"to": "slow"})
-        await eventually(lambda: flow.dead_letters(name))
+        await eventually(lambda: flow.dlq(name).list())
         elapsed = time.monotonic() - started
-        dead = await flow.dead_letters(name)
+        dead = await flow.dlq(name).list()
     assert attempts == [1, 2]
     assert cancelled == [1, 2]
     assert elapsed < 5
-    assert dead[0]["error"] == "handler timed out after 0.2s"
-    assert dead[0]["attempts"] == "2"
+    assert dead[0].error == "handler timed out after 0.2s"
+    assert dead[0].attempts == 2
 
 
 @all_kinds

@@ -507,10 +507,12 @@ async def test_invalid_payload_is_dead_lettered_without_calling_handler(
         await flow.enqueue(q, {"to": "ok", "n": 1})
         await eventually(lambda: got)
         await eventually(lambda: _xlen_is(r, flow.keys(q).dead, 2))
-        dead = await flow.dead_letters(q)
+        dead = await flow.dlq(q).list()
     assert got == [Email(to="ok", n=1)]
-    assert sorted(d["data"] for d in dead) == sorted(['{"to":"a"}', "not json"])
-    assert all(d["handler"] == handle.__qualname__ for d in dead)
+    assert sorted(d.data.decode("utf-8", "replace") for d in dead) == sorted(
+        ['{"to":"a"}', "not json"]
+    )
+    assert all(d.handler == handle.__qualname__ for d in dead)
 
 
 async def _xlen_is(r: aioredis.Redis, key: str, n: int) -> bool:
@@ -532,7 +534,7 @@ async def test_error_in_the_body_of_async_with_propagates_as_itself(url: str, ns
     with pytest.raises(KeyError, match="boom"):
         async with flow:
             raise KeyError("boom")
-    assert flow._tg is None and flow._connector is None
+    assert flow._runtime is None and not flow.client.open
 
 
 async def test_producer_only_flow_is_closed_by_aclose(url: str, ns: str) -> None:
@@ -541,7 +543,7 @@ async def test_producer_only_flow_is_closed_by_aclose(url: str, ns: str) -> None
     flow = make_flow(url, ns)
     assert await flow.enqueue(f"{ns}:q", 1)
     await flow.aclose()
-    assert flow._connector is None
+    assert not flow.client.open
     assert await flow.enqueue(f"{ns}:q", 2)
     await flow.aclose()
     await flow.aclose()

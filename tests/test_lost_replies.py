@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import Flow
-from redisflow.transports import priority, queue
+from redisflow.protocol import scripts
 from tests.helpers import RELIABLE, Kind, RedisProc, by_kind, eventually, make_flow
 
 pytestmark = pytest.mark.anyio
@@ -184,7 +184,8 @@ def is_ack(kind: Kind) -> Callable[[bytes], bool]:
     """Whether a command is a standalone ack: XACK, or the fetch script asking for 0 items."""
     if kind.kind == "stream":
         return lambda chunk: b"XACK" in chunk and b"XREADGROUP" not in chunk
-    sha = (queue if kind.kind == "queue" else priority).FETCH.sha.encode()
+    fetch = scripts.QUEUE_FETCH if kind.kind == "queue" else scripts.PRIORITY_FETCH
+    sha = fetch.sha.encode()
     return lambda chunk: sha in chunk and chunk.endswith(b"$1\r\n0\r\n")
 
 

@@ -17,11 +17,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import ConfigError, Flow, Message, Reject, Source
-from redisflow.codec import now_ms, split
-from redisflow.deadletters import DeadLetter, table
+from redisflow.cli.render import dead_table as table
+from redisflow.cli.render import describe, human_bytes, render_rich, render_text
+from redisflow.cli.supervisor import RestartPolicy, Supervisor
 from redisflow.keys import Keys, sources_key
-from redisflow.stats import Row, collect, human_bytes, parse_source, render_rich, render_text
-from redisflow.supervisor import RestartPolicy, Supervisor
+from redisflow.ops.deadletters import DeadLetter
+from redisflow.ops.stats import Row, collect, parse_source, source_member
+from redisflow.protocol.envelope import now_ms, split
 from tests.helpers import GROUP, Kind, by_kind, eventually, make_flow
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +82,7 @@ async def test_list_parses_and_filters_dead_letters(r: aioredis.Redis, url: str,
         assert (await dlq.show(mid)) == every[1]
         assert await dlq.show("1-1") is None
         assert await dlq.count() == 3
-        assert "not json" in every[2].describe() and "b'not json'" in every[2].describe()
+        assert "not json" in describe(every[2]) and "b'not json'" in describe(every[2])
         assert every[1].to_json()["data"] == '{"n": 1}'
         assert "TimeoutError: slow" in table(every)
         with pytest.raises(ConfigError, match="not a stream entry id"):
@@ -196,8 +198,7 @@ async def test_collect_reports_counters_depths_and_live_workers(
 ) -> None:
     """A running flow's counters, in-flight gauges, queue depth, stream lag/pending and dead
     letters, read with and without the app; stale gauges are dropped from Redis."""
-    flow = make_flow(url, ns)
-    flow_report = 0.2
+    flow = make_flow(url, ns, report_interval=0.2)
     queue, stream = f"{ns}:q", f"{ns}:s"
 
     @flow.on_queue(queue, max_attempts=1)
@@ -210,13 +211,13 @@ async def test_collect_reports_counters_depths_and_live_workers(
         pass
 
     async with flow:
-        for consumer in flow.consumers:
-            consumer.settings.report_interval = flow_report
         await flow.enqueue_many(queue, [1, 2, -1])
         await flow.append(stream, 1)
 
         async def reported() -> bool:
-            snapshot = await collect(flow, [(h.source, h.name) for h in flow.handlers.values()])
+            snapshot = await collect(
+                flow.client, [(h.source, h.name) for h in flow.handlers.values()]
+            )
             rows = by_handler(snapshot.rows)
             counters = rows["work"].counters
             return counters is not None and counters["processed"] == 2 and rows["work"].workers
@@ -224,7 +225,7 @@ async def test_collect_reports_counters_depths_and_live_workers(
         await eventually(reported, within=10, what="counters reported")
         stale = f"{work.__qualname__}:deadbeef"
         await r.hset(Keys(ns, queue).inflight, stale, f"7:{now_ms() - 60_000}")
-        without_app = await collect(flow)
+        without_app = await collect(flow.client)
     await flow.aclose()
     rows = by_handler(without_app.rows)
     assert set(rows) == {"work", "read"}
@@ -241,7 +242,7 @@ async def test_collect_reports_counters_depths_and_live_workers(
     await r.xadd(stream, {"data": b"3"})
     probe = Flow(url, prefix=ns)
     try:
-        after = await collect(probe)
+        after = await collect(probe.client)
     finally:
         await probe.aclose()
     reader = by_handler(after.rows)["read"]
@@ -254,14 +255,15 @@ async def test_collect_without_the_app_cannot_pair_handlers_with_groups(
     """Two groups on one stream: without the app, each group gets a row of its own (lag,
     pending) and each handler one with its counters and no group."""
     stream = f"{ns}:s"
-    await r.sadd(sources_key(ns), f"stream|{stream}|g1", f"stream|{stream}|g2", "junk")
+    members = [source_member(Source("stream", stream, group)) for group in ("g1", "g2")]
+    await r.sadd(sources_key(ns), *members, "junk")
     await r.xadd(stream, {"data": b"1"})
     await r.xgroup_create(stream, "g1", id="0")
     await r.xgroup_create(stream, "g2", id="$")
     await r.hset(Keys(ns, stream).stats, mapping={"one:processed": 5, "two:dead": 1})
     flow = Flow(url, prefix=ns)
     try:
-        snapshot = await collect(flow)
+        snapshot = await collect(flow.client)
     finally:
         await flow.aclose()
     shown = [(row.group, row.handler, row.waiting) for row in snapshot.rows]
@@ -272,9 +274,12 @@ async def test_collect_without_the_app_cannot_pair_handlers_with_groups(
 
 def test_parse_source_and_human_bytes() -> None:
     """Registry members and byte counts as the table shows them."""
-    assert parse_source(b"stream|a|b|g") == Source("stream", "a|b", "g")
-    assert parse_source("queue|emails|") == Source("queue", "emails")
-    assert parse_source("nonsense") is None
+    odd = Source("stream", "a|b{c}", "g|1")  # any character in a name or a group
+    assert parse_source(source_member(odd).encode()) == odd
+    assert parse_source(source_member(Source("queue", "emails"))) == Source("queue", "emails")
+    assert parse_source('["queue", "emails", null]') == Source("queue", "emails")
+    for junk in ("nonsense", "stream|a|g", '["nope", "a", null]', '["queue", "", null]', "[1]"):
+        assert parse_source(junk) is None, junk
     assert human_bytes(512) == "512 B" and human_bytes(1536) == "1.5 KiB"
     assert human_bytes(5 * 2**30) == "5.0 GiB"
 
@@ -291,7 +296,7 @@ async def test_rich_table_renders_when_rich_is_installed(url: str, ns: str) -> N
         pass
 
     try:
-        snapshot = await collect(flow, [(h.source, h.name) for h in flow.handlers.values()])
+        snapshot = await collect(flow.client, [(h.source, h.name) for h in flow.handlers.values()])
     finally:
         await flow.aclose()
     out = io.StringIO()

@@ -15,11 +15,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
-from redis.exceptions import ResponseError
 
 from redisflow import ConfigError, Flow, Message, RateLimit
-from redisflow.codec import content_id
+from redisflow import ReplyError as ResponseError
 from redisflow.keys import status_key
+from redisflow.protocol.envelope import content_id
 from tests import helpers
 
 pytestmark = pytest.mark.anyio
@@ -255,9 +255,9 @@ async def test_failing_status_writes_never_repeat_or_block_a_verdict(
         await r.rpush(q, raw)
         await flow.enqueue(q, 2)
         await flow.wait_idle()
-        dead = await flow.dead_letters(q)
+        dead = await flow.dlq(q).list()
     assert calls == {1: 1, 2: 1}
-    assert len(dead) == 1 and "no" in dead[0]["error"]
+    assert len(dead) == 1 and "no" in dead[0].error
 
 
 async def test_stream_entries_are_tracked_by_entry_id(url: str, ns: str) -> None:

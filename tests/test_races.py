@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import Flow
-from redisflow.codec import payload_of
+from redisflow.protocol.envelope import payload_of
 from tests.helpers import RedisProc, eventually
 from tests.workers import Record, Workers, by_pid, count, duplicates
 

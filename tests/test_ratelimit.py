@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import ConfigError, Limiter, RateLimit
+from redisflow.connection import Connector
 from redisflow.keys import Keys
 
 pytestmark = pytest.mark.anyio
@@ -25,8 +26,18 @@ class CountingLimiter(Limiter):
         return await super().try_acquire(key)
 
 
-def limiter(r: aioredis.Redis, ns: str, rate: RateLimit) -> CountingLimiter:
-    return CountingLimiter(r, Keys(ns, "q"), rate)
+@pytest.fixture
+async def conn(url: str) -> Any:
+    """The connections limiters use (a flow's); closed after the test."""
+    connector = Connector(url)
+    try:
+        yield connector
+    finally:
+        await connector.aclose()
+
+
+def limiter(conn: Connector, ns: str, rate: RateLimit) -> CountingLimiter:
+    return CountingLimiter(conn, Keys(ns, "q"), rate)
 
 
 @pytest.mark.parametrize(
@@ -52,14 +63,15 @@ def test_bad_arguments_raise_config_error(kwargs: dict[str, Any]) -> None:
 
 def test_rate_key_shares_the_source_slot() -> None:
     assert Keys("rf", "q").rate("a") == "rf:{q}:rate:a"
-    assert Keys("rf", "{t}:q").rate("") == "rf:{t}:q:rate:"
+    assert Keys("rf", "{t}:q").rate("") == "rf:{t}:5:{t}:q:rate:"
 
 
 async def test_sliding_log_is_exact_across_clients(url: str, r: aioredis.Redis, ns: str) -> None:
-    """50 tasks on 2 clients hammer one key for ~2.5 windows; the grant times (recorded by
-    the server, collected by snapshots of the log) never put more than `limit` in a window."""
+    """50 tasks on 2 clients (separate connections) hammer one key for ~2.5 windows; the
+    grant times (recorded by the server, collected by snapshots of the log) never put more
+    than `limit` in a window."""
     limit, per = 20, 1.0
-    clients = [aioredis.Redis.from_url(url, protocol=p) for p in (2, 3)]
+    clients = [Connector(url) for _ in range(2)]
     limiters = [Limiter(c, Keys(ns, "q"), RateLimit(limit, per)) for c in clients]
     key = Keys(ns, "q").rate("k")
     granted, seen = 0, dict[bytes, float]()
@@ -102,8 +114,8 @@ async def test_sliding_log_is_exact_across_clients(url: str, r: aioredis.Redis, 
     assert all(times[i + limit] - times[i] > window_us for i in range(len(times) - limit)), worst
 
 
-async def test_keys_are_independent(r: aioredis.Redis, ns: str) -> None:
-    lim = limiter(r, ns, RateLimit(1, per=30))
+async def test_keys_are_independent(conn: Connector, ns: str) -> None:
+    lim = limiter(conn, ns, RateLimit(1, per=30))
     assert await lim.try_acquire("a") == 0
     assert await lim.try_acquire("a") > 0
     async with anyio.create_task_group() as tg:
@@ -122,8 +134,8 @@ async def _enter(lim: Limiter, key: str) -> None:
 
 
 @pytest.mark.parametrize("burst", [None, 2])
-async def test_returned_wait_is_enough(r: aioredis.Redis, ns: str, burst: int | None) -> None:
-    lim = limiter(r, ns, RateLimit(2, per=1.0, burst=burst))
+async def test_returned_wait_is_enough(conn: Connector, ns: str, burst: int | None) -> None:
+    lim = limiter(conn, ns, RateLimit(2, per=1.0, burst=burst))
     assert await lim.try_acquire() == 0
     assert await lim.try_acquire() == 0
     wait = await lim.try_acquire()
@@ -134,14 +146,14 @@ async def test_returned_wait_is_enough(r: aioredis.Redis, ns: str, burst: int | 
     assert await lim.try_acquire() == 0
 
 
-async def test_acquire_sleeps_instead_of_polling(r: aioredis.Redis, ns: str) -> None:
-    lim = limiter(r, ns, RateLimit(2, per=0.2))
+async def test_acquire_sleeps_instead_of_polling(conn: Connector, ns: str) -> None:
+    lim = limiter(conn, ns, RateLimit(2, per=0.2))
     for _ in range(8):
         async with lim.acquire():
             pass
     assert lim.calls <= 2 * 8  # one grant, at most one refusal per grant
 
-    lim = limiter(r, ns, RateLimit(2, per=0.2))
+    lim = limiter(conn, ns, RateLimit(2, per=0.2))
     async with anyio.create_task_group() as tg:
         for _ in range(4):
             for _ in range(3):
@@ -151,22 +163,22 @@ async def test_acquire_sleeps_instead_of_polling(r: aioredis.Redis, ns: str) -> 
     assert lim.calls <= 12 * 12
 
 
-async def test_lowered_limit_waits_for_enough_departures(r: aioredis.Redis, ns: str) -> None:
-    old = limiter(r, ns, RateLimit(3, per=30))
+async def test_lowered_limit_waits_for_enough_departures(conn: Connector, ns: str) -> None:
+    old = limiter(conn, ns, RateLimit(3, per=30))
     for _ in range(3):
         assert await old.try_acquire() == 0
     oldest_wait = await old.try_acquire()
-    new = limiter(r, ns, RateLimit(1, per=30))
+    new = limiter(conn, ns, RateLimit(1, per=30))
     # 3 grants live, limit 1: the third must leave, not the first
     assert await new.try_acquire() >= oldest_wait
 
 
-async def test_gcra_burst_then_steady_rate(r: aioredis.Redis, ns: str) -> None:
-    lim = limiter(r, ns, RateLimit(1, per=30, burst=3))
+async def test_gcra_burst_then_steady_rate(conn: Connector, ns: str) -> None:
+    lim = limiter(conn, ns, RateLimit(1, per=30, burst=3))
     assert [await lim.try_acquire("burst") for _ in range(3)] == [0, 0, 0]
     assert 29 < await lim.try_acquire("burst") <= 30.001  # next slot: one interval later
 
-    lim = limiter(r, ns, RateLimit(10, per=1.0, burst=2))
+    lim = limiter(conn, ns, RateLimit(10, per=1.0, burst=2))
     start = anyio.current_time()
     for _ in range(8):
         async with lim.acquire("steady"):
@@ -177,8 +189,10 @@ async def test_gcra_burst_then_steady_rate(r: aioredis.Redis, ns: str) -> None:
 
 
 @pytest.mark.parametrize("burst", [None, 3])
-async def test_state_expires_with_its_window(r: aioredis.Redis, ns: str, burst: int | None) -> None:
-    lim = limiter(r, ns, RateLimit(3, per=0.3, burst=burst))
+async def test_state_expires_with_its_window(
+    conn: Connector, r: aioredis.Redis, ns: str, burst: int | None
+) -> None:
+    lim = limiter(conn, ns, RateLimit(3, per=0.3, burst=burst))
     key = Keys(ns, "q").rate("x")
     before: tuple[int, int] = await r.time()
     assert await lim.try_acquire("x") == 0

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redisflow import Flow, RedisflowError
-from redisflow.transports.base import Consumer
+from redisflow.consumers import Consumer
 from tests.helpers import RedisProc, free_port, start_redis, stop_redis
 
 pytestmark = pytest.mark.anyio
@@ -342,7 +342,7 @@ async def test_start_gives_up_after_give_up_after(
             pytest.fail("the flow started without Redis")
     assert 1.5 <= time.monotonic() - begin < 10
     assert url in str(info.value)
-    assert len(_lines(caplog, "start: Redis at", "lost Redis")) == 1
+    assert len(_lines(caplog, "start: waiting for Redis at", url)) == 1
 
 
 async def test_start_waits_for_a_redis_that_comes_up_late(ns: str) -> None:

@@ -326,10 +326,13 @@ async def test_delivery_count_at_max_attempts_goes_to_dead_letters(
 
     async with flow:
         await eventually(lambda: _pending_is(r, s, "g", 0), within=6)
-        dead = await flow.dead_letters(s)
-    assert [d["data"] for d in dead] == ['{"to": "poison", "n": 1}'], (dead, calls)
+        dead = await flow.dlq(s).list()
+    assert [d.data.decode("utf-8", "replace") for d in dead] == ['{"to": "poison", "n": 1}'], (
+        dead,
+        calls,
+    )
     assert calls == [], "the handler ran on an entry with no attempts left"
-    assert int(dead[0]["attempts"]) >= 3
+    assert dead[0].attempts >= 3
 
 
 async def test_append_maxlen_trims_approximately(url: str, ns: str, r: aioredis.Redis) -> None:

@@ -34,4 +34,4 @@ async def test_web_app_queues_once_and_reports_status(url: str) -> None:
         assert status == {"status": "completed", "attempts": 1, "error": None}
         assert (await client.get("/orders/nope")).status_code == 404
     await worker.aclose()
-    assert web.flow._connector is None  # closed by the lifespan
+    assert not web.flow.client.open  # closed by the lifespan

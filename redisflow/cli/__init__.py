@@ -1,0 +1,50 @@
+"""The ``redisflow`` command line::
+
+    redisflow run MODULE:ATTR [--workers N] [--reload]  run the handlers of a flow
+    redisflow stats [MODULE:ATTR] [--watch [S]] [--json] depth, lag, counters per handler
+    redisflow dlq list|show|replay|purge ...             the dead letters of a source
+    redisflow publish|enqueue|append NAME JSON           send a message from the shell
+
+Exit status: 0 on success; 1 when something failed at run time (Redis unreachable, no such
+dead letter, workers that keep failing at start); 2 for a usage error (a bad option or URL,
+a module that cannot be imported, an attribute that is not a Flow).
+
+``parser.py`` defines the options, ``run.py`` runs flows (``supervisor.py``: N workers),
+``commands.py`` the commands that connect, ``render.py`` what they print. Nothing else in
+redisflow imports this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .parser import parser
+from .run import UsageError
+from .supervisor import ENV_WORKER
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``redisflow`` command; returns the exit code."""
+    p = parser()
+    args = p.parse_args(argv)
+    worker = os.environ.get(ENV_WORKER)
+    tag = f" [worker {worker}]" if worker else ""
+    logging.basicConfig(
+        level=getattr(args, "log_level", "WARNING"),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        args.parser.error(str(exc))  # exits with status 2
+    except BrokenPipeError:  # `redisflow stats --watch | head -1`: the reader is gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return code

@@ -1,0 +1,149 @@
+"""The argument parser of the ``redisflow`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from .. import __version__
+from ..message import KINDS
+from ..protocol.priority import MAX_PRIORITY
+from . import commands
+from .run import run as run_command
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (and a pointer to ``--help``), not the
+    whole usage block: the line that says what is wrong is the one that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"(see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(kind: type[float], what: str, low: float, high: float | None = None) -> Any:
+    """An argparse type: a number from ``low`` to ``high``, else an error naming ``what``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+SECONDS = _number(float, "a number of seconds >= 0", 0)
+POSITIVE = _number(int, "an integer >= 1", 1)
+PORT = _number(int, "a TCP port from 1 to 65535", 1, 65535)
+LEVEL = _number(int, f"a priority from 0 to {MAX_PRIORITY}", 0, MAX_PRIORITY)
+CONNECTION = (
+    ("--url", dict(help="Redis URL (default: the app's, $REDISFLOW_URL, redis://localhost:6379)")),
+    ("--prefix", dict(help="key prefix of the flows (default: the app's, else rf)")),
+)
+RUN = (
+    ("--url", dict(help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
+    ("--log-level", dict(default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                         type=str.upper, help="logging level (default INFO)")),
+    ("--concurrency", dict(type=POSITIVE, metavar="N", help="override each handler's concurrency")),
+    ("--give-up-after", dict(type=SECONDS, metavar="SECONDS",
+                             help="exit 1 when Redis is unreachable this long (0: never)")),
+    ("--workers", dict(type=POSITIVE, metavar="N", help="run N supervised worker processes")),
+    ("--metrics-port", dict(type=PORT, metavar="PORT",
+                            help="serve Prometheus metrics (worker i of --workers: PORT+i)")),
+    ("--reload", dict(action="store_true", help="restart workers when a .py file changes")),
+    ("--reload-dir", dict(action="append", metavar="DIR", help="watch DIR (default: current)")),
+)  # fmt: skip
+FILTERS = (
+    ("--handler", dict(help="only dead letters of this handler (its qualname)")),
+    ("--error", dict(metavar="TEXT", help="only those whose error contains TEXT")),
+    ("--older-than", dict(type=SECONDS, metavar="SECONDS", help="died at least SECONDS ago")),
+    ("--newer-than", dict(type=SECONDS, metavar="SECONDS", help="died at most SECONDS ago")),
+    ("--id", dict(action="append", metavar="ID", help="only this entry (repeatable)")),
+    ("--limit", dict(type=POSITIVE, metavar="N", help="at most N, oldest first")),
+)
+JSON = ("--json", dict(action="store_true", help="print JSON"))
+DRY_RUN = ("--dry-run", dict(action="store_true", help="show what would be done, do nothing"))
+DLQ = {
+    "list": ("list dead letters, oldest first (100 unless --limit)", JSON),
+    "show": ("show one dead letter", JSON),
+    "replay": ("send dead letters back to their source and delete them", DRY_RUN),
+    "purge": ("delete dead letters (give a filter, or --all)", DRY_RUN),
+}
+
+
+def _options(p: argparse.ArgumentParser, *options: tuple[str, dict[str, Any]]) -> None:
+    for flag, kwargs in options:
+        p.add_argument(flag, **kwargs)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``redisflow`` command."""
+    p = Parser(prog="redisflow", description="Redis messaging workers.")
+    p.add_argument("--version", action="version", version=f"redisflow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    app = ("--app", dict(metavar="MODULE:ATTR", help="take URL, prefix and kinds from a flow"))
+
+    run = sub.add_parser("run", help="run the handlers of a flow until SIGINT/SIGTERM")
+    run.add_argument("app", help="the flow to run, as MODULE:ATTRIBUTE (e.g. app:flow)")
+    _options(run, *RUN)
+    run.set_defaults(func=run_command, parser=run)
+
+    st = sub.add_parser("stats", help="queue depth, stream lag, counters and memory per handler")
+    st.add_argument("app", nargs="?", metavar="MODULE:ATTR", help="its handlers (default: all)")
+    _options(st, *CONNECTION, JSON)
+    every = _number(float, "SECONDS >= 0.1", 0.1)
+    st.add_argument("--watch", nargs="?", const=2.0, type=every, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2) until Ctrl-C")  # fmt: skip
+    st.set_defaults(func=commands.stats, parser=st)
+
+    dlq = sub.add_parser("dlq", help="list, show, replay or purge the dead letters of a source")
+    actions = dlq.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=Parser
+    )
+    for action, (help_, flag) in DLQ.items():
+        q = actions.add_parser(action, help=help_, description=help_)
+        if action == "show":
+            q.add_argument("target", nargs="*", metavar="NAME", help="the source (or --queue...)")
+            q.add_argument("entry", metavar="ID", help="the entry id of the dead letter")
+        else:
+            q.add_argument("target", nargs="?", metavar="NAME", help="the source (or --queue...)")
+        source = q.add_mutually_exclusive_group()
+        for kind in KINDS:
+            source.add_argument(f"--{kind}", metavar="NAME", dest=f"source_{kind}",
+                                help=f"the source is the {kind} NAME")  # fmt: skip
+        q.add_argument("--kind", choices=KINDS, help="the kind of a positional NAME")
+        _options(q, app, *CONNECTION, flag)
+        if action != "show":
+            _options(q, *FILTERS)
+        if action == "replay":
+            q.add_argument("--at-priority", type=LEVEL, default=None, metavar="N",
+                           help="level of replayed priority messages (default: own)")  # fmt: skip
+        if action == "purge":
+            q.add_argument("--all", action="store_true", help="purge every dead letter")
+        q.set_defaults(func=commands.dlq, parser=q)
+
+    for command, target, help_ in (
+        ("publish", "CHANNEL", "PUBLISH a JSON message to a channel; prints the receivers"),
+        ("enqueue", "QUEUE", "add a JSON message to a queue (--priority: a priority queue)"),
+        ("append", "STREAM", "XADD a JSON message to a stream; prints the entry id"),
+    ):
+        send = sub.add_parser(command, help=help_)
+        send.add_argument("name", metavar=target)
+        send.add_argument("payload", metavar="JSON", help="the payload as JSON, or - for stdin")
+        _options(send, app, *CONNECTION)
+        if command == "enqueue":
+            _options(
+                send,
+                ("--priority", dict(type=LEVEL, metavar="N", help="to a priority queue, level N")),
+                ("--delay", dict(type=SECONDS, metavar="SECONDS", help="deliver later")),
+            )
+        if command == "append":
+            send.add_argument("--maxlen", type=POSITIVE, metavar="N", help="trim to ~N entries")
+        send.set_defaults(func=commands.send, parser=send)
+    return p

@@ -1,0 +1,285 @@
+"""What the command line prints: the ``stats`` table (plain, ``rich`` or JSON) and dead
+letters (a table for ``dlq list``, every field for ``dlq show``)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
+import orjson
+
+from ..ops.stats import STAT_FIELDS, Row, Snapshot, collect
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..message import Source
+    from ..ops.deadletters import DeadLetter
+
+COLUMNS = (
+    ("KIND", "kind"),
+    ("SOURCE", "source"),
+    ("GROUP", "group"),
+    ("HANDLER", "handler"),
+    ("WAITING", "waiting"),
+    ("PENDING", "pending"),
+    ("DELAYED", "delayed"),
+    ("IN FLIGHT", "in_flight"),
+    ("WORKERS", "workers"),
+    ("PROCESSED", "processed"),
+    ("RETRIED", "retried"),
+    ("DEAD", "dead"),
+    ("DLQ", "dead_letters"),
+    ("MEMORY", "memory"),
+)
+TEXT_COLUMNS = 4  # the first four are left-aligned text, the rest numbers
+
+
+def cells(row: Row) -> list[str]:
+    """The table cells of a row, as text (``-`` for what does not apply or is unknown)."""
+    values = asdict(row)
+    counters = row.counters or {}
+    out = []
+    for _, field in COLUMNS:
+        value = counters.get(field) if field in STAT_FIELDS else values[field]
+        if row.counters is None and field in STAT_FIELDS:
+            value = None
+        if value is None:
+            out.append("-")
+        elif field == "memory":
+            out.append(human_bytes(value))
+        elif isinstance(value, int):
+            out.append(f"{value:,}")
+        else:
+            out.append(str(value))
+    return out
+
+
+def title(snapshot: Snapshot, url: str) -> str:
+    """The line above the table: where, when, how much memory."""
+    at = snapshot.taken_at.astimezone().strftime("%H:%M:%S")
+    return (
+        f"redisflow stats  {url}  prefix {snapshot.prefix}  "
+        f"used memory {human_bytes(snapshot.used_memory)}  {at}"
+    )
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def render_text(snapshot: Snapshot, url: str) -> str:
+    """The snapshot as a plain-text table."""
+    if not snapshot.rows:
+        return f"{title(snapshot, url)}\nno sources registered under prefix {snapshot.prefix!r}"
+    table = text_table([h for h, _ in COLUMNS], [cells(r) for r in snapshot.rows], TEXT_COLUMNS)
+    return f"{title(snapshot, url)}\n\n{table}"
+
+
+def render_rich(snapshot: Snapshot, url: str) -> Any:
+    """The snapshot as a ``rich`` Table (rich must be installed)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title(snapshot, url), box=box.SIMPLE_HEAD, title_justify="left")
+    for i, (header, _) in enumerate(COLUMNS):
+        table.add_column(header, justify="left" if i < TEXT_COLUMNS else "right", no_wrap=True)
+    for row in snapshot.rows:
+        table.add_row(
+            *(
+                f"[{style}]{escape(cell)}[/]" if style else escape(cell)
+                for style, cell in zip(_styles(row), cells(row), strict=True)
+            )
+        )
+    if not snapshot.rows:
+        table.caption = f"no sources registered under prefix {snapshot.prefix!r}"
+    return table
+
+
+def _styles(row: Row) -> list[str]:
+    """The rich style of each cell: numbers that need attention stand out, zeros fade."""
+    counters = row.counters or {}
+
+    def warn(value: int | None, style: str = "yellow") -> str:
+        return style if value else "dim"
+
+    return [
+        "cyan",
+        "bold",
+        "",
+        "",
+        warn(row.waiting),
+        warn(row.pending),
+        warn(row.delayed),
+        warn(row.in_flight, ""),
+        "red" if row.workers == 0 and row.counters is not None else "",
+        warn(counters.get("processed"), "green"),
+        warn(counters.get("retried")),
+        warn(counters.get("dead"), "red"),
+        warn(row.dead_letters, "bold red"),
+        "",
+    ]
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def rich_available() -> bool:
+    """Whether ``rich`` can be imported (``pip install 'redisflow[cli]'``)."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def show(
+    client: Client,
+    handlers: Sequence[tuple[Source, str]] | None,
+    *,
+    url: str,
+    as_json: bool = False,
+    every: float | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Print the stats once, or every ``every`` seconds until SIGINT/SIGTERM: JSON (one
+    object per line), a rich table on a terminal when rich is installed, else plain text."""
+    out = out or sys.stdout
+    if every is not None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_show, client, handlers, url, as_json, every, out)
+                async for _ in signals:
+                    break
+                tg.cancel_scope.cancel()
+        return
+    await _show(client, handlers, url, as_json, every, out)
+
+
+async def _show(
+    client: Client,
+    handlers: Sequence[tuple[Source, str]] | None,
+    url: str,
+    as_json: bool,
+    every: float | None,
+    out: TextIO,
+) -> None:
+    terminal = out.isatty()
+    if not as_json and terminal and rich_available():
+        await _show_rich(client, handlers, url, every, out)
+        return
+    while True:
+        snapshot = await collect(client, handlers)
+        if as_json:
+            out.write(orjson.dumps(snapshot.to_json()).decode() + "\n")
+        else:
+            clear = "\x1b[H\x1b[J" if terminal and every is not None else ""
+            out.write(clear + render_text(snapshot, url) + "\n")
+        out.flush()
+        if every is None:
+            return
+        if not terminal and not as_json:
+            out.write("\n")
+        await anyio.sleep(every)
+
+
+async def _show_rich(
+    client: Client,
+    handlers: Sequence[tuple[Source, str]] | None,
+    url: str,
+    every: float | None,
+    out: TextIO,
+) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(file=out)
+    if every is None:
+        console.print(render_rich(await collect(client, handlers), url))
+        return
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(render_rich(await collect(client, handlers), url), refresh=True)
+            await anyio.sleep(every)
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+
+def age(dead: DeadLetter) -> str:
+    """When the message died, and how long ago (``-`` if unknown)."""
+    if dead.failed_at is None:
+        return "-"
+    seconds = int((datetime.now(UTC) - dead.failed_at).total_seconds())
+    ago = (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+    return f"{dead.failed_at:%Y-%m-%d %H:%M:%S}Z ({ago} ago)"
+
+
+def describe(dead: DeadLetter) -> str:
+    """Every field on its own line, the payload as indented JSON (for ``dlq show``)."""
+    try:
+        data = orjson.dumps(dead.payload, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        data = repr(dead.data)
+    fields = (
+        ("id", dead.id),
+        ("message id", dead.message_id),
+        ("handler", dead.handler),
+        ("source", dead.source),
+        ("channel", dead.channel),
+        ("priority", None if dead.priority is None else str(dead.priority)),
+        ("attempts", str(dead.attempts)),
+        ("failed at", age(dead)),
+        ("error", dead.error),
+        ("where", dead.where),
+    )
+    lines = [f"{label:<11} {value}" for label, value in fields if value is not None]
+    return "\n".join([*lines, "data", *("  " + line for line in data.splitlines())])
+
+
+def dead_table(found: Sequence[DeadLetter]) -> str:
+    """Dead letters as a plain-text table, one line each (for ``dlq list``)."""
+
+    def cut(text: str, n: int) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    rows = [
+        [
+            d.id,
+            age(d),
+            d.handler,
+            str(d.attempts),
+            cut(d.error, 50),
+            cut(d.data.decode("utf-8", "replace"), 40),
+        ]
+        for d in found
+    ]
+    headers = ["ID", "FAILED AT (UTC)", "HANDLER", "ATTEMPTS", "ERROR", "DATA"]
+    return text_table(headers, rows, left=len(headers))

@@ -1,0 +1,142 @@
+"""``redisflow run``: import a flow, run it (or supervise N workers running it)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..app import Flow
+from ..errors import ConfigError, RedisflowError
+from .supervisor import ENV_URL, ENV_WORKER, Supervisor, serve
+
+log = logging.getLogger("redisflow")
+
+
+class UsageError(Exception):
+    """Raised when the command line names something that cannot be used."""
+
+
+def load_flow(spec: str) -> Flow:
+    """Import ``module:attribute`` (attribute defaults to ``flow``) and return the Flow."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "flow"
+    if module_name.endswith(".py"):
+        hint = module_name[:-3].replace("/", ".")
+        raise UsageError(f"{spec!r} names a file: give the module, as in '{hint}:{attr}'")
+    if not module_name or not all(part.isidentifier() for part in attr.split(".")):
+        raise UsageError(f"expected MODULE:ATTRIBUTE such as 'app:flow', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise UsageError(
+                f"module {module_name!r} not found (searched the current directory and PYTHONPATH)"
+            ) from None
+        raise UsageError(_import_failed(module_name)) from None
+    except Exception:
+        raise UsageError(_import_failed(module_name)) from None
+    obj: object = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Flow):
+        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not a redisflow.Flow")
+    return obj
+
+
+def _import_failed(module_name: str) -> str:
+    detail = "".join(traceback.format_exc(limit=-3)).rstrip()
+    return f"importing module {module_name!r} failed:\n{detail}"
+
+
+def override_concurrency(flow: Flow, concurrency: int) -> None:
+    """Give every handler of ``flow`` this concurrency (``--concurrency``)."""
+    for key, handler in flow.handlers.items():
+        options = dataclasses.replace(handler.options, concurrency=concurrency)
+        options.check(f"handler {handler.name!r}")
+        flow.handlers[key] = dataclasses.replace(handler, options=options)
+
+
+def backend_options() -> dict[str, Any]:
+    """anyio's backend options: uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def run(args: argparse.Namespace) -> int:
+    """``redisflow run``."""
+    if args.reload_dir and not args.reload:
+        raise UsageError("--reload-dir needs --reload")
+    flow = load_flow(args.app)  # in a supervisor too: a usage error is reported at once
+    changes: dict[str, Any] = {}
+    url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line
+    if url:
+        changes["url"] = url
+    if args.give_up_after is not None:
+        changes["give_up_after"] = args.give_up_after or None
+    if args.metrics_port is not None:
+        changes["metrics_port"] = args.metrics_port + int(os.environ.get(ENV_WORKER, 0))
+    try:
+        flow.configure(**changes)
+        if args.concurrency is not None:
+            override_concurrency(flow, args.concurrency)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.workers is not None or args.reload:
+        return supervise(args)
+    if not flow.handlers:
+        log.warning("%s has no handlers; it will only wait for a signal", args.app)
+    log.info(
+        "redisflow %s: %d handler%s, Redis at %s", args.app, len(flow.handlers),
+        "" if len(flow.handlers) == 1 else "s", flow.client.connector.display,
+    )  # fmt: skip
+    try:
+        anyio.run(serve, flow, backend_options=backend_options())
+    except RedisflowError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    log.info("redisflow %s: stopped", args.app)
+    return 0
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """``redisflow run --workers N`` / ``--reload``."""
+    dirs: list[Path] = []
+    if args.reload:
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            raise UsageError("--reload needs watchfiles: pip install 'redisflow[reload]'") from None
+        dirs = [Path(d).resolve() for d in args.reload_dir or [os.getcwd()]]
+        for d in dirs:
+            if not d.is_dir():
+                raise UsageError(f"--reload-dir {d}: not a directory")
+    command = [sys.executable, "-m", "redisflow", "run", args.app, "--log-level", args.log_level]
+    for option in ("concurrency", "give_up_after", "metrics_port"):
+        value = getattr(args, option)
+        if value is not None:
+            command += ["--" + option.replace("_", "-"), str(value)]
+    env = {ENV_URL: args.url} if args.url else {}  # never on a command line (ps shows those)
+    supervisor = Supervisor(command, args.workers or 1, reload_dirs=dirs, env=env)
+    workers = supervisor.workers
+    log.info("redisflow %s: supervising %d worker%s", args.app, workers, "s" * (workers != 1))
+    code: int = anyio.run(supervisor.run, backend_options=backend_options())
+    return code

@@ -1,0 +1,227 @@
+"""What a user configures, frozen and validated in one place: the flow, its handlers, rates.
+
+``FlowConfig`` holds every option of a ``Flow`` (documented here, once); ``HandlerOptions``
+those of one handler; ``RateLimit`` a rate. Each checks itself when built and raises
+``ConfigError`` naming the bad value, so a mistake surfaces at start-up, never mid-run.
+Change one with ``dataclasses.replace`` (the command line does, for ``--url``...).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from .errors import ConfigError
+from .keys import check_prefix
+
+#: Where a flow connects when neither the code nor ``$REDISFLOW_URL`` says.
+DEFAULT_URL = "redis://localhost:6379/0"
+URL_ENV = "REDISFLOW_URL"
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(name: str, value: object, *, above: float = 0.0, none: bool = False) -> None:
+    if value is None and none:
+        return
+    if not _number(value) or value <= above:  # type: ignore[operator]
+        allowed = " (or None)" if none else ""
+        raise ConfigError(f"{name} must be a number > {above:g}{allowed}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    """The options of a ``Flow``.
+
+    ``url``: where Redis is (``redis://``, ``rediss://`` for TLS, ``unix://``;
+    ``docs/security.md`` lists the query options). ``prefix`` namespaces every key redisflow
+    owns. ``name`` names this process's stream consumers (default ``host-pid``: give a stable
+    name to re-read its own pending entries after a restart). ``grace_period``: how long
+    in-flight handlers may run after a stop. ``lease``: how long a silent queue worker keeps
+    its messages before peers take them back; ``claim_idle`` the same for stream entries.
+    ``forget_consumers_after``: stream consumers of our groups that hold nothing and were not
+    seen for that long (stopped or dead workers) are deleted from the group (None keeps
+    them). ``batch_size``: the most messages one fetch takes; ``prefetch``: the most a
+    consumer holds. ``block_timeout``: how long an idle fetch waits in Redis before asking
+    again. ``dead_maxlen`` bounds each dead-letter stream. ``channel_buffer``: Pub/Sub
+    messages waiting per handler before new ones are dropped. ``stream_start``: where a new
+    consumer group starts reading (``0``: the whole stream, ``$``: new entries only).
+    ``give_up_after``: how long the flow waits for an unreachable Redis (at start, or during
+    an outage) before it fails; None waits forever. ``track`` keeps a status record of every
+    message for ``track_ttl`` seconds. ``metrics_port`` serves Prometheus metrics.
+    ``report_interval``: how often workers publish their counters for ``redisflow stats``.
+    ``tick``: how often workers renew leases and move due retries.
+    """
+
+    url: str = DEFAULT_URL
+    prefix: str = "rf"
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    grace_period: float = 10.0
+    lease: float = 15.0
+    claim_idle: float = 30.0
+    forget_consumers_after: float | None = 3600.0
+    batch_size: int = 500
+    prefetch: int = 1000
+    block_timeout: float = 5.0
+    dead_maxlen: int = 100_000
+    channel_buffer: int = 10_000
+    stream_start: str = "0"
+    give_up_after: float | None = 60.0
+    track: bool = False
+    track_ttl: float = 86400.0
+    metrics_port: int | None = None
+    report_interval: float = 2.0
+    tick: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not self.url:
+            raise ConfigError(f"url must be a non-empty string, got {self.url!r}")
+        check_prefix(self.prefix)
+        if not isinstance(self.name, str) or not self.name or " " in self.name:
+            raise ConfigError(f"name must be a non-empty string without spaces: {self.name!r}")
+        if not _int(self.batch_size) or not 1 <= self.batch_size <= 2000:
+            raise ConfigError(f"batch_size must be an int from 1 to 2000, got {self.batch_size!r}")
+        if not _int(self.prefetch) or self.prefetch < 1:
+            raise ConfigError(f"prefetch must be an int >= 1, got {self.prefetch!r}")
+        _positive("lease", self.lease, above=1)
+        _positive("claim_idle", self.claim_idle, above=1)
+        _positive("forget_consumers_after", self.forget_consumers_after, none=True)
+        _positive("give_up_after", self.give_up_after, none=True)
+        for name in ("grace_period", "block_timeout", "track_ttl", "report_interval", "tick"):
+            _positive(name, getattr(self, name))
+        if not _int(self.dead_maxlen) or self.dead_maxlen < 1:
+            raise ConfigError(f"dead_maxlen must be an int >= 1, got {self.dead_maxlen!r}")
+        if not _int(self.channel_buffer) or self.channel_buffer < 1:
+            raise ConfigError(f"channel_buffer must be an int >= 1, got {self.channel_buffer!r}")
+        if self.metrics_port is not None and not (
+            _int(self.metrics_port) and 0 <= self.metrics_port <= 65535
+        ):
+            raise ConfigError(f"metrics_port must be a TCP port, got {self.metrics_port!r}")
+
+    @classmethod
+    def build(cls, url: str | None = None, **options: Any) -> FlowConfig:
+        """A config whose URL is ``url``, else ``$REDISFLOW_URL``, else the default."""
+        if options.get("name") is None:
+            options.pop("name", None)
+        try:
+            return cls(url=url or os.environ.get(URL_ENV) or DEFAULT_URL, **options)
+        except TypeError as exc:  # an unknown option
+            raise ConfigError(str(exc).replace("FlowConfig.__init__()", "Flow()")) from None
+
+    @property
+    def url_given(self) -> bool:
+        """Whether the URL was chosen (in code or ``$REDISFLOW_URL``), not the default."""
+        return self.url != DEFAULT_URL or bool(os.environ.get(URL_ENV))
+
+    @property
+    def claim_interval(self) -> float:
+        """How often a stream consumer looks for entries of dead consumers."""
+        return max(self.tick, self.claim_idle / 2)
+
+
+class FlowOptions(TypedDict, total=False):
+    """The keyword options of ``Flow()``: the fields of ``FlowConfig`` but ``url``."""
+
+    prefix: str
+    name: str | None
+    grace_period: float
+    lease: float
+    claim_idle: float
+    forget_consumers_after: float | None
+    batch_size: int
+    prefetch: int
+    block_timeout: float
+    dead_maxlen: int
+    channel_buffer: int
+    stream_start: str
+    give_up_after: float | None
+    track: bool
+    track_ttl: float
+    metrics_port: int | None
+    report_interval: float
+    tick: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` grants per ``per`` seconds for each key.
+
+    ``key`` maps a message payload to its limiter key (``None``: one limit shared by all).
+    ``burst=None`` enforces the limit exactly in any window (sliding log); ``burst=n`` uses
+    GCRA instead: one grant every ``per / limit`` seconds, with up to ``n`` at once.
+    """
+
+    limit: int
+    per: float
+    key: Callable[[Any], str] | None = None
+    burst: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _int(self.limit) or self.limit < 1:
+            raise ConfigError(f"RateLimit: limit must be an int >= 1, got {self.limit!r}")
+        if not _number(self.per) or self.per <= 0:
+            raise ConfigError(f"RateLimit: per must be a number of seconds > 0, got {self.per!r}")
+        if self.key is not None and not callable(self.key):
+            raise ConfigError(f"RateLimit: key must be a callable or None, got {self.key!r}")
+        if self.burst is not None and (not _int(self.burst) or self.burst < 1):
+            raise ConfigError(f"RateLimit: burst must be None or an int >= 1, got {self.burst!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """The delivery options of one handler.
+
+    ``concurrency``: handlers running at once. ``max_attempts``: deliveries before the dead
+    letters. ``retry_delay``/``retry_max_delay``: a failure is retried after
+    ``retry_delay * 2**(attempt-1)`` seconds (jittered to [d/2, d], at most
+    ``retry_max_delay``). ``timeout``: a handler running longer is cancelled (a failed
+    attempt). ``at_most_once`` (queues): pop destructively, losing the messages in hand on a
+    crash. ``idempotency_key`` (payload -> str): each key is handled once per
+    ``idempotency_ttl`` seconds, crash-safely. ``rate_limit``: at most N handler starts per
+    key per window across all workers. ``track`` overrides the flow's status tracking.
+    ``pattern`` (channels): whether the name is a glob pattern (PSUBSCRIBE) or a literal
+    channel; the decorator decides from the name when it is not given.
+    """
+
+    concurrency: int = 16
+    max_attempts: int = 5
+    retry_delay: float = 1.0
+    retry_max_delay: float = 300.0
+    timeout: float | None = None
+    at_most_once: bool = False
+    idempotency_key: Callable[[Any], str] | None = None
+    idempotency_ttl: float = 86400.0
+    rate_limit: RateLimit | None = None
+    track: bool | None = None
+    pattern: bool | None = None
+
+    def check(self, where: str) -> None:
+        """Raise ConfigError naming ``where`` for an impossible value."""
+        if not _int(self.concurrency) or self.concurrency < 1:
+            raise ConfigError(f"{where}: concurrency must be an int >= 1, got {self.concurrency!r}")
+        if not _int(self.max_attempts) or self.max_attempts < 1:
+            raise ConfigError(
+                f"{where}: max_attempts must be an int >= 1, got {self.max_attempts!r}"
+            )
+        if not (_number(self.retry_delay) and _number(self.retry_max_delay)) or not (
+            0 <= self.retry_delay <= self.retry_max_delay
+        ):
+            raise ConfigError(f"{where}: need 0 <= retry_delay <= retry_max_delay")
+        if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
+            raise ConfigError(f"{where}: timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.idempotency_key is not None and not callable(self.idempotency_key):
+            raise ConfigError(f"{where}: idempotency_key must be a function of the payload")
+        if not _number(self.idempotency_ttl) or self.idempotency_ttl <= 0:
+            raise ConfigError(f"{where}: idempotency_ttl must be > 0 seconds")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigError(f"{where}: rate_limit must be a RateLimit, got {self.rate_limit!r}")

@@ -1,0 +1,168 @@
+"""Auto-pipelining: commands issued concurrently to one server share round trips.
+
+Calls queue up; a flush task writes everything queued so far on one of its own links and
+hands each caller its own reply or its own error. A lone call costs one round trip; a
+thousand concurrent calls cost a few. Replies are raw (RESP2).
+
+Failures: a round trip without an answer within ``timeout`` counts as a lost connection.
+Calls caught by a lost connection (or a server that cannot serve: ``READONLY``,
+``LOADING``) are sent again once it is back, for up to ``retry_for`` seconds, then fail
+with ``ConnectionLost``. A reply lost in flight may thus repeat a command: at-least-once
+(docs/design.md, "Errors"). An authentication or permission error fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import ConnectionLost, ReplyError
+from .link import LOST_CODES, Link, pack
+
+Unit = tuple[Sequence[Sequence[Any]], "asyncio.Future[list[Any]]"]
+
+
+class Pipeliner:
+    """Auto-pipelined commands to one server, over ``links`` connections of its own."""
+
+    def __init__(
+        self,
+        make_link: Callable[[], Link],
+        *,
+        links: int = 2,
+        batch: int = 2000,
+        retry_for: float = 5.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.batch, self.retry_for, self.timeout = batch, retry_for, timeout
+        self._idle: list[Link] = [make_link() for _ in range(links)]
+        self._queue: list[Unit] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.connected = False  # a round trip has succeeded (and none failed since)
+
+    async def __call__(self, *args: Any) -> Any:
+        """Send one command; its reply (an error reply is raised)."""
+        return (await self._submit((args,)))[0]
+
+    async def many(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send several commands back to back, in order; their replies. The first error
+        reply among them is raised (after all have run)."""
+        return await self._submit(commands)
+
+    def _submit(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        if self.closed:
+            raise ConnectionLost("the flow's connections are closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((commands, fut))
+        if self._idle and len(self._queue) == 1:
+            self._start(loop)
+        return fut
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self._flush(self._idle.pop()))
+        self._flushers.add(task)
+        task.add_done_callback(self._flushers.discard)
+
+    async def _flush(self, link: Link) -> None:
+        try:
+            while self._queue:
+                take, size = 0, 0
+                while take < len(self._queue) and size < self.batch:
+                    size += len(self._queue[take][0])
+                    take += 1
+                units, self._queue = self._queue[:take], self._queue[take:]
+                await self._send_units(link, units)
+        finally:
+            self._idle.append(link)
+            if self._queue and not self.closed:  # queued while we were handing back
+                self._start(asyncio.get_running_loop())
+
+    async def _send_units(self, link: Link, units: list[Unit]) -> None:
+        """One round trip for ``units``; on a lost connection, reconnect and send the
+        unanswered ones again for up to ``retry_for`` seconds, then fail them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    units = await self._round_trip(link, units)
+                if not units:
+                    self.connected = True
+                    return
+                raise ConnectionLost(f"{link.endpoint}: cannot serve writes now")
+            except (ConnectionLost, OSError) as exc:  # TimeoutError too
+                self.connected = False
+                await link.close()
+                units = [unit for unit in units if not unit[1].done()]
+                if isinstance(exc, TimeoutError):
+                    exc = ConnectionLost(f"{link.endpoint}: no reply within {self.timeout:g}s")
+                if not units or loop.time() + delay > deadline:
+                    failure: BaseException = exc
+                else:
+                    await asyncio.sleep(random.uniform(delay / 2, delay))
+                    delay = min(0.5, delay * 2)
+                    continue
+            except Exception as exc:  # e.g. the credentials were refused
+                await link.close()
+                failure = exc
+            for _, fut in units:
+                if not fut.done():
+                    fut.set_exception(failure)
+            return
+
+    @staticmethod
+    async def _round_trip(link: Link, units: list[Unit]) -> list[Unit]:
+        """Write ``units`` and hand out their replies; the units to send again (their
+        server could not serve them: ``READONLY``, ``LOADING``)."""
+        packed: list[bytes] = []
+        sent: list[Unit] = []
+        for unit in units:
+            try:
+                packed.append(pack(unit[0]))
+                sent.append(unit)
+            except TypeError as exc:  # this caller's bad argument fails this caller only
+                if not unit[1].done():
+                    unit[1].set_exception(exc)
+        if not sent:
+            return []
+        if not link.connected:
+            await link.open()
+        await link.write(b"".join(packed))
+        again: list[Unit] = []
+        for commands, fut in sent:
+            replies = [await link.reply() for _ in commands]
+            if fut.done():
+                continue
+            error: ReplyError | None = None
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    error = reply
+                    break
+            if error is None:
+                fut.set_result(replies)
+            elif error.code in LOST_CODES:
+                again.append((commands, fut))
+            else:
+                fut.set_exception(error)
+        return again
+
+    async def aclose(self) -> None:
+        """Stop the flushers and close the links; waiting callers get ConnectionLost."""
+        self.closed = True
+        for task in list(self._flushers):
+            task.cancel()
+        for task in list(self._flushers):
+            with contextlib.suppress(BaseException):
+                await task
+        for _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(ConnectionLost("the flow's connections were closed"))
+        self._queue.clear()
+        for link in self._idle:
+            await link.close()

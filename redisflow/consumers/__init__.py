@@ -1,0 +1,36 @@
+"""The consumers: one kind per Redis primitive, over what ``base.Consumer`` shares.
+
+The path of a message, fetch to ack: ``<kind>.py`` ``fetch_loop`` (a Lua script or a
+blocking read) -> ``base.py`` ``_work`` (decode, call the handler, inside ``guards.py`` when
+the handler asks for them) -> ``<kind>.py`` ``done`` (ack with the next request) or
+``verdicts.py`` (retry or dead letter) -> ``<kind>.py`` ``retry``/``bury``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..message import Kind
+from .base import Consumer, Context, Stats
+from .channel import ChannelConsumer, ChannelHub
+from .guards import Guards
+from .priority import PriorityConsumer
+from .queue import QueueConsumer
+from .stream import StreamConsumer
+
+CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
+    "channel": ChannelConsumer,
+    "queue": QueueConsumer,
+    "priority": PriorityConsumer,
+    "stream": StreamConsumer,
+}
+
+__all__ = [
+    "CONSUMERS",
+    "ChannelConsumer",
+    "ChannelHub",
+    "Consumer",
+    "Context",
+    "Guards",
+    "Stats",
+]

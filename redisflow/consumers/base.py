@@ -1,0 +1,437 @@
+"""What every consumer shares: the contract a kind implements, a fixed pool of worker
+coroutines fed from a deque, the prefetch window and acks, reconnection, and the two-phase
+shutdown.
+
+A kind (``queue``, ``priority``, ``stream``, ``channel``) implements the abstract methods of
+``Consumer``: the Redis side (``connect``, ``fetch_loop``, ``flush_acks``, ``release``,
+``idle``), how to read one of its items (``decode``, ``message``, ``attempt``, ``raw``),
+and the settle calls (``done``, ``retry``, ``bury``). The hot path is ``_work``: no task,
+lock or context manager per message; a worker validates just before calling its handler
+(docs/design.md, "The hot path"). Failures go to ``verdicts.py``; idempotency, rate limits,
+status tracking and timing wrap the call only when a handler asks for them (``guards.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ..config import FlowConfig
+from ..connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
+from ..errors import AuthError, ReplyError
+from ..keys import Keys
+from ..message import Kind, Message
+from ..protocol.envelope import now_ms
+from .guards import Guards, Skip
+from .verdicts import Verdicts
+
+if TYPE_CHECKING:
+    from ..handler import Handler
+
+log = logging.getLogger("redisflow")
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the consumers of one running flow share (built by ``Flow.start``)."""
+
+    config: FlowConfig
+    connector: Connector
+    worker_id: str
+    resources: Mapping[Any, Any] = field(default_factory=dict)
+    spawn: Callable[..., Any] = lambda fn: None  # starts a task in the flow's task group
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one consumer since it started (``FIELDS`` lists them, in this order)."""
+
+    processed: int = 0
+    retried: int = 0
+    dead: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    skipped: int = 0  # duplicates of an idempotency key already handled
+    deferred: int = 0  # delivered again later by a rate limit or a running duplicate
+
+    FIELDS: ClassVar[tuple[str, ...]]
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={getattr(self, name)}" for name in self.FIELDS)
+
+
+Stats.FIELDS = tuple(f.name for f in fields(Stats))
+
+
+class Consumer(ABC, Generic[Item]):
+    """The runtime of one handler: fetch loop, worker pool, verdicts, shutdown."""
+
+    kind: ClassVar[Kind]
+
+    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
+        self.handler = handler
+        self.options = handler.options
+        self.invoke = handler.bind(ctx.resources)  # ConfigError if a resource is missing
+        self.ctx = ctx
+        self.config = ctx.config
+        self.connector = ctx.connector
+        self.keys = Keys(ctx.config.prefix, handler.source.name)
+        self.guards = guards
+        self.verdicts = Verdicts(self)
+        self.stats = Stats()
+        self._reported = Stats()  # what ``report`` has sent to Redis
+        self._reported_once = False
+        self.stopping = False
+        self.backoff = Backoff(str(self), ctx.config.give_up_after)
+        self.link = ctx.connector.link(handler.source.name, role=f"fetch:{handler.source.name}")
+        self.prefetch = max(ctx.config.prefetch, self.options.concurrency)
+        self._dq: deque[Item] = deque()
+        self._idle: list[asyncio.Future[None]] = []
+        self._busy = 0
+        self._draining = False
+        self._unfinished: list[Item] = []
+        self._all_idle = anyio.Event()
+        self._connected = False
+        self._blocked = False  # a request that may block in Redis is outstanding on ``link``
+        self._room = anyio.Event()
+        self._room_wanted = False  # the fetch loop waits for room: ``done`` must wake it
+        self.acks: list[Any] = []  # settled; the ack is not sent yet
+        self.acks_sent: list[Any] = []  # sent with the fetch whose reply is awaited
+        self.acks_flushing: list[Any] = []  # sent by the acker, reply awaited
+        self._ack_now = anyio.Event()
+
+    def __str__(self) -> str:
+        return f"{self.handler.source} [{self.handler.name}]"
+
+    # -- what each kind implements --------------------------------------------------------
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """(Re)open ``link`` and prepare the source (load scripts, create the group...)."""
+
+    @abstractmethod
+    async def fetch_loop(self) -> None:
+        """Fill the deque (``feed``) until ``stopping`` is set."""
+
+    @abstractmethod
+    async def idle(self) -> bool:
+        """Whether nothing is left to do: no message held here or waiting in Redis (due
+        later included). ``Flow.wait_idle`` polls it."""
+
+    @abstractmethod
+    def decode(self, item: Item) -> Any:
+        """Validate an item's payload; raise DecodeError if it cannot be."""
+
+    @abstractmethod
+    def message(self, item: Item, value: Any) -> Message[Any]:
+        """The Message envelope of an item."""
+
+    @abstractmethod
+    def attempt(self, item: Item) -> int:
+        """The delivery attempt of an item, 1 on first delivery."""
+
+    @abstractmethod
+    def raw(self, item: Item) -> bytes:
+        """The payload bytes of an item, for the dead letters."""
+
+    @abstractmethod
+    def done(self, item: Item) -> None:
+        """Record that an item is settled (its ack is sent in a later request)."""
+
+    @abstractmethod
+    async def retry(self, item: Item, delay: float, count: bool = True) -> None:
+        """Deliver the item again after ``delay`` seconds, then settle it; ``count=False``
+        keeps its attempt number (a deferral, not a failure)."""
+
+    @abstractmethod
+    async def bury(self, item: Item, fields: dict[str, Any]) -> None:
+        """Write the item to the dead letters, then settle it."""
+
+    @abstractmethod
+    async def release(self, started: list[Item], unstarted: list[Item]) -> None:
+        """Flush acks and hand unfinished items back to Redis (shielded, at the end):
+        ``started`` ones were cancelled in their handler, ``unstarted`` ones never ran."""
+
+    async def flush_acks(self, acks: list[Any]) -> None:
+        """Send ``acks`` through the shared connections (while the fetch link blocks)."""
+
+    def recoverable(self, exc: ReplyError) -> bool:
+        """Whether an error reply in the fetch loop is cured by setting up again."""
+        return False
+
+    async def maintain(self) -> None:
+        """Periodic housekeeping that runs until the consumer has released everything."""
+        await anyio.sleep_forever()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Set up, report ready, consume until stopped, drain, release."""
+        await self.connect()
+        self._connected = True
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self.maintain)
+                outer.start_soon(self._report_loop)
+                async with anyio.create_task_group() as workers:
+                    for _ in range(self.options.concurrency):
+                        workers.start_soon(self._work)
+                    task_status.started()
+                    try:
+                        await self.fetch()
+                    finally:
+                        await self._drain(workers.cancel_scope)
+                outer.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release_all()
+
+    async def _release_all(self) -> None:
+        started, unstarted = self._unfinished, list(self._dq)
+        self._dq.clear()
+        try:
+            with anyio.fail_after(10):
+                await self.release(started, unstarted)
+        except Exception as exc:  # the messages stay leased; a peer recovers them
+            left = len(started) + len(unstarted)
+            if left:
+                log.warning("%s: could not hand back %d messages: %r", self, left, exc)
+        with contextlib.suppress(Exception), anyio.move_on_after(2):
+            await self.report(final=True)
+        await self.link.close()
+
+    def stop(self) -> None:
+        """Stop fetching; in-flight handlers go on for the grace period."""
+        if not self.stopping:
+            self.stopping = True
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        """Wake a fetch that blocks in Redis, so that it sees ``stopping``."""
+        self.ctx.spawn(self._unblock)
+
+    async def _unblock(self) -> None:
+        # Repeat: CLIENT UNBLOCK may reach Redis before the blocking command it should end.
+        # Never cancel a blocked pop instead: the popped item would be lost
+        # (docs/design.md, "Stopping a blocked fetch").
+        while self._blocked:
+            try:
+                if not await self.connector.unblock(self.link):
+                    return
+            except ReplyError as exc:  # no permission: the fetch ends at its block timeout
+                log.info("%s: cannot unblock the fetch (%s); it stops within %gs", self, exc,
+                         self.config.block_timeout)  # fmt: skip
+                return
+            except CONNECTION_ERRORS:
+                return
+            await anyio.sleep(0.05)
+
+    async def _drain(self, workers: anyio.CancelScope) -> None:
+        self.stopping = True
+        self._draining = True
+        for fut in self._idle:
+            if not fut.done():
+                fut.set_result(None)
+        self._idle.clear()
+        with anyio.move_on_after(self.config.grace_period, shield=True):
+            while self._busy:
+                self._all_idle = anyio.Event()
+                await self._all_idle.wait()
+        if self._busy:
+            log.warning("%s: cancelling %d handlers after the grace period", self, self._busy)
+        workers.cancel()
+
+    async def fetch(self) -> None:
+        """Run ``fetch_loop``, connecting again when the connection is lost. An error reply
+        is logged once and retried with backoff (a fetch must not kill the worker); a
+        refused login fails at once."""
+        refused = Backoff(f"{self}: Redis refuses the fetch", None, where="Redis")
+        while not self.stopping:
+            try:
+                if not self._connected:
+                    await self.connect()
+                    self._connected = True
+                    self.backoff.ok()
+                    refused.ok()
+                await self.fetch_loop()
+            except AuthError:
+                raise
+            except REDIS_ERRORS as exc:
+                self._connected = False
+                if self.stopping:
+                    break
+                self.stats.reconnects += 1
+                await self.link.close()
+                if isinstance(exc, ReplyError) and self.recoverable(exc):
+                    log.warning("%s: %s; setting up again", self, exc)
+                    await anyio.sleep(0.1)
+                elif isinstance(exc, ReplyError):
+                    await refused.wait(exc)
+                else:
+                    await self.backoff.wait(exc)
+
+    # -- the prefetch window and acks -------------------------------------------------------
+
+    def want(self) -> int:
+        """How many messages the next fetch may take (0: wait for room)."""
+        return max(0, min(self.config.batch_size, self.prefetch - self.backlog))
+
+    async def wait_for_room(self) -> None:
+        """Wait until a settled message makes room in the prefetch window."""
+        self._room = anyio.Event()
+        self._room_wanted = True
+        await self._room.wait()
+
+    def settled(self, ack: Any | None) -> None:
+        """Note a settled message (``ack``: what to acknowledge, if anything)."""
+        if ack is not None:
+            self.acks.append(ack)
+            if self._blocked:
+                self._ack_now.set()
+        if self._room_wanted:  # a plain bool: this runs once per message
+            self._room_wanted = False
+            self._room.set()
+
+    def take_acks(self) -> list[Any]:
+        """The acks to send with the next fetch (kept in ``acks_sent`` until its reply)."""
+        acks, self.acks = self.acks, []
+        self.acks_sent += acks
+        return acks
+
+    def acks_answered(self) -> None:
+        """The fetch carrying ``acks_sent`` was answered."""
+        self.acks_sent.clear()
+
+    def acks_unanswered(self) -> None:
+        """After a lost connection: acks whose reply never came are sent again."""
+        self.acks[:0], self.acks_sent = self.acks_sent, []
+
+    async def _acker(self) -> None:
+        """Flush acks through the shared connections while the fetch loop waits in Redis."""
+        while True:
+            await self._ack_now.wait()
+            self._ack_now = anyio.Event()
+            await anyio.sleep(0.005)  # let a burst of completions share one call
+            if self.acks and self._blocked:
+                acks, self.acks = self.acks, []
+                self.acks_flushing += acks
+                try:
+                    await self.flush_acks(acks)
+                except REDIS_ERRORS:  # they go with the next request
+                    self.acks.extend(acks)
+                except BaseException:  # cancelled at stop: release sends them
+                    self.acks.extend(acks)
+                    raise
+                finally:
+                    del self.acks_flushing[: len(acks)]
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def feed(self, items: Iterable[Item]) -> None:
+        """Queue items for the workers and wake as many idle workers as needed."""
+        dq = self._dq
+        before = len(dq)
+        dq.extend(items)
+        wake = len(dq) - before
+        idle = self._idle
+        while wake and idle:
+            fut = idle.pop()
+            if not fut.done():
+                fut.set_result(None)
+                wake -= 1
+
+    @property
+    def backlog(self) -> int:
+        """Messages held by this consumer: queued locally or in a handler."""
+        return len(self._dq) + self._busy
+
+    async def _work(self) -> None:
+        dq = self._dq
+        idle = self._idle
+        loop = asyncio.get_running_loop()
+        invoke = self.invoke
+        wants_message = self.handler.wants_message
+        decode = self.decode
+        timeout = self.options.timeout
+        guards = self.guards if self.guards.active else None
+        while True:
+            if not dq or self._draining:
+                if self._draining:
+                    return
+                fut = loop.create_future()
+                idle.append(fut)
+                await fut
+                continue
+            item = dq.popleft()
+            self._busy += 1
+            try:
+                try:
+                    value = decode(item)
+                    if guards is not None:
+                        await guards.call(self, item, value)
+                    else:
+                        msg = self.message(item, value) if wants_message else None
+                        if timeout is None:
+                            await invoke(value, msg)
+                        else:
+                            with anyio.fail_after(timeout):
+                                await invoke(value, msg)
+                except Skip:
+                    self.stats.skipped += 1
+                    self.done(item)
+                except Exception as exc:
+                    await self.verdicts.failed(item, exc)
+                else:
+                    self.stats.processed += 1
+                    self.done(item)
+            except BaseException:
+                self._unfinished.append(item)
+                raise
+            finally:
+                self._busy -= 1
+                if not self._busy and self._draining:
+                    self._all_idle.set()
+
+    # -- what ``redisflow stats`` reads -------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        """Publish this consumer's counters and in-flight count to Redis every few seconds,
+        for ``redisflow stats`` (in other processes) to read; best effort."""
+        failing = False
+        while True:
+            await anyio.sleep(self.config.report_interval)
+            try:
+                await self.report()
+                failing = False
+            except REDIS_ERRORS as exc:
+                if not failing and isinstance(exc, ReplyError):
+                    log.warning("%s: counters not reported (%s); will try again", self, exc)
+                failing = True
+
+    async def report(self, final: bool = False) -> None:
+        """Send the counter deltas since the last report and the in-flight gauge (``final``:
+        remove the gauge, this worker is leaving)."""
+        commands: list[tuple[Any, ...]] = []
+        name = self.handler.name
+        for counter in Stats.FIELDS:
+            delta = getattr(self.stats, counter) - getattr(self._reported, counter)
+            if delta or not self._reported_once:  # zeros once: a quiet handler is listed
+                commands.append(("HINCRBY", self.keys.stats, f"{name}:{counter}", delta))
+        field_ = f"{name}:{self.ctx.worker_id}"
+        if final:
+            commands.append(("HDEL", self.keys.inflight, field_))
+        else:
+            commands.append(("HSET", self.keys.inflight, field_, f"{self.backlog}:{now_ms()}"))
+        snapshot = Stats(*(getattr(self.stats, counter) for counter in Stats.FIELDS))
+        await self.connector.send.many(*commands)
+        self._reported, self._reported_once = snapshot, True

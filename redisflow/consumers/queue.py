@@ -1,0 +1,328 @@
+"""List queues, at-least-once: producers RPUSH, consumers lease batches with a Lua script.
+
+One script call per batch acks the finished batches and moves up to ``batch_size`` items from
+the queue into a fresh batch list owned by this worker (``Keys.batch``). A batch list is
+deleted when all its messages are settled. Only on an empty queue does the loop block, in
+``BLMOVE`` of one item into a batch list registered beforehand, so nothing is ever between
+Redis and a known key. The worker's lease is renewed by ``maintain``; a dead worker's
+batches are moved back by whoever sees its lease expire, each message with one more attempt
+counted (``recover.lua``: one past ``max_attempts`` is dead-lettered).
+
+``at_most_once=True`` pops destructively (``LMPOP``/``BLMPOP``): faster, but a crash loses
+what was popped. Blocking pops are stopped with ``CLIENT UNBLOCK``, never by cancellation
+(docs/design.md, "Stopping a blocked fetch").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+from pydantic import ValidationError
+
+from ..connection import REDIS_ERRORS
+from ..errors import DecodeError, ReplyError
+from ..message import Kind, Message
+from ..protocol import scripts
+from ..protocol.envelope import MARK, content_id, payload_of, reenvelope, split
+from ..protocol.replies import text
+from .base import Consumer, Context, log
+from .guards import Guards
+from .verdicts import Failure
+
+if TYPE_CHECKING:
+    from ..handler import Handler
+
+
+class Batch:
+    """Messages leased in one fetch; its key is deleted when ``left`` reaches 0."""
+
+    __slots__ = ("key", "left")
+
+    def __init__(self, key: str, left: int) -> None:
+        self.key = key
+        self.left = left
+
+
+@dataclass(slots=True)
+class QueueItem:
+    """A message of a list queue: the item as stored, and the batch it was leased in."""
+
+    raw: bytes
+    batch: Batch | None
+
+
+class QueueConsumer(Consumer[QueueItem]):
+    """Consumes a list queue (or, in the subclass, a priority queue)."""
+
+    kind: ClassVar[Kind] = "queue"
+    mode: ClassVar[str] = "list"
+    scripts: ClassVar[tuple[scripts.Script, ...]] = scripts.QUEUE_SCRIPTS
+
+    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
+        super().__init__(handler, ctx, guards)
+        self.name = handler.source.name
+        self.worker = ctx.worker_id
+        self.wset = self.keys.batches(self.worker)
+        self._seq = 0
+        self._wait_key: str | None = None
+        self._known: dict[str, Batch] = {}
+        self._validate = handler.adapter.validator.validate_json
+
+    # -- what differs for a priority queue ----------------------------------------------
+
+    def fetch_command(self, key: str, n: int, acks: list[str]) -> list[Any]:
+        """The request that acks ``acks`` and leases up to ``n`` items into ``key``."""
+        if self.options.at_most_once:
+            return ["LMPOP", 1, self.name, "LEFT", "COUNT", n]
+        return scripts.queue_fetch(self.name, key, self.wset, acks, n).command()
+
+    def items(self, reply: Any, batch: Batch | None) -> list[QueueItem]:
+        """The items of a fetch reply."""
+        if self.options.at_most_once:
+            return [QueueItem(raw, None) for raw in (reply[1] if reply else ())]
+        return [QueueItem(raw, batch) for raw in reply]
+
+    async def block(self) -> list[QueueItem]:
+        """Wait in Redis for the queue to be non-empty; the items it gave."""
+        timeout = self.config.block_timeout
+        if self.options.at_most_once:
+            want = self.want()
+            reply = await self.link.call("BLMPOP", timeout, 1, self.name, "LEFT", "COUNT", want)
+            return self.items(reply, None)
+        # The key is registered before the move, so a crash never leaves a message in an
+        # unknown key; after a timeout it is empty and serves the next wait.
+        key = self._wait_key = self._wait_key or self._next_key()
+        await self.link.send(
+            ["SADD", self.wset, key], ["BLMOVE", self.name, key, "LEFT", "RIGHT", timeout]
+        )
+        await self.link.read()
+        raw = await self.link.read()
+        if raw is None:
+            return []
+        self._wait_key = None
+        batch = self._known[key] = Batch(key, 1)
+        return [QueueItem(raw, batch)]
+
+    def release_args(self, items: list[QueueItem]) -> list[Any]:
+        """Unfinished items as release.lua takes them."""
+        return [item.raw for item in items]
+
+    def retry_member(self, item: QueueItem, attempt: int) -> bytes:
+        """The delayed-set member of a retry."""
+        return reenvelope(item.raw, attempt)
+
+    # -- setup, fetch, maintain -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.link.open(self.scripts)
+        await self._maintain_once()  # hold a lease before leasing any message
+        await self._recover_own()
+
+    async def _recover_own(self) -> None:
+        """After a lost connection: acks whose reply was lost are sent again, and batches
+        this worker leased but never heard of (the reply of a fetch or of a BLMOVE was
+        lost) go back to the queue, instead of waiting for this worker to stop. Batches
+        whose ack is on its way (with the acker) are not orphans."""
+        self.acks_unanswered()
+        self._wait_key = None
+        held = {text(b) for b in await self.connector.send("SMEMBERS", self.wset)}
+        orphans = sorted(held - set(self._known) - set(self.acks) - set(self.acks_flushing))
+        if not orphans:
+            return
+        call = scripts.release(
+            self.name, self.keys.leases, self.wset, mode=self.mode, worker=self.worker,
+            drop=(), whole=orphans, items=(),
+        )  # fmt: skip
+        moved = await self.connector.run(call)
+        await self._maintain_once()  # the release drops an empty worker's lease: renew it
+        if moved:
+            log.warning("%s: %d messages whose fetch reply was lost were put back", self, moved)
+
+    def _next_key(self) -> str:
+        self._seq += 1
+        return self.keys.batch(self.worker, self._seq)
+
+    async def _send_fetch(self, n: int) -> str:
+        key = self._next_key()
+        await self.link.send(self.fetch_command(key, n, self.take_acks()))
+        return key
+
+    async def fetch_loop(self) -> None:
+        pending: str | None = None
+        while True:
+            if pending is None:
+                if self.stopping:
+                    return
+                n = self.want()
+                if n == 0:
+                    await self.wait_for_room()
+                    continue
+                pending = await self._send_fetch(n)
+            reply = await self.link.read()
+            self.acks_answered()
+            key, pending = pending, None
+            batch = None if self.options.at_most_once else Batch(key, 0)
+            items = self.items(reply, batch)
+            if items and batch is not None:
+                batch.left = len(items)
+                self._known[key] = batch
+            if items:
+                n = self.want() - len(items)
+                if n > 0 and not self.stopping:
+                    pending = await self._send_fetch(n)  # Redis works while we dispatch
+                self.feed(items)
+                continue
+            if self.stopping:
+                return
+            self._blocked = True
+            try:
+                if self.acks:
+                    self._ack_now.set()
+                items = await self.block()
+            finally:
+                self._blocked = False
+            if items:
+                self.feed(items)
+
+    async def flush_acks(self, acks: list[Any]) -> None:
+        await self.connector.send(*self.fetch_command(self._next_key(), 0, acks))
+
+    async def idle(self) -> bool:
+        if self.backlog or self._known:
+            return False
+        size = "ZCARD" if self.mode == "zset" else "LLEN"
+        waiting, delayed = await self.connector.send.many(
+            (size, self.name), ("ZCARD", self.keys.delayed)
+        )
+        return not waiting and not delayed and not self.backlog
+
+    async def maintain(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._acker)
+            failing = False
+            while True:
+                try:
+                    wait = await self._maintain_once()
+                    failing = False
+                except REDIS_ERRORS as exc:
+                    if isinstance(exc, ReplyError) and not failing:
+                        log.warning("%s: maintenance refused (%s); will try again", self, exc)
+                    failing, wait = True, self.config.tick
+                except Exception:  # a bug here must not stop the handlers: log, go on
+                    log.exception("%s: maintenance failed", self)
+                    wait = self.config.tick
+                await anyio.sleep(wait)
+
+    async def _maintain_once(self) -> float:
+        keys = self.keys
+        call = scripts.maintain(
+            self.name, keys.delayed, keys.leases, keys.seq, keys.wake, mode=self.mode,
+            worker=self.worker, lease_ms=int(self.config.lease * 1000), max_moved=256,
+        )  # fmt: skip
+        reply = await self.connector.run(call)
+        next_due, dead = int(reply[0]), [text(w) for w in reply[2:]]
+        for worker in dead:
+            if worker != self.worker:
+                await self._recover(worker)
+        wait = self.config.tick
+        if next_due >= 0:
+            wait = min(wait, next_due / 1000)
+        return wait
+
+    async def _recover(self, worker: str) -> None:
+        """Give a dead worker's batches back, counting an attempt for each message (as a
+        stream's delivery count does); those past ``max_attempts`` are dead-lettered here,
+        so a message that kills every worker that takes it cannot stall the queue."""
+        dead_set = self.keys.batches(worker)
+        held = [text(b) for b in await self.connector.send("SMEMBERS", dead_set)]
+        key = self._next_key()
+        call = scripts.recover(
+            self.name, self.keys.leases, dead_set, key, self.wset, held, mode=self.mode,
+            worker=worker, max_attempts=self.options.max_attempts,
+        )  # fmt: skip
+        reply = await self.connector.run(call)
+        moved, over = int(reply[0]), reply[1:]
+        if moved > 0:
+            log.warning("%s: worker %s died; %d messages delivered again", self, worker, moved)
+        if moved < 0 or not over:
+            return
+        batch = Batch(key, 0)
+        items = self.items(over, batch)
+        batch.left = len(items)
+        self._known[key] = batch
+        for item in items:  # as a stream's delivery count, the count includes this one
+            count = self.attempt(item)
+            failure = Failure(f"delivered {count} times without completing (its workers died)")
+            await self.verdicts.settle(item, failure, count, final=True)
+
+    # -- one message ----------------------------------------------------------------------
+
+    def decode(self, item: QueueItem) -> Any:
+        raw = item.raw
+        if raw[:1] == MARK:  # payload_of, inlined (once per message)
+            nl = raw.find(b"\n")
+            if nl != -1:
+                raw = raw[nl + 1 :]
+        try:
+            return self._validate(raw)
+        except ValidationError as exc:
+            raise DecodeError(f"invalid payload: {exc}") from None
+        except ValueError as exc:
+            raise DecodeError(f"undecodable payload: {exc}") from None
+
+    def message(self, item: QueueItem, value: Any) -> Message[Any]:
+        raw = item.raw
+        head, payload = split(raw)
+        source = self.handler.source
+        if head is None:
+            return Message(content_id(raw), source, 1, None, {}, payload, value)
+        when = Message.time(head[1])
+        return Message(head[0], source, head[2], when, head[3] or {}, payload, value)
+
+    def attempt(self, item: QueueItem) -> int:
+        head, _ = split(item.raw)
+        return int(head[2]) if head else 1
+
+    def raw(self, item: QueueItem) -> bytes:
+        return payload_of(item.raw)
+
+    def done(self, item: QueueItem) -> None:
+        batch = item.batch
+        if batch is not None:
+            batch.left -= 1
+            if not batch.left:
+                del self._known[batch.key]
+                self.settled(batch.key)
+                return
+        self.settled(None)
+
+    async def retry(self, item: QueueItem, delay: float, count: bool = True) -> None:
+        member = self.retry_member(item, self.attempt(item) + count)
+        await self.connector.run(scripts.delay(self.keys.delayed, int(delay * 1000), [member]))
+        self.done(item)
+
+    async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:
+        await self.connector.send(
+            "XADD", self.keys.dead, "MAXLEN", "~", self.config.dead_maxlen, "*",
+            *(part for pair in fields.items() for part in pair),
+        )  # fmt: skip
+        self.done(item)
+
+    async def release(self, started: list[QueueItem], unstarted: list[QueueItem]) -> None:
+        unfinished = started + unstarted
+        drop = [*self.acks_sent, *self.acks, *self._known]
+        known = set(drop)
+        held = [text(b) for b in await self.connector.send("SMEMBERS", self.wset)]
+        whole = [key for key in held if key not in known]
+        call = scripts.release(
+            self.name, self.keys.leases, self.wset, mode=self.mode, worker=self.worker,
+            drop=drop, whole=whole, items=self.release_args(unfinished),
+        )  # fmt: skip
+        moved = await self.connector.run(call)
+        self.acks.clear()
+        self.acks_sent.clear()
+        self._known.clear()
+        if unfinished or moved:
+            log.info("%s: handed back %d messages", self, len(unfinished) + moved)

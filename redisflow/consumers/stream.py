@@ -1,0 +1,384 @@
+"""Streams with consumer groups, at-least-once.
+
+The group is created with MKSTREAM from ``stream_start`` (``0``: the whole stream). A
+consumer first reads its own pending entries (what it held when it last stopped, died or
+lost its connection; ``lua/stream_own.lua``, which counts a delivery only after a restart),
+then new ones (``>``), in batches: one request carries the acks of the previous batch
+(``XACK`` pipelined with ``XREADGROUP``), and the next request is written before the current
+batch is dispatched. Entries of dead consumers are reclaimed with ``XAUTOCLAIM`` (keeping its
+cursor) once idle for ``claim_idle``; a live consumer keeps its own long-running entries
+fresh with ``XCLAIM ... JUSTID`` so they are never stolen. Delivery counts decide the
+dead-letter verdict. A retry keeps the entry pending, bumps its delivery count (``XCLAIM``
+without JUSTID) and delivers it again locally after the backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import orjson
+from pydantic import ValidationError
+
+from ..connection import REDIS_ERRORS
+from ..errors import DecodeError, ReplyError
+from ..message import Kind, Message
+from ..protocol import scripts
+from ..protocol.envelope import parse_headers
+from ..protocol.replies import mapping, text
+from .base import Consumer, Context, log
+from .guards import Guards
+from .verdicts import Failure
+
+if TYPE_CHECKING:
+    from ..handler import Handler
+
+PARKED_IDLE_MS = 10**9  # handed-back entries look idle at once to XAUTOCLAIM
+
+
+class Batch:
+    """Entries read in one request; kept fresh while any of them is unsettled."""
+
+    __slots__ = ("ids", "left", "touched")
+
+    def __init__(self, ids: list[bytes]) -> None:
+        self.ids = ids
+        self.left = len(ids)
+        self.touched = time.monotonic()
+
+
+@dataclass(slots=True)
+class StreamItem:
+    """A stream entry: its id, its flat field list, its batch, and its delivery count."""
+
+    id: bytes
+    fields: list[bytes]
+    batch: Batch
+    attempt: int
+
+
+def entry_fields(fields: list[bytes]) -> dict[str, str]:
+    """A flat stream field list as a str dict (for entries written by other clients)."""
+    return {fields[i].decode(): fields[i + 1].decode() for i in range(0, len(fields) - 1, 2)}
+
+
+class StreamConsumer(Consumer[StreamItem]):
+    """Consumes a stream through a consumer group."""
+
+    kind: ClassVar[Kind] = "stream"
+
+    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
+        super().__init__(handler, ctx, guards)
+        assert handler.source.group is not None
+        self.stream = handler.source.name
+        self.group = handler.source.group
+        self.consumer = ctx.config.name
+        self._batches: list[Batch] = []
+        self._own_pel = True  # read our own pending entries first
+        self._restart = True  # ... and count a delivery for them: the previous run held them
+        self._pel_cursor: bytes | str = "-"
+        self._waiting: dict[bytes, tuple[asyncio.TimerHandle, StreamItem]] = {}
+        self._validate_json = handler.adapter.validator.validate_json
+        self._validate = handler.adapter.validator.validate_python
+        self._cursor = b"0-0"
+
+    async def connect(self) -> None:
+        await self.link.open(scripts.STREAM_SCRIPTS)
+        try:
+            await self.link.call(
+                "XGROUP", "CREATE", self.stream, self.group, self.config.stream_start, "MKSTREAM"
+            )
+        except ReplyError as exc:
+            if exc.code != "BUSYGROUP":
+                raise
+        # Join the group now: a blocked XREADGROUP that gets nothing does not add us.
+        await self.link.call("XGROUP", "CREATECONSUMER", self.stream, self.group, self.consumer)
+        self._own_pel = True
+        if not self._restart:  # a restart's pages already read were counted: go on after them
+            self._pel_cursor = "-"
+
+    def recoverable(self, exc: ReplyError) -> bool:
+        # The group or the stream was deleted under us (XGROUP DESTROY, DEL, FLUSHALL):
+        # connecting creates them again.
+        return exc.code in ("NOGROUP", "UNBLOCKED")
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def fetch_loop(self) -> None:
+        while self._own_pel:
+            if self.stopping:
+                return
+            n = self.want()
+            if n == 0:
+                await self.wait_for_room()
+                continue
+            await self._read_own(n)
+        self._restart = False
+        await self._read_new()
+
+    async def _read_own(self, n: int) -> None:
+        """One page of our own pending entries, less those this process still holds."""
+        call = scripts.stream_own(
+            self.stream, self.group, self.consumer, self._pel_cursor, n, restart=self._restart
+        )
+        rows = await self.link.call(*call.command())
+        if not rows:
+            self._own_pel = False
+            return
+        self._pel_cursor = b"(" + rows[-1][0]
+        held = self._held()
+        gone = [row[0] for row in rows if row[1] is None and row[0] not in held]
+        self.acks.extend(gone)  # trimmed while pending: nothing to deliver
+        rows = [row for row in rows if row[1] is not None and row[0] not in held]
+        if rows:
+            batch = Batch([row[0] for row in rows])
+            await self._dispatch(batch, [StreamItem(r[0], r[1], batch, int(r[2])) for r in rows])
+
+    async def _read_new(self) -> None:
+        pending = block = False
+        while True:
+            if not pending:
+                if self.stopping:
+                    return
+                n = self.want()
+                if n == 0:
+                    await self.wait_for_room()
+                    continue
+                await self._send(n, block)
+                pending = True
+            try:
+                reply = await self.link.read()
+            finally:
+                self._blocked = False
+            self.acks_answered()
+            pending = False
+            entries = reply[0][1] if reply else []
+            gone = [e[0] for e in entries if e[1] is None]  # trimmed before we read them
+            if gone:
+                self.acks.extend(gone)
+                entries = [e for e in entries if e[1] is not None]
+            block = not entries
+            if entries:
+                n = self.want() - len(entries)
+                if n > 0 and not self.stopping:
+                    await self._send(n, block=False)  # Redis works while we dispatch
+                    pending = True
+                batch = Batch([e[0] for e in entries])
+                self._batches.append(batch)
+                self.feed(StreamItem(e[0], e[1], batch, 1) for e in entries)
+
+    async def _send(self, n: int, block: bool) -> None:
+        cmds: list[list[Any]] = []
+        acks = self.take_acks()
+        if acks:
+            cmds.append(["XACK", self.stream, self.group, *acks])
+        read = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", n]
+        if block:
+            read += ["BLOCK", int(self.config.block_timeout * 1000)]
+        cmds.append([*read, "STREAMS", self.stream, ">"])
+        self._blocked = block
+        await self.link.send(*cmds)
+        if acks:
+            await self.link.read()  # XACK count, read in order
+        if block and self.acks:
+            self._ack_now.set()
+
+    def _held(self) -> set[bytes]:
+        """Entries this process still holds (queued, running, waiting for a retry, or
+        settled with the ack not yet answered): delivering those again would run them twice
+        while we live."""
+        held = set(self.acks) | set(self.acks_sent) | set(self.acks_flushing)
+        for batch in self._batches:
+            held.update(batch.ids)
+        return held
+
+    async def _dispatch(self, batch: Batch, items: list[StreamItem]) -> None:
+        """Dead-letter the entries delivered too often, then hand the rest to the workers.
+        The batch is registered only now: if an await above fails, nothing is held and the
+        next read of our pending entries delivers them."""
+        limit = self.options.max_attempts
+        for item in items:
+            if item.attempt > limit:
+                failure = Failure(f"delivered {item.attempt} times without completing")
+                await self.verdicts.settle(item, failure, item.attempt, final=True)
+        self._batches.append(batch)
+        self.feed(item for item in items if item.attempt <= limit)
+
+    async def flush_acks(self, acks: list[Any]) -> None:
+        await self.connector.send("XACK", self.stream, self.group, *acks)
+
+    async def idle(self) -> bool:
+        if self.backlog or self._waiting:
+            return False
+        groups = await self.connector.send("XINFO", "GROUPS", self.stream)
+        for flat in groups:
+            info = mapping(flat)
+            if text(info[b"name"]) == self.group:
+                if info[b"pending"] or self.backlog:
+                    return False
+                # Not "lag": on Redis 7.0 it also counts entries trimmed before being read.
+                stream = mapping(await self.connector.send("XINFO", "STREAM", self.stream))
+                return bool(info[b"last-delivered-id"] == stream[b"last-generated-id"])
+        return False
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._acker)
+            last_claim = last_forget = 0.0
+            forget = self.config.forget_consumers_after
+            while True:
+                try:
+                    await self._touch()
+                    now = time.monotonic()
+                    if now - last_claim >= self.config.claim_interval and not self.stopping:
+                        last_claim = now
+                        await self._reclaim()
+                    if forget is not None and now - last_forget >= min(forget / 2, 60):
+                        last_forget = now
+                        await self._forget(forget)
+                except REDIS_ERRORS:
+                    pass
+                except Exception:  # a bug here must not stop the handlers: log, go on
+                    log.exception("%s: maintenance failed", self)
+                await anyio.sleep(self.config.tick)
+
+    async def _touch(self) -> None:
+        """Reset the idle time of entries we still hold, so no peer reclaims them."""
+        self._batches = [b for b in self._batches if b.left > 0]
+        stale = time.monotonic() - self.config.claim_idle / 3
+        ids: list[Any] = []
+        for batch in self._batches:
+            if batch.touched < stale:
+                batch.touched = time.monotonic()
+                ids += batch.ids
+        if ids:
+            await self.connector.send(
+                "XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"
+            )
+
+    async def _reclaim(self) -> None:
+        n = self.want()
+        if n <= 0:
+            return
+        call = scripts.stream_claim(
+            self.stream, self.group, self.consumer, int(self.config.claim_idle * 1000),
+            self._cursor, n,
+        )  # fmt: skip
+        cursor, entries, _deleted = await self.connector.run(call)
+        self._cursor = cursor
+        if entries:
+            log.warning("%s: reclaimed %d idle entries", self, len(entries))
+            batch = Batch([e[0] for e in entries])
+            await self._dispatch(batch, [StreamItem(e[0], e[1], batch, int(e[2])) for e in entries])
+
+    async def _forget(self, after: float) -> None:
+        """Delete consumers of our group that hold nothing and were not seen for ``after``
+        seconds (workers that stopped or died), so the group does not grow with restarts."""
+        call = scripts.stream_forget(self.stream, self.group, int(after * 1000), self.consumer)
+        gone = await self.connector.run(call)
+        if gone:
+            names = ", ".join(text(g) for g in gone)
+            log.info("%s: deleted %d idle consumers: %s", self, len(gone), names)
+
+    # -- one message ----------------------------------------------------------------------
+
+    def decode(self, item: StreamItem) -> Any:
+        fields = item.fields
+        try:
+            if fields[:1] == [b"data"]:
+                return self._validate_json(fields[1])
+            for i in range(2, len(fields) - 1, 2):
+                if fields[i] == b"data":
+                    return self._validate_json(fields[i + 1])
+            return self._validate(entry_fields(fields))
+        except ValidationError as exc:
+            raise DecodeError(f"invalid payload: {exc}") from None
+        except ValueError as exc:
+            raise DecodeError(f"undecodable payload: {exc}") from None
+
+    def message(self, item: StreamItem, value: Any) -> Message[Any]:
+        entry_id = item.id
+        fields = dict(zip(item.fields[::2], item.fields[1::2], strict=False))
+        ms = int(entry_id.split(b"-", 1)[0])
+        return Message(
+            entry_id.decode(),
+            self.handler.source,
+            item.attempt,
+            Message.time(ms),
+            parse_headers(fields.get(b"headers")),
+            fields.get(b"data", b""),
+            value,
+        )
+
+    def attempt(self, item: StreamItem) -> int:
+        return item.attempt
+
+    def raw(self, item: StreamItem) -> bytes:
+        fields = item.fields
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == b"data":
+                data: bytes = fields[i + 1]
+                return data
+        # A dead letter must be written whatever the bytes: escape what is not UTF-8.
+        decoded = [f.decode("utf-8", "backslashreplace") for f in fields]
+        return orjson.dumps(dict(zip(decoded[::2], decoded[1::2], strict=False)))
+
+    def done(self, item: StreamItem) -> None:
+        item.batch.left -= 1
+        self.settled(item.id)
+
+    async def retry(self, item: StreamItem, delay: float, count: bool = True) -> None:
+        entry_id = item.id
+        # Bumps the delivery count (so a crash still counts this attempt) and resets idle;
+        # a deferral (JUSTID) only resets idle.
+        justid = () if count else ("JUSTID",)
+        await self.connector.send(
+            "XCLAIM", self.stream, self.group, self.consumer, 0, entry_id, *justid
+        )
+        again = StreamItem(entry_id, item.fields, item.batch, item.attempt + count)
+        handle = asyncio.get_running_loop().call_later(delay, self._redeliver, entry_id)
+        self._waiting[entry_id] = (handle, again)
+
+    def _redeliver(self, entry_id: bytes) -> None:
+        if not self.stopping:  # else it stays waiting, and release hands it back
+            _, item = self._waiting.pop(entry_id)
+            self.feed([item])
+
+    async def bury(self, item: StreamItem, fields: dict[str, Any]) -> None:
+        flat = [part for pair in fields.items() for part in pair]
+        call = scripts.stream_bury(
+            self.keys.dead, self.stream, self.group, item.id, self.config.dead_maxlen, flat
+        )
+        await self.connector.run(call)
+        item.batch.left -= 1
+        self.settled(None)
+
+    async def release(self, started: list[StreamItem], unstarted: list[StreamItem]) -> None:
+        for handle, item in self._waiting.values():
+            handle.cancel()
+            unstarted.append(item)
+        self._waiting.clear()
+        acks = [*self.acks_sent, *self.acks]
+        if acks:
+            await self.connector.send("XACK", self.stream, self.group, *acks)
+        self.acks.clear()
+        self.acks_sent.clear()
+        # Park them: idle "forever" so the next XAUTOCLAIM takes them at once, with the
+        # delivery count set to the attempts really made (the next delivery adds one).
+        made: dict[int, list[Any]] = {}
+        for item in started:
+            made.setdefault(item.attempt, []).append(item.id)
+        for item in unstarted:
+            made.setdefault(item.attempt - 1, []).append(item.id)
+        for count, ids in made.items():
+            await self.connector.send(
+                "XCLAIM", self.stream, self.group, self.consumer, 0, *ids,
+                "IDLE", PARKED_IDLE_MS, "RETRYCOUNT", count, "JUSTID",
+            )  # fmt: skip
+        if made:
+            log.info("%s: handed back %d entries", self, len(started) + len(unstarted))

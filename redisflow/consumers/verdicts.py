@@ -1,0 +1,183 @@
+"""What happens to a message whose handler failed: retried later, or dead-lettered.
+
+``Verdicts.failed`` turns an exception into a ``Failure`` and decides: a ``Defer`` (rate
+limit, a duplicate running elsewhere) comes back later without counting an attempt; a
+payload that cannot be decoded, a ``Reject`` or the last attempt goes to the dead letters;
+anything else is retried after ``retry_delay * 2**(attempt-1)`` (jittered, capped).
+``settle`` records the verdict in Redis, shielded from cancellation, and keeps trying
+through an outage or a full Redis (logged once); only a stop gives up, leaving the message
+leased for a peer (or the next start) to deliver again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+
+from ..connection import REDIS_ERRORS, Backoff
+from ..errors import DecodeError, Reject, ReplyError, Retry
+from ..idempotency import Defer
+from ..protocol.envelope import now_ms
+
+if TYPE_CHECKING:
+    from ..tracking import Status
+    from .base import Consumer
+
+log = logging.getLogger("redisflow")
+
+
+@dataclass(slots=True)
+class Failure:
+    """Why a message failed, as written to the dead letters."""
+
+    error: str
+    where: str = ""
+    decode: bool = False
+    retry_delay: float | None = None
+    reject: bool = False
+    defer: bool = False  # not a failure: deliver again later without counting an attempt
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        """Describe ``exc``: its type and text, and the last frame of its traceback."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = ""
+        if frames:
+            last = frames[-1]
+            where = f"{last.filename}:{last.lineno} in {last.name}"
+        if isinstance(exc, DecodeError):
+            return cls(str(exc), "", decode=True)
+        if isinstance(exc, Reject):
+            return cls(f"rejected: {exc.reason}", where, reject=True)
+        if isinstance(exc, Retry):
+            return cls(f"retry requested: {exc.reason}", where, retry_delay=exc.delay)
+        if isinstance(exc, Defer):
+            return cls(str(exc), retry_delay=exc.delay, defer=True)
+        return cls(f"{type(exc).__name__}: {exc}", where)
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """The verdicts of one consumer."""
+
+    consumer: Consumer[Any]
+    _refused: Backoff | None = field(default=None)
+
+    async def failed(self, item: Any, exc: Exception) -> None:
+        """Decide what happens to ``item`` after ``exc``, and record it."""
+        consumer = self.consumer
+        failure = Failure.of(exc)
+        if failure.defer:
+            await self.settle(item, failure, 0, final=False)
+            return
+        options = consumer.options
+        if isinstance(exc, TimeoutError) and options.timeout is not None:
+            failure.error = f"handler timed out after {options.timeout}s"
+        attempt = consumer.attempt(item)
+        final = failure.decode or failure.reject or attempt >= options.max_attempts
+        delay = None if final else self.delay(attempt, failure.retry_delay)
+        msg_id = consumer.message(item, None).id
+        fields = consumer_fields(consumer, msg_id, attempt)
+        if final:
+            reason = (
+                "rejected"
+                if failure.reject
+                else "undecodable"
+                if failure.decode
+                else (f"attempt {attempt}/{options.max_attempts} failed")
+            )
+            log.warning(
+                "%s: message %s %s: %s -> dead letters %s", consumer, msg_id, reason,
+                failure.error[:500], consumer.keys.dead,
+                exc_info=exc if not (failure.reject or failure.decode) else None, extra=fields,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s: message %s attempt %d/%d failed: %s; retrying in %.1fs", consumer, msg_id,
+                attempt, options.max_attempts, failure.error, delay, extra=fields,
+            )  # fmt: skip
+        failure.retry_delay = delay
+        await self.settle(item, failure, attempt, final)
+
+    async def settle(self, item: Any, failure: Failure, attempt: int, final: bool) -> None:
+        """Record a verdict: dead letter, retry, or deferral; shielded from cancellation."""
+        consumer = self.consumer
+        with anyio.CancelScope(shield=True):
+            while True:
+                try:
+                    if failure.defer:
+                        await consumer.retry(item, failure.retry_delay or 0.0, count=False)
+                        consumer.stats.deferred += 1
+                        return
+                    if final:
+                        await consumer.bury(item, self.dead_fields(item, failure, attempt))
+                        consumer.stats.dead += 1
+                    else:
+                        await consumer.retry(item, failure.retry_delay or 0.0)
+                        consumer.stats.retried += 1
+                    break
+                except REDIS_ERRORS as err:
+                    if consumer.stopping:  # leave it leased: a peer (or our restart) redelivers it
+                        log.warning("%s: verdict not recorded (%r); message stays leased",
+                                    consumer, err)  # fmt: skip
+                        consumer._unfinished.append(item)
+                        return
+                    await self._wait(err)
+            if self._refused is not None:
+                self._refused.ok()
+            # After the loop: a status write that fails must not repeat the verdict.
+            status: Status = "dead" if final else "failed"
+            await consumer.guards.track(consumer, consumer.message(item, None), status,
+                                        failure.error)  # fmt: skip
+
+    async def _wait(self, err: BaseException) -> None:
+        consumer = self.consumer
+        if isinstance(err, ReplyError):  # a full Redis (OOM), a key of the wrong type...
+            if self._refused is None:
+                self._refused = Backoff(f"{consumer}: verdicts", None, where="Redis", cap=2.0)
+            await self._refused.wait(err)
+        else:
+            await consumer.backoff.wait(err)
+
+    def delay(self, attempt: int, asked: float | None) -> float:
+        """Seconds before the next attempt: what the handler asked, else the backoff."""
+        options = self.consumer.options
+        if asked is not None:
+            return max(0.0, asked)
+        ceiling = min(options.retry_max_delay, options.retry_delay * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def dead_fields(self, item: Any, failure: Failure, attempt: int) -> dict[str, Any]:
+        """The fields of a dead letter."""
+        consumer = self.consumer
+        msg = consumer.message(item, None)
+        fields: dict[str, Any] = {}
+        if msg.headers:
+            fields["headers"] = orjson.dumps(msg.headers)
+        fields.update(
+            data=consumer.raw(item),
+            message_id=msg.id,
+            error=failure.error,
+            where=failure.where,
+            attempts=attempt,
+            handler=consumer.handler.name,
+            source=str(consumer.handler.source),
+            failed_at=now_ms(),
+        )
+        return fields
+
+
+def consumer_fields(consumer: Consumer[Any], msg_id: str, attempt: int) -> dict[str, Any]:
+    """Structured fields of a log record about one message (for JSON log handlers)."""
+    return {
+        "message_id": msg_id,
+        "attempt": attempt,
+        "handler": consumer.handler.name,
+        "source": str(consumer.handler.source),
+    }

@@ -1,0 +1,296 @@
+"""Dead letters of one source: list, inspect, replay and purge them (``flow.dlq(name)``).
+
+A dead letter is an entry of the stream ``Keys.dead``, written by a consumer when it gives up
+on a message (``consumers/verdicts.py``): the payload bytes in ``data``, and ``message_id``,
+``error``, ``where``, ``attempts``, ``handler``, ``source``, ``failed_at`` (ms), plus
+``channel`` for Pub/Sub and ``priority`` for a priority queue. Entries are read oldest
+first, a page at a time, and filtered here (by handler, error text, age or id).
+
+A replay sends each payload back to its source as a new first attempt and deletes its dead
+letter in one script, which pushes only the letters it deleted itself: each letter goes back
+exactly once, however many replays run at once, and the count returned is what this call
+replayed (``lua/dlq_replay.lua``). A list or priority item gets a fresh envelope that keeps
+the original message id and headers; a priority queue item goes back at its recorded level
+(``priority=`` overrides it). A stream entry is appended anew, so every consumer group of
+the stream reads it again (``handler=`` picks the dead letters of one group's handler).
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import ConfigError
+from ..message import KINDS, Kind
+from ..protocol import envelope, scripts
+from ..protocol.priority import MAX_PRIORITY, check_priority
+from ..protocol.replies import mapping
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+#: Entries read per XRANGE page (and deleted per XDEL); replayed per script call.
+PAGE = 500
+BATCH = 100
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter: the payload bytes, and why and when its message died.
+
+    ``id`` is the entry id in the dead-letter stream (what ``show``, ``replay(ids=...)`` and
+    ``purge(ids=...)`` take); ``message_id`` the id of the message that died. ``channel`` is
+    the channel a Pub/Sub message came from (None for other kinds).
+    """
+
+    id: str
+    data: bytes
+    message_id: str
+    error: str
+    where: str
+    attempts: int
+    handler: str
+    source: str
+    failed_at: datetime | None
+    channel: str | None = None
+    priority: int | None = None  # the level of a priority-queue message
+    headers: dict[str, str] | None = None
+
+    @classmethod
+    def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+        """Build one from a dead-letter stream entry (missing fields are empty)."""
+
+        def text(name: bytes) -> str:
+            return fields.get(name, b"").decode("utf-8", "replace")
+
+        failed = fields.get(b"failed_at", b"")
+        channel = fields.get(b"channel")
+        attempts = fields.get(b"attempts", b"")
+        return cls(
+            id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            data=fields.get(b"data", b""),
+            message_id=text(b"message_id"),
+            error=text(b"error"),
+            where=text(b"where"),
+            attempts=int(attempts) if attempts.isdigit() else 0,
+            handler=text(b"handler"),
+            source=text(b"source"),
+            failed_at=_time(failed),
+            channel=channel.decode("utf-8", "replace") if channel is not None else None,
+            priority=int(fields[b"priority"]) if fields.get(b"priority", b"").isdigit() else None,
+            headers=envelope.parse_headers(fields.get(b"headers")) or None,
+        )
+
+    @property
+    def payload(self) -> Any:
+        """The payload decoded as JSON (raises ``orjson.JSONDecodeError`` if it is not)."""
+        return orjson.loads(self.data)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``data`` as text, ``failed_at`` in ISO 8601."""
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "handler": self.handler,
+            "source": self.source,
+            "attempts": self.attempts,
+            "error": self.error,
+            "where": self.where,
+            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
+            "channel": self.channel,
+            "priority": self.priority,
+            "data": self.data.decode("utf-8", "replace"),
+        }
+
+
+def _time(ms: bytes) -> datetime | None:
+    if not ms.isdigit():
+        return None
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which dead letters an operation applies to; every given criterion must hold."""
+
+    handler: str | None = None
+    error: str | None = None
+    older_than: float | None = None
+    newer_than: float | None = None
+
+    def __call__(self, dead: DeadLetter, now: datetime) -> bool:
+        if self.handler is not None and dead.handler != self.handler:
+            return False
+        if self.error is not None and self.error not in dead.error:
+            return False
+        if self.older_than is None and self.newer_than is None:
+            return True
+        if dead.failed_at is None:
+            return False
+        age = (now - dead.failed_at).total_seconds()
+        if self.older_than is not None and age < self.older_than:
+            return False
+        return self.newer_than is None or age <= self.newer_than
+
+
+class DeadLetters:
+    """The dead letters of one source (``flow.dlq(name, kind)``).
+
+    Filters, in every method: ``handler`` (exact qualname), ``error`` (a substring of the
+    error), ``older_than``/``newer_than`` (seconds since the message died), ``ids`` (entry
+    ids of the dead-letter stream), and ``limit`` (at most that many, oldest first).
+    """
+
+    def __init__(self, client: Client, name: str, kind: Kind = "queue") -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown source kind {kind!r}: one of {', '.join(KINDS)}")
+        self.client, self.name, self.kind = client, name, kind
+        self.keys = client.keys(name)
+        self.key = self.keys.dead
+
+    async def count(self) -> int:
+        """How many dead letters the source has."""
+        n: int = await self.client.send("XLEN", self.key)
+        return n
+
+    async def list(
+        self,
+        *,
+        handler: str | None = None,
+        error: str | None = None,
+        older_than: float | None = None,
+        newer_than: float | None = None,
+        ids: Sequence[str] = (),
+        limit: int | None = 100,
+    ) -> builtins.list[DeadLetter]:
+        """The matching dead letters, oldest first, at most ``limit`` (None: all)."""
+        match = Match(handler, error, older_than, newer_than)
+        return [dead async for dead in self._matching(match, ids, limit)]
+
+    async def show(self, entry_id: str) -> DeadLetter | None:
+        """One dead letter by its entry id, or None."""
+        found = await self.list(ids=[entry_id], limit=1)
+        return found[0] if found else None
+
+    async def replay(
+        self,
+        *,
+        handler: str | None = None,
+        error: str | None = None,
+        older_than: float | None = None,
+        newer_than: float | None = None,
+        ids: Sequence[str] = (),
+        limit: int | None = None,
+        priority: int | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Send the matching dead letters back to the source (a priority queue: at their
+        recorded level, or ``priority``) and delete them; returns how many this call
+        replayed (``dry_run``: would replay)."""
+        if priority is not None:
+            check_priority(priority)
+        done = 0
+        match = Match(handler, error, older_than, newer_than)
+        async for batch in self._batches(match, ids, limit, BATCH):
+            done += len(batch) if dry_run else await self._replay(batch, priority)
+        return done
+
+    async def purge(
+        self,
+        *,
+        handler: str | None = None,
+        error: str | None = None,
+        older_than: float | None = None,
+        newer_than: float | None = None,
+        ids: Sequence[str] = (),
+        limit: int | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete the matching dead letters; returns how many this call deleted (``dry_run``:
+        would delete)."""
+        done = 0
+        match = Match(handler, error, older_than, newer_than)
+        async for batch in self._batches(match, ids, limit, PAGE):
+            if dry_run:
+                done += len(batch)
+            else:
+                done += int(await self.client.send("XDEL", self.key, *(d.id for d in batch)))
+        return done
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _matching(
+        self, match: Match, ids: Sequence[str], limit: int | None
+    ) -> AsyncIterator[DeadLetter]:
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise ConfigError(f"limit must be >= 1, got {limit}")
+        if isinstance(ids, str):
+            raise ConfigError(f"ids must be a sequence of entry ids, not {ids!r}")
+        for wanted in ids:
+            if not _ENTRY_ID.fullmatch(wanted):
+                raise ConfigError(f"not a stream entry id (like 1700000000000-0): {wanted!r}")
+        now = datetime.now(UTC)
+        found = 0
+        async for entry_id, fields in self._entries(ids):
+            dead = DeadLetter.parse(entry_id, fields)
+            if match(dead, now):
+                yield dead
+                found += 1
+                if found == limit:
+                    return
+
+    async def _batches(
+        self, match: Match, ids: Sequence[str], limit: int | None, size: int
+    ) -> AsyncIterator[builtins.list[DeadLetter]]:
+        batch: builtins.list[DeadLetter] = []
+        async for dead in self._matching(match, ids, limit):
+            batch.append(dead)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def _entries(self, ids: Sequence[str]) -> AsyncIterator[tuple[bytes, dict[bytes, bytes]]]:
+        send = self.client.connector.send
+        if ids:
+            replies = await send.many(*(("XRANGE", self.key, i, i) for i in ids))
+            for reply in replies:
+                for entry_id, flat in reply:
+                    yield entry_id, mapping(flat)
+            return
+        start = "-"
+        while True:
+            page = await send("XRANGE", self.key, start, "+", "COUNT", PAGE)
+            for entry_id, flat in page:
+                yield entry_id, mapping(flat)
+            if len(page) < PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def _replay(self, batch: builtins.list[DeadLetter], priority: int | None) -> int:
+        letters: builtins.list[tuple[str, bytes, int | str]] = []
+        for dead in batch:
+            if self.kind in ("queue", "priority"):
+                item = envelope.envelope(
+                    dead.data, dead.message_id or envelope.new_id(), headers=dead.headers
+                )
+                level = priority if priority is not None else min(dead.priority or 0, MAX_PRIORITY)
+                letters.append((dead.id, item, level))
+            else:
+                letters.append((dead.id, dead.data, dead.channel or self.name))
+        keys = self.keys
+        target = self.key if self.kind == "channel" else self.name
+        call = scripts.dlq_replay(self.key, target, keys.seq, keys.wake, self.kind, letters)
+        replayed: int = await self.client.connector.run(call)
+        return replayed

@@ -1,0 +1,257 @@
+"""The numbers of ``redisflow stats``: what each handler's source holds and what its
+workers did (``collect`` returns a ``Snapshot``; ``cli/render.py`` draws it).
+
+Everything comes from Redis in at most four pipelined round trips (shared with those of
+``Client.memory``): the sources (``sources_key``, when no app is given), per source its type,
+the counters the consumers report every 2 s (``Keys.stats``), the in-flight gauges of live
+workers (``Keys.inflight``; entries older than ``STALE_MS`` belong to dead workers and are
+removed), the delayed set and the dead letters, then the queue length or the stream's
+consumer groups (``XINFO GROUPS``: lag and pending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+
+from ..consumers.base import Stats
+from ..keys import sources_key
+from ..message import KINDS, Source
+from ..protocol.envelope import now_ms
+from ..protocol.replies import mapping, pairs
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+#: In-flight gauges older than this (ms) belong to workers that died without a goodbye.
+STALE_MS = 10_000
+STAT_FIELDS = Stats.FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One handler (or, without the app, one source or one handler) and its numbers.
+
+    ``waiting``: queue depth (LLEN / ZCARD) or the stream group's lag (None: a channel, or
+    a lag Redis cannot tell). ``pending``: stream entries delivered to the group and not yet
+    acked. ``delayed``: queue messages waiting for a retry or a delay. ``in_flight``:
+    messages held by live ``workers``. ``counters``: ``processed``, ``retried``, ``dead``...
+    summed over every worker since the keys were created (None when the handler is not
+    known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
+    the source's keys (the queue or stream, delayed set, dead letters, indexes).
+    """
+
+    kind: str
+    source: str
+    group: str | None
+    handler: str | None
+    waiting: int | None
+    pending: int | None
+    delayed: int | None
+    in_flight: int | None
+    workers: int | None
+    counters: dict[str, int] | None
+    dead_letters: int
+    memory: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The rows of one reading, with Redis's ``used_memory``."""
+
+    prefix: str
+    taken_at: datetime
+    used_memory: int
+    rows: list[Row]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "prefix": self.prefix,
+            "taken_at": self.taken_at.isoformat(),
+            "used_memory": self.used_memory,
+            "handlers": [asdict(row) for row in self.rows],
+        }
+
+
+def source_member(source: Source) -> str:
+    """The member of ``sources_key`` that registers ``source`` (JSON: names may hold any
+    character)."""
+    return orjson.dumps([source.kind, source.name, source.group]).decode()
+
+
+def parse_source(member: bytes | str) -> Source | None:
+    """A member of ``sources_key`` (None if it is not one)."""
+    try:
+        found = orjson.loads(member)
+    except orjson.JSONDecodeError:
+        found = None
+    if not isinstance(found, list) or len(found) != 3:
+        return None
+    kind, name, group = found
+    if kind not in KINDS or not isinstance(name, str) or not name:
+        return None
+    if group is not None and not isinstance(group, str):
+        return None
+    return Source(kind, name, group or None)
+
+
+async def registered_sources(client: Client) -> list[Source]:
+    """The sources the flows of this prefix consume (what they registered at start)."""
+    members = await client.send("SMEMBERS", sources_key(client.config.prefix))
+    found = (parse_source(m) for m in members)
+    return sorted(
+        (s for s in found if s is not None), key=lambda s: (s.name, s.kind, s.group or "")
+    )
+
+
+async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None = None) -> Snapshot:
+    """Read the numbers of ``handlers`` (source, handler name), or without them of every
+    source registered under the flow's prefix."""
+    if handlers is None:
+        targets: list[tuple[Source, str | None]] = [
+            (s, None) for s in await registered_sources(client)
+        ]
+    else:
+        targets = list(handlers)
+    names = sorted({source.name for source, _ in targets})
+    memory: dict[str, Any] = {}
+    reads: dict[str, _Reads] = {}
+
+    async def read_memory() -> None:
+        memory.update(await client.memory(*names))
+
+    async def read_sources() -> None:
+        reads.update(await _read(client, names))
+
+    async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
+        tg.start_soon(read_memory)
+        tg.start_soon(read_sources)
+    rows: list[Row] = []
+    for name in names:
+        keys = client.keys(name)
+        owned = set(keys.owned)
+        size = sum(
+            info["bytes"]
+            for key, info in memory["keys"].items()
+            if key in owned or key.startswith(keys.indexes + ":")
+        )
+        entries = [(s, h) for s, h in targets if s.name == name]
+        rows += reads[name].rows(entries, size)
+    return Snapshot(client.config.prefix, datetime.now(UTC), int(memory["used_memory"]), rows)
+
+
+class _Reads:
+    """What Redis holds for one source name."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name, self.type = name, kind
+        self.counters: dict[str, dict[str, int]] = {}
+        self.inflight: dict[str, list[int]] = {}
+        self.stale: list[bytes] = []
+        self.delayed = self.dead = self.length = 0
+        self.groups: dict[str, dict[bytes, Any]] = {}
+
+    def parse(self, stats: list[bytes], inflight: list[bytes], now: int) -> None:
+        for field, value in pairs(stats):
+            handler, _, counter = field.decode().rpartition(":")
+            self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))[counter] = int(value)
+        for field, value in pairs(inflight):
+            held, _, at = value.partition(b":")
+            if not at.isdigit() or now - int(at) > STALE_MS:
+                self.stale.append(field)
+                continue
+            handler = field.decode().rpartition(":")[0]
+            self.inflight.setdefault(handler, []).append(int(held))
+
+    def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
+        if all(handler is not None for _, handler in entries):
+            return [self._row(source, handler, memory) for source, handler in entries]
+        known: list[str | None] = [*sorted(self.counters.keys() | self.inflight.keys())]
+        if len(entries) == 1:  # no app: the handlers are those the workers reported
+            return [self._row(entries[0][0], h, memory) for h in known or [None]]
+        # No app and several groups (or kinds): which handler serves which is unknown, so
+        # the sources get rows without counters, the handlers rows without a group.
+        anonymous = Source(entries[0][0].kind, self.name)
+        return [self._row(s, None, memory, counters=False) for s, _ in entries] + [
+            self._row(anonymous, h, memory) for h in known
+        ]
+
+    def _row(self, source: Source, handler: str | None, memory: int, counters: bool = True) -> Row:
+        waiting = pending = delayed = None
+        if source.kind in ("queue", "priority"):
+            waiting, delayed = self.length, self.delayed
+        elif source.kind == "stream":
+            group = self.groups.get(source.group or "")
+            if group is not None:
+                lag = group.get(b"lag")
+                waiting = int(lag) if lag is not None else None
+                pending = int(group[b"pending"])
+            elif self.type == "none" and source.group:  # nothing appended yet
+                waiting = pending = 0
+        held = self.inflight.get(handler, []) if handler is not None else []
+        return Row(
+            kind=source.kind,
+            source=source.name,
+            group=source.group,
+            handler=handler,
+            waiting=waiting,
+            pending=pending,
+            delayed=delayed,
+            in_flight=sum(held) if counters else None,
+            workers=len(held) if counters else None,
+            counters=self._counters(handler) if counters else None,
+            dead_letters=self.dead,
+            memory=memory,
+        )
+
+    def _counters(self, handler: str | None) -> dict[str, int]:
+        found = self.counters.get(handler or "")
+        return dict(found) if found else dict.fromkeys(STAT_FIELDS, 0)
+
+
+async def _read(client: Client, names: list[str]) -> dict[str, _Reads]:
+    send = client.connector.send
+    first: list[tuple[Any, ...]] = []
+    for name in names:
+        keys = client.keys(name)
+        first += [
+            ("TYPE", name),
+            ("HGETALL", keys.stats),
+            ("HGETALL", keys.inflight),
+            ("ZCARD", keys.delayed),
+            ("XLEN", keys.dead),
+        ]
+    replies = await send.many(*first) if first else []
+    now = now_ms()  # workers stamp their gauges with their own clock (codec.now_ms)
+    reads: dict[str, _Reads] = {}
+    second: list[tuple[Any, ...]] = []
+    for i, name in enumerate(names):
+        kind, stats, inflight, delayed, dead = replies[5 * i : 5 * i + 5]
+        read = reads[name] = _Reads(name, kind.decode())
+        read.parse(stats, inflight, now)
+        read.delayed, read.dead = int(delayed), int(dead)
+        if read.type in _LENGTH:
+            second.append((*_LENGTH[read.type], name))
+        if read.stale:
+            second.append(("HDEL", client.keys(name).inflight, *read.stale))
+    answers = iter(await send.many(*second) if second else [])
+    for name in names:
+        read = reads[name]
+        if read.type == "stream":
+            for group in next(answers):
+                info = mapping(group)
+                read.groups[info[b"name"].decode()] = info
+        elif read.type in _LENGTH:
+            read.length = int(next(answers))
+        if read.stale:
+            next(answers)
+    return reads
+
+
+_LENGTH = {"list": ("LLEN",), "zset": ("ZCARD",), "stream": ("XINFO", "GROUPS")}

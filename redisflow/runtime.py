@@ -1,0 +1,189 @@
+"""One run of a flow (``Flow.start`` to ``Flow.stop``): its consumers in one task group.
+
+``start`` waits for Redis, opens the resources, builds one consumer per handler with the
+guards it asks for, registers the sources for ``redisflow stats``, starts the Pub/Sub hub
+and every consumer (returning only once each is ready), and metrics if asked. ``stop`` stops
+fetching everywhere, lets each consumer drain for the grace period, and closes the
+resources.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .connection import CONNECTION_ERRORS, Backoff, Connector
+from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Guards
+from .errors import AuthError, RedisflowError, ReplyError
+from .keys import sources_key
+from .metrics import Metrics
+from .ops.stats import source_member
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .config import FlowConfig
+    from .handler import Handler
+    from .lifespan import Lifespan
+
+log = logging.getLogger("redisflow")
+
+#: What start-up retries: connection errors, and uvloop's RuntimeError "unable to perform
+#: operation on <TCPTransport closed=True>" when Redis dies during the connect.
+START_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, RuntimeError)
+
+
+class Runtime:
+    """The running consumers of a flow, their helpers (Pub/Sub hub, metrics) and resources."""
+
+    def __init__(
+        self, config: FlowConfig, client: Client, handlers: list[Handler], lifespan: Lifespan
+    ) -> None:
+        self.config, self.client, self.handlers, self.lifespan = config, client, handlers, lifespan
+        self.consumers: list[Consumer[Any]] = []
+        self._tg: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self._metrics: Metrics | None = None
+        self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
+
+    async def start(self) -> None:
+        """Wait for Redis and start everything; errors during start-up are raised here."""
+        connector = self.client.connector
+        await self._wait_for_redis(connector)
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            await self._start(tg, connector)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, tg: TaskGroup, connector: Connector) -> None:
+        config = self.config
+        self._stack = AsyncExitStack()
+        resources = await self.lifespan.enter(self._stack)
+        ctx = Context(config, connector, os.urandom(6).hex(), resources, tg.start_soon)
+        if config.metrics_port is not None and self.handlers:
+            self._metrics = Metrics(config.metrics_port)
+        metrics = self._metrics
+        self.consumers = []
+        for handler in self.handlers:
+            observe = metrics.observer(handler) if metrics is not None else None
+            guards = Guards.build(handler, config, connector, observe)
+            self.consumers.append(CONSUMERS[handler.source.kind](handler, ctx, guards))
+        await self._register(connector)
+        if metrics is not None:
+            metrics.watch(self.consumers)
+            metrics.serve()
+        channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
+        if channels:
+            await tg.start(self._helper, ChannelHub(channels, ctx).run)
+        for consumer in self.consumers:
+            await tg.start(consumer.run)
+            opts = consumer.options
+            log.info(
+                "%s -> %s (concurrency %d%s)", consumer.handler.source, consumer.handler.name,
+                opts.concurrency, ", at-most-once" if opts.at_most_once else "",
+            )  # fmt: skip
+        if metrics is not None:
+            await tg.start(self._helper, lambda: metrics.poll(connector))
+
+    async def _register(self, connector: Connector) -> None:
+        """List the sources for ``redisflow stats --url`` (best effort: a full Redis
+        refuses it, and a worker must still start to drain it)."""
+        if not self.handlers:
+            return
+        members = [source_member(h.source) for h in self.handlers]
+        try:
+            await connector.send("SADD", sources_key(self.config.prefix), *members)
+        except ReplyError as exc:
+            log.warning("sources not registered for `redisflow stats` (%s)", exc)
+
+    async def _wait_for_redis(self, connector: Connector) -> None:
+        """PING until Redis answers; log once while waiting; fail after ``give_up_after``.
+        Refused credentials fail at once."""
+        limit = self.config.give_up_after
+        backoff = Backoff("start", limit, where=f"Redis at {connector.display}")
+        while True:
+            try:
+                await connector.send("PING")
+            except AuthError as exc:
+                raise RedisflowError(
+                    f"Redis at {connector.display} refused the credentials: {exc}"
+                ) from None
+            except START_ERRORS as exc:
+                try:
+                    await backoff.wait(exc, starting=True)
+                except RedisflowError:
+                    raise RedisflowError(
+                        f"cannot reach Redis at {connector.display}: {exc}"
+                        f" (waited {limit:g}s, give_up_after)"
+                    ) from exc
+            else:
+                backoff.ok()
+                return
+
+    async def _helper(
+        self, run: Callable[..., Any], *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Run a task that lives as long as the flow and is cancelled when it stops."""
+        with anyio.CancelScope() as scope:
+            self._helpers.append(scope)
+            if "task_status" in inspect.signature(run).parameters:
+                await run(task_status=task_status)
+            else:
+                task_status.started()
+                await run()
+
+    async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until every consumer is idle (twice in a row: a reply in flight cannot
+        fool it); TimeoutError after ``timeout`` seconds."""
+        with anyio.fail_after(timeout):
+            calm = 0
+            while calm < 2:
+                results = [await consumer.idle() for consumer in self.consumers]
+                calm = calm + 1 if all(results) else 0
+                await anyio.sleep(0.02)
+
+    async def stop(self, exc_info: tuple[Any, Any, Any] = (None, None, None)) -> None:
+        """Stop every consumer (two phases, each its own) and close the resources."""
+        tg, self._tg = self._tg, None
+        for scope in self._helpers:
+            scope.cancel()
+        self._helpers.clear()
+        for consumer in self.consumers:
+            consumer.stop()
+        try:
+            if tg is not None:
+                await tg.__aexit__(*exc_info)
+        except BaseExceptionGroup as group:
+            only = single(group)
+            if only is group:
+                raise
+            raise only from None  # one failure (through nested task groups): raise it as is
+        finally:
+            for consumer in self.consumers:
+                log.info("%s stopped: %s", consumer, consumer.stats)
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+                    await self.lifespan.leave()
+
+
+def single(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The one exception inside nested single-member groups, else the group itself."""
+    only: BaseException = group
+    while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
+        only = only.exceptions[0]
+    return only
