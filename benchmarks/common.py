@@ -4,7 +4,13 @@ Imported by ``fw_*.py`` in their own interpreters (the peer venvs too), so it ne
 standard library, pydantic and redis-py. A framework module declares ``CASES`` (name ->
 ``async def case(run) -> dict``) and ends with ``common.main(CASES)``; the suite runs it as
 ``python fw_x.py --case NAME --url URL --n N`` in a fresh process and reads the last stdout
-line, ``RESULT {json}``. Run as a script, this file is the Pub/Sub publisher process.
+line, ``RESULT {json}``. The start case is run twice: with ``--fill`` (not timed), then with
+``--t0``, the suite's ``time.time()`` just before the spawn. Run as a script, this file is
+the Pub/Sub publisher process.
+
+At the top this module imports asyncio, pydantic and light standard modules only (statistics
+and redis where they are used): the start case times a whole process, and a framework's
+import (``timed_import``) should not look shorter for what this module loaded first.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ import json
 import os
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,6 +36,7 @@ from pydantic import BaseModel
 PAYLOADS = "bench:payloads"  # Pub/Sub messages, pre-encoded by the subscriber's framework
 PRIVATE_DIR = "rf-bench-"  # the suite's redis-server runs in a temp dir with this prefix
 WARMUP = 5  # latency samples discarded at the start
+IMPORT_SECONDS: dict[str, float] = {}  # the framework's import, timed by ``timed_import``
 
 
 class Email(BaseModel):
@@ -60,7 +67,9 @@ class Run:
     n: int
     samples: int  # latency samples
     budget: float  # seconds a slow drain (memory) or a latency loop may take
-    fill: bool  # this process only fills Redis for the memory case
+    fill: bool  # this process only fills Redis (memory and start cases)
+    t0: float | None = None  # start case: the suite's time.time() just before spawning us
+    main_at: float = 0.0  # time.time() when main() began: interpreter start-up and imports
 
     @property
     def host(self) -> str:
@@ -105,6 +114,22 @@ class Tally:
         raise RuntimeError(f"stalled at {self.count} of {self.target} messages for {stall:.0f}s")
 
 
+class First:
+    """The start case: the wall-clock time (``time.time()``, comparable with the suite's
+    ``--t0``) at which the first message was handled."""
+
+    __slots__ = ("at", "event")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.at = 0.0
+
+    def hit(self) -> None:
+        if not self.at:
+            self.at = time.time()
+            self.event.set()
+
+
 class Probe:
     """Latency: a handler calls ``mark()`` first thing; the producer waits on ``event``."""
 
@@ -117,6 +142,31 @@ class Probe:
     def mark(self) -> None:
         self.t = time.perf_counter()
         self.event.set()
+
+
+# -- the framework's import ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def timed_import(name: str) -> Iterator[None]:
+    """Time a framework module's import of its framework (the start case reports it). What
+    this module imports first (asyncio, pydantic) is not in it, for any framework."""
+    t0 = time.perf_counter()
+    yield
+    IMPORT_SECONDS[name] = time.perf_counter() - t0
+
+
+def expect_source(module: ModuleType) -> None:
+    """Exit unless ``module`` was imported from under $BENCH_SOURCE, which the suite sets to
+    the tree it measures (this checkout, or a ``--baseline`` export): the venv's editable
+    install of another tree must not win."""
+    root = os.environ.get("BENCH_SOURCE")
+    where = os.path.realpath(module.__file__ or "?")
+    if root and os.path.commonpath([where, os.path.realpath(root)]) != os.path.realpath(root):
+        raise SystemExit(
+            f"{module.__name__} was imported from {where}, not from {root} "
+            "(PYTHONPATH should put that tree first)"
+        )
 
 
 # -- the measurements shared by every framework -----------------------------------------
@@ -209,6 +259,8 @@ async def latency(
 ) -> dict[str, Any]:
     """One message in flight: time from the producer's call to the handler's first line.
     Stops after ``run.samples`` samples or ``run.budget`` seconds (slow pollers)."""
+    import statistics
+
     with profiled():
         samples = await _latency_samples(send, probe, run)
     samples.sort()
@@ -279,6 +331,36 @@ async def memory(
     }
 
 
+async def start(
+    run: Run,
+    fill: Callable[[], Awaitable[Any]],
+    start: Callable[[], Awaitable[Any]],
+    stop: Callable[[], Awaitable[Any]],
+    first: First,
+) -> dict[str, Any]:
+    """Seconds from the suite spawning this process (``run.t0``) to the first handled message
+    of a pre-filled queue: interpreter start-up, imports, connecting, the first fetch. With
+    ``--fill`` (the suite's step before, not timed) this process flushes Redis and fills it."""
+    if run.fill:
+        guard(run.url)
+        await fill()
+        return {}
+    assert run.t0 is not None, "the start case needs --t0"
+    with profiled():
+        await start()
+        await asyncio.wait_for(first.event.wait(), 30)
+    await stop()
+    name, imported = next(iter(IMPORT_SECONDS.items()), ("?", 0.0))
+    return {
+        "value": first.at - run.t0,
+        "unit": "s",
+        "n": run.n,
+        "import_s": imported,
+        "imported": name,
+        "main_s": run.main_at - run.t0,
+    }
+
+
 async def pubsub(
     run: Run, channel: str, tally: Tally, payloads: Callable[[Any], Awaitable[Any]]
 ) -> dict[str, Any]:
@@ -322,20 +404,23 @@ async def pubsub(
 # -- the child-process protocol ----------------------------------------------------------
 
 
-def guard(url: str) -> None:
-    """Refuse any Redis but the suite's private one: the cases flush it."""
+def guard(url: str, flush: bool = True) -> None:
+    """Refuse any Redis but the suite's private one: the cases flush it (all but the timed
+    start run, which consumes what the step before it filled)."""
     import redis
 
     client = redis.Redis.from_url(url)
     workdir = client.config_get("dir").get("dir", "")
     if PRIVATE_DIR not in str(workdir):
-        raise SystemExit(f"{url} is not the suite's private redis-server; refusing to flush it")
-    client.flushall()
+        raise SystemExit(f"{url} is not the suite's private redis-server; refusing to use it")
+    if flush:
+        client.flushall()
     client.close()
 
 
 def main(cases: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]]) -> None:
     """Run one case of a framework module and print its result."""
+    main_at = time.time()
     p = argparse.ArgumentParser()
     p.add_argument("--case", required=True, choices=sorted(cases))
     p.add_argument("--url", required=True)
@@ -344,10 +429,11 @@ def main(cases: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]]) -> None:
     p.add_argument("--budget", type=float, default=10.0)
     p.add_argument("--uvloop", action="store_true")
     p.add_argument("--fill", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--t0", type=float, help="start case: time.time() before the spawn")
     args = p.parse_args()
-    run = Run(args.case, args.url, args.n, args.samples, args.budget, args.fill)
+    run = Run(args.case, args.url, args.n, args.samples, args.budget, args.fill, args.t0, main_at)
     if not run.fill:
-        guard(run.url)
+        guard(run.url, flush=run.t0 is None)
 
     async def guarded() -> dict[str, Any]:
         try:

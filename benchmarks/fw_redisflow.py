@@ -1,5 +1,9 @@
 """redisflow: every workload, with the documented defaults (concurrency 16 per handler,
-batch_size 500, prefetch 1000), the payload validated from the handler's annotation."""
+batch_size 500, prefetch 1000), the payload validated from the handler's annotation.
+
+``suite.py --baseline REF`` runs this same file against an older commit's ``redisflow/``
+(PYTHONPATH first): use only ``Flow`` and the methods already used here, so that it runs
+against both trees."""
 
 from __future__ import annotations
 
@@ -9,7 +13,11 @@ from typing import Any
 import common
 from common import Email, Run, Tally
 
-from redisflow import Flow
+with common.timed_import("redisflow"):
+    import redisflow
+    from redisflow import Flow
+
+common.expect_source(redisflow)  # this checkout or the --baseline export, not the venv's
 
 CONCURRENCY = "16 (default)"
 
@@ -122,6 +130,19 @@ async def latency(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": CONCURRENCY}
 
 
+async def start(run: Run) -> dict[str, Any]:
+    first = common.First()
+    flow = Flow(run.url, prefix="bench")
+
+    @flow.on_queue("q")
+    async def handle(email: Email) -> None:
+        first.hit()
+
+    return await common.start(
+        run, lambda: fill(flow, "queue", common.emails(run.n)), flow.start, flow.stop, first
+    )
+
+
 async def memory(run: Run) -> dict[str, Any]:
     if run.fill:
         producer = Flow(run.url, prefix="bench")
@@ -149,6 +170,7 @@ CASES = {
     "produce_concurrent": produce_concurrent,
     "latency": latency,
     "memory": memory,
+    "start": start,
 }
 
 if __name__ == "__main__":

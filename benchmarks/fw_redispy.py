@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 import common
-import redis.asyncio as aioredis
 from common import Email, Run
+
+with common.timed_import("redis.asyncio"):
+    import redis.asyncio as aioredis
 
 BATCH = 500
 
@@ -186,6 +188,31 @@ async def latency(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": "1"}
 
 
+async def start(run: Run) -> dict[str, Any]:
+    first = common.First()
+    r = await client(run)
+    task: asyncio.Task[None] | None = None
+
+    async def loop() -> None:
+        while True:
+            _, raw = await r.blpop(["q"], timeout=0)
+            Email.model_validate_json(raw)
+            first.hit()
+
+    async def begin() -> None:
+        nonlocal task
+        task = asyncio.create_task(loop())
+
+    async def stop() -> None:
+        assert task is not None
+        task.cancel()
+
+    async def fill() -> None:
+        await fill_list(r, common.emails(run.n))
+
+    return await common.start(run, fill, begin, stop, first)
+
+
 async def memory_batch(run: Run) -> dict[str, Any]:
     if run.fill:
         r = await client(run)
@@ -228,6 +255,7 @@ CASES = {
     "produce_concurrent": produce_concurrent,
     "latency": latency,
     "memory_batch": memory_batch,
+    "start": start,
 }
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """What a row of the suite is, and how its results are shown: the tables (results.md), the
-raw runs (results.json) and the chart (results.png)."""
+raw runs (results.json) and the chart (results.png). With ``--baseline``, each redisflow row
+has a twin that runs an older commit's ``redisflow/``: the tables show the ratio of their
+medians and a verdict per workload."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ WORKLOADS = {
     "produce_concurrent": "Produce: 1,000 tasks awaiting one call per message, msg/s",
     "latency": "Latency, one message in flight: publish -> handler start, p50 (p99) ms",
     "memory": "Memory: peak RSS of a worker draining a backlog, MB",
+    "start": "Start: process spawn -> first handled message of a pre-filled queue, s",
 }
+# Units where a smaller figure is the better one (the --baseline verdicts).
+LOWER_IS_BETTER = {"ms", "s", "MB"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Row:
     # of the same case; ("~", 0): a peak RSS no more than 10% + 5 MB above the same worker's
     # with an N-message backlog (bounded by prefetch, not by backlog)
     target: tuple[str, float] | None = None
+    baseline: str = ""  # a --baseline twin: the full sha of the redisflow/ it imports
+    of: str = ""  # a twin: the label of the row it is the twin of (same workload)
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Outcome:
 def fmt(value: float, unit: str) -> str:
     if unit == "msg/s":
         return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.3f}"
     return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
 
 
@@ -76,7 +85,62 @@ def describe(o: Outcome) -> tuple[str, str, str]:
         start = statistics.median(r["start_mb"] for r in o.runs)
         drained = statistics.median(r["drained"] for r in o.runs)
         details.append(f"{start:.0f} MB before draining; drained {drained:,.0f}")
+    if "import_s" in last:
+        imported = statistics.median(r["import_s"] for r in o.runs)
+        main = statistics.median(r["main_s"] for r in o.runs)
+        details.append(f"`import {last['imported']}` {imported:.3f} s; main() at {main:.3f} s")
     return median, spread, "; ".join(details)
+
+
+# -- a --baseline twin against its row --------------------------------------------------------
+
+
+def median_of(o: Outcome) -> float:
+    return statistics.median(r["value"] for r in o.runs)
+
+
+def twin_of(o: Outcome, outcomes: list[Outcome]) -> Outcome | None:
+    """The current row a --baseline twin is compared with."""
+    return next(
+        (x for x in outcomes
+         if x.row.workload == o.row.workload and x.row.label == o.row.of and not x.row.baseline),
+        None,
+    )  # fmt: skip
+
+
+def versus(o: Outcome, outcomes: list[Outcome]) -> tuple[str, str]:
+    """(current/baseline - 1 of the medians, e.g. "+3.1%"; the verdict) for a twin row:
+    "within noise" when the min-max ranges of the runs overlap, else faster or slower."""
+    current = twin_of(o, outcomes)
+    if current is None or not current.runs or not o.runs:
+        return "", "not compared: a run failed"
+    unit = o.runs[0]["unit"]
+    change = f"{median_of(current) / median_of(o) - 1:+.1%}"
+    now = [r["value"] for r in current.runs]
+    then = [r["value"] for r in o.runs]
+    if min(now) <= max(then) and min(then) <= max(now):
+        return change, "within noise"
+    better = (median_of(current) < median_of(o)) == (unit in LOWER_IS_BETTER)
+    words = ("smaller", "larger") if unit == "MB" else ("faster", "slower")
+    word = words[0] if better else words[1]
+    if len(now) < 2 or len(then) < 2:
+        return change, f"{word}?"  # one run: no range, so no telling it from noise
+    return change, word
+
+
+def verdicts(rows: list[Outcome], outcomes: list[Outcome]) -> list[str]:
+    """One line per workload: each twin's ratio and verdict."""
+    twins = [o for o in rows if o.row.baseline]
+    if not twins:
+        return []
+    parts = []
+    for o in twins:
+        change, said = versus(o, outcomes)
+        parts.append(f"{o.row.of} {change or '-'} **{said}**")
+    text = f"Current vs `{twins[0].row.baseline[:7]}`: " + "; ".join(parts) + "."
+    if any(said.endswith("?") for _, said in (versus(o, outcomes) for o in twins)):
+        text += " (`?`: one run each, no range to judge the noise by: use --repeat.)"
+    return ["", text]
 
 
 def verdict(o: Outcome, outcomes: list[Outcome]) -> str:
@@ -88,6 +152,7 @@ def verdict(o: Outcome, outcomes: list[Outcome]) -> str:
         small = [
             x for x in outcomes
             if x.row.case == o.row.case and x.row.framework == o.row.framework and x.row.size == "n"
+            and x.row.baseline == o.row.baseline
         ]  # fmt: skip
         if not small or not small[0].runs:
             return ""
@@ -107,31 +172,47 @@ def verdict(o: Outcome, outcomes: list[Outcome]) -> str:
     return f"{'met' if met else 'NOT met'} ({op} {goal:,g})"
 
 
+def line(o: Outcome, outcomes: list[Outcome], compare: bool) -> str:
+    """One row of a table; ``compare``: with the current/baseline column."""
+    ratio = ""
+    if compare and o.row.baseline and o.runs:
+        ratio = f"{versus(o, outcomes)[0]} | "
+    elif compare:
+        ratio = " | "
+    if o.row.case is None:
+        return f"| {o.row.label} | | - | | | {ratio}{o.row.note} |"
+    if not o.runs:
+        return f"| {o.row.label} | {o.n:,} | - | | | {ratio}failed: {o.error or 'not run'} |"
+    median, spread, details = describe(o)
+    if o.error:
+        details += f"; failed after {len(o.runs)} runs: {o.error}"
+    n = statistics.median(r["n"] for r in o.runs)
+    return (
+        f"| {o.row.label} | {n:,.0f} | {median} | {spread} | {verdict(o, outcomes)} "
+        f"| {ratio}{details} |"
+    )
+
+
 def table(outcomes: list[Outcome]) -> str:
     lines: list[str] = []
+    compare = any(o.row.baseline for o in outcomes)
     for workload, title in WORKLOADS.items():
         rows = [o for o in outcomes if o.row.workload == workload]
         if not rows:
             continue
         lines += ["", f"### {title}", ""]
-        lines += [
-            "| framework | N | median | min - max | target | notes |",
-            "|---|--:|--:|--:|---|---|",
-        ]
-        for o in rows:
-            if o.row.case is None:
-                lines.append(f"| {o.row.label} | | - | | | {o.row.note} |")
-            elif o.error and not o.runs:
-                lines.append(f"| {o.row.label} | {o.n:,} | - | | | failed: {o.error} |")
-            elif o.runs:
-                median, spread, details = describe(o)
-                if o.error:
-                    details += f"; failed after {len(o.runs)} runs: {o.error}"
-                n = statistics.median(r["n"] for r in o.runs)
-                lines.append(
-                    f"| {o.row.label} | {n:,.0f} | {median} | {spread} | {verdict(o, outcomes)} "
-                    f"| {details} |"
-                )
+        if compare:
+            lines += [
+                "| framework | N | median | min - max | target | current / baseline | notes |",
+                "|---|--:|--:|--:|---|--:|---|",
+            ]
+        else:
+            lines += [
+                "| framework | N | median | min - max | target | notes |",
+                "|---|--:|--:|--:|---|---|",
+            ]
+        lines += [line(o, outcomes, compare) for o in rows]
+        lines += verdicts(rows, outcomes)
     return "\n".join(lines)
 
 
@@ -153,25 +234,23 @@ def chart(outcomes: list[Outcome], info: dict[str, Any], path: Path) -> None:
         values = [statistics.median(r["value"] for r in o.runs) for o in rows]
         low = [v - min(r["value"] for r in o.runs) for v, o in zip(values, rows, strict=True)]
         high = [max(r["value"] for r in o.runs) - v for v, o in zip(values, rows, strict=True)]
-        colors = ["tab:blue" if o.row.framework == "redisflow" else "tab:gray" for o in rows]
-        colors = [
-            "tab:green" if o.row.framework == "redis-py" else c
-            for o, c in zip(rows, colors, strict=True)
-        ]
+        colors = [color(o.row) for o in rows]
         y = range(len(rows))
         ax.barh(y, values, xerr=[low, high], color=colors, capsize=2)
         ax.set_yticks(list(y), [o.row.label for o in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(WORKLOADS[workload], fontsize=9, loc="left")
-        if rows[0].runs[0]["unit"] != "MB":
+        if rows[0].runs[0]["unit"] not in ("MB", "s"):
             ax.set_xscale("log")
         for i, v in enumerate(values):
             ax.text(v, i, " " + fmt(v, rows[i].runs[0]["unit"]), va="center", fontsize=7)
         target = rows[0].row.target
         if target and target[0] in (">=", "<="):
             ax.axvline(target[1], color="tab:red", lw=0.8, ls="--")
+    twins = sorted({o.row.baseline[:7] for o in outcomes if o.row.baseline})
     fig.suptitle(
-        f"redisflow (blue), peers (grey), hand-written redis-py (green); one process each\n"
+        f"redisflow (blue), {''.join(f'redisflow@{t} (light blue), ' for t in twins)}"
+        f"peers (grey), hand-written redis-py (green); one process each\n"
         f"{info['machine'].split(',')[1].strip()}, {info['event loop']}, "
         f"Redis {info['redis-server']}, {info['date']}; median of runs, whiskers: min-max; "
         f"dashed: redisflow's target",
@@ -180,6 +259,12 @@ def chart(outcomes: list[Outcome], info: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def color(row: Row) -> str:
+    if row.framework == "redisflow":
+        return "lightsteelblue" if row.baseline else "tab:blue"
+    return "tab:green" if row.framework == "redis-py" else "tab:gray"
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -200,7 +285,8 @@ def report(outcomes: list[Outcome], info: dict[str, Any], out_dir: str) -> None:
     (out / "results.md").write_text(text)
     raw = [
         {"workload": o.row.workload, "label": o.row.label, "n": o.n, "runs": o.runs,
-         "error": o.error}
+         "error": o.error, **({"baseline": o.row.baseline, "of": o.row.of} if o.row.baseline
+                              else {})}
         for o in outcomes
     ]  # fmt: skip
     (out / "results.json").write_text(json.dumps({"info": info, "rows": raw}, indent=1))

@@ -10,13 +10,19 @@ saq (redis<8) and arq (redis<6) cannot share our venv (redis 8): each gets its o
 ``benchmarks/.venvs/``, created here on first use. A peer that fails to install or to run is
 reported in the table, not fatal.
 
+Every child runs with ``PYTHONPATH`` set to the tree whose ``redisflow/`` it must import: this
+checkout (not whatever tree the venv's editable install points at), or, for the twin rows of
+``--baseline REF``, that commit's ``redisflow/`` exported to ``benchmarks/.baseline/<sha>/``.
+
     python benchmarks/suite.py [--repeat 3] [--only queue,stream] [--frameworks redisflow,arq]
+    python benchmarks/suite.py --frameworks redisflow --baseline main   # this tree vs main
     python benchmarks/suite.py --smoke    # redisflow only, small N, no files: what CI runs
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -34,7 +40,10 @@ from typing import Any
 from report import WORKLOADS, Outcome, Row, describe, report
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent  # the tree whose redisflow/ the rows (but --baseline twins) import
 VENVS = HERE / ".venvs"
+BASELINES = HERE / ".baseline"  # <full sha>/redisflow/: --baseline exports (gitignored)
+START_N = 1000  # messages pre-filled for the start workload (the first one is timed)
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ FRAMEWORKS = {
     "taskiq": Framework("fw_taskiq.py", "taskiq_redis", version_of="taskiq-redis"),
     "saq": Framework("fw_saq.py", "saq", ("saq[redis,hiredis]", "pydantic>=2.7", "uvloop"), "saq"),
     "arq": Framework("fw_arq.py", "arq", ("arq", "hiredis", "pydantic>=2.7", "uvloop"), "arq"),
-    "redis-py": Framework("fw_redispy.py", "redis", version_of="redis"),
+    "redis-py": Framework("fw_redispy.py", "redis.asyncio", version_of="redis"),
 }
 
 
@@ -114,6 +123,8 @@ ROWS = [
     Row("memory", "SAQ", "saq", None, note="not run: no batch enqueue to fill 1M jobs"),
     Row("memory", "arq", "arq", None, note="not run: no batch enqueue to fill 1M jobs"),
     Row("memory", "redis-py LPOP 500 batches", "redis-py", "memory_batch", "memory"),
+    Row("start", "redisflow", "redisflow", "start", "start"),
+    Row("start", "redis-py BLPOP loop", "redis-py", "start", "start"),
 ]  # fmt: skip
 
 
@@ -173,7 +184,8 @@ def interpreter(name: str, log: list[str]) -> str | None:
                 log.append(f"{name}: could not install {' '.join(fw.venv)} into {venv}")
                 return None
             stamp.write_text(wanted)
-    check = subprocess.run([python, "-c", f"import {fw.imports}"], capture_output=True, text=True)
+    code = [python, "-c", f"import {fw.imports}"]
+    check = subprocess.run(code, capture_output=True, text=True, env=child_env(ROOT), cwd=HERE)
     if check.returncode:
         why = (check.stderr.strip().splitlines() or ["?"])[-1]
         log.append(f"{name}: not installed ({why}); pip install -e '.[bench]'")
@@ -187,6 +199,81 @@ def version(python: str, dist: str) -> str:
     return out.stdout.strip() or "?"
 
 
+# -- --baseline: an older commit's redisflow/ -----------------------------------------------
+
+
+def git_out(*args: str) -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"git {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def export_baseline(ref: str) -> tuple[str, Path]:
+    """(full sha of ``ref``, the directory holding that commit's ``redisflow/``): exported
+    with ``git archive`` into ``benchmarks/.baseline/<sha>/`` unless already there."""
+    sha = git_out("rev-parse", "--verify", f"{ref}^{{commit}}")
+    dest = BASELINES / sha
+    if (dest / "redisflow" / "__init__.py").exists():
+        return sha, dest
+    BASELINES.mkdir(exist_ok=True)
+    cmd = ["git", "-C", str(ROOT), "archive", sha, "redisflow"]
+    archive = subprocess.run(cmd, capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--baseline {ref}: git archive failed: {archive.stderr.decode()}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sha}-", dir=BASELINES))  # renamed when complete
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another suite exported it meanwhile
+        shutil.rmtree(tmp)
+    print(f"exported redisflow/ of {ref} ({sha[:12]}) to {dest}", file=sys.stderr)
+    return sha, dest
+
+
+def twin(row: Row, sha: str) -> Row:
+    """``row`` run against the ``redisflow/`` of commit ``sha``."""
+    label = row.label.replace("redisflow", f"redisflow@{sha[:7]}", 1)
+    return dataclasses.replace(row, label=label, target=None, baseline=sha, of=row.label)
+
+
+def with_twins(rows: list[Row], sha: str) -> list[Row]:
+    """Each redisflow row followed by its twin against ``sha``."""
+    out: list[Row] = []
+    for row in rows:
+        out.append(row)
+        if row.framework == "redisflow" and row.case is not None:
+            out.append(twin(row, sha))
+    return out
+
+
+def source(row: Row) -> Path:
+    """The tree whose ``redisflow/`` a row imports."""
+    return BASELINES / row.baseline if row.baseline else ROOT
+
+
+def child_env(tree: Path) -> dict[str, str]:
+    """PYTHONPATH puts ``tree`` before the venv's editable install; the child checks that its
+    ``redisflow`` came from there (``common.expect_source``). Every row gets one, the peers'
+    too, so that every child starts with the same sys.path shape."""
+    path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, BENCH_SOURCE=str(tree))
+
+
+def check_source(tree: Path) -> None:
+    """Fail loudly unless ``import redisflow`` with ``child_env(tree)`` loads ``tree``'s
+    (also compiles its bytecode before anything is timed)."""
+    code = "import redisflow; print(redisflow.__file__)"
+    # Run in benchmarks/ as the children are: with -c, sys.path starts with the cwd, which
+    # would win if it held a redisflow/ (the repository root does).
+    cmd, env = [sys.executable, "-c", code], child_env(tree)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
+    where = Path(out.stdout.strip() or "?").resolve()
+    if out.returncode or not where.is_relative_to(tree.resolve()):
+        why = (out.stderr.strip().splitlines() or [f"it came from {where}"])[-1]
+        raise SystemExit(f"import redisflow with PYTHONPATH={tree} failed: {why}")
+
+
 # -- running --------------------------------------------------------------------------------
 
 
@@ -196,28 +283,53 @@ def run_one(python: str, row: Row, url: str, n: int, args: argparse.Namespace) -
     cmd = [python, str(HERE / FRAMEWORKS[row.framework].module), "--case", row.case]
     cmd += ["--url", url, "--n", str(n), "--samples", str(args.samples)]
     cmd += ["--budget", str(args.budget)] + (["--uvloop"] if args.uvloop else [])
-    env = None
+    env = child_env(source(row))
+    if row.workload == "start":  # fill Redis first (not timed), then time from the spawn
+        child([*cmd, "--fill"], env, args.timeout)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-        path = Path(args.profile) / f"{row.framework}-{row.case}-{time.time_ns()}.prof"
-        env = dict(os.environ, BENCH_PROFILE=str(path.resolve()))
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"timed out after {args.timeout}s") from None
-    results = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode or not results:
-        tail = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
-        raise RuntimeError(tail[:300])
+        name = row.framework + (f"@{row.baseline[:7]}" if row.baseline else "")
+        path = Path(args.profile) / f"{name}-{row.case}-{time.time_ns()}.prof"
+        env["BENCH_PROFILE"] = str(path.resolve())
+    if row.workload == "start":
+        cmd += ["--t0", repr(time.time())]
+    out = child(cmd, env, args.timeout)
+    results = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if not results:
+        raise RuntimeError("no RESULT line")
     result: dict[str, Any] = json.loads(results[-1].removeprefix("RESULT "))
     return result
 
 
+def child(cmd: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run a framework module; its stdout, or RuntimeError with its last stderr line."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout}s") from None
+    if out.returncode:
+        tail = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        raise RuntimeError(tail[:300])
+    return out.stdout
+
+
 def size(row: Row, args: argparse.Namespace) -> int:
     slow = min(args.n, args.slow_n)
-    return {"n": args.n, "slow": slow, "job": min(slow, args.job_n), "memory": args.memory_n}[
-        row.size
-    ]
+    sizes = {"n": args.n, "slow": slow, "job": min(slow, args.job_n), "memory": args.memory_n}
+    return {**sizes, "start": START_N}[row.size]
+
+
+def order(outcomes: list[Outcome], rep: int) -> list[Outcome]:
+    """Every row once; on odd repeats each --baseline twin runs before its row instead of
+    after it, so that neither side always runs second."""
+    out = list(outcomes)
+    i = 0
+    while i < len(out) - 1:
+        if rep % 2 and out[i + 1].row.baseline:
+            out[i], out[i + 1] = out[i + 1], out[i]
+            i += 1
+        i += 1
+    return out
 
 
 def run_all(
@@ -225,7 +337,7 @@ def run_all(
 ) -> list[Outcome]:
     outcomes = [Outcome(row, size(row, args)) for row in rows]
     for rep in range(args.repeat):
-        for o in outcomes:
+        for o in order(outcomes, rep):
             if o.row.case is None or o.error:
                 continue
             python = pythons[o.row.framework]
@@ -240,7 +352,7 @@ def run_all(
             took = time.perf_counter() - t0
             shown = describe(o)[0] if o.runs and not o.error else f"FAILED: {o.error}"
             print(
-                f"[{rep + 1}/{args.repeat}] {o.row.workload:<18} {o.row.label:<42} "
+                f"[{rep + 1}/{args.repeat}] {o.row.workload:<18} {o.row.label:<43} "
                 f"{shown} ({took:.1f}s)",
                 file=sys.stderr,
             )
@@ -250,7 +362,9 @@ def run_all(
 # -- the command line ----------------------------------------------------------------------
 
 
-def machine(pythons: dict[str, str | None], args: argparse.Namespace) -> dict[str, Any]:
+def machine(
+    pythons: dict[str, str | None], args: argparse.Namespace, baseline: str
+) -> dict[str, Any]:
     server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
     git = subprocess.run(
         ["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True, text=True
@@ -267,6 +381,7 @@ def machine(pythons: dict[str, str | None], args: argparse.Namespace) -> dict[st
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "redisflow commit": git.stdout.strip() or "?",
+        "redisflow tree": str(ROOT),
         "event loop": "uvloop" if args.uvloop else "asyncio",
         "redis-server": server.stdout.split("v=")[1].split()[0] if "v=" in server.stdout else "?",
     }
@@ -276,6 +391,13 @@ def machine(pythons: dict[str, str | None], args: argparse.Namespace) -> dict[st
             info[fw.version_of] = version(python, fw.version_of)
             if fw.venv:
                 info[f"redis-py for {name}"] = version(python, "redis")
+    if baseline:
+        subject = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %cs %s", baseline],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        info["baseline"] = f"{args.baseline} = {subject[:100]} ({BASELINES / baseline})"
     info["pydantic"] = version(sys.executable, "pydantic")
     info["hiredis"] = version(sys.executable, "hiredis")
     return info
@@ -320,6 +442,12 @@ def main() -> None:
         action="store_true",
         help="redisflow only, small N, one run, no files; fails if any run fails",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run every redisflow row against the redisflow/ of git commit REF (a twin "
+        "row, interleaved), with the ratio current/baseline of the medians",
+    )
     p.add_argument("--report", metavar="JSON", help="only redraw tables and chart from a JSON")
     args = p.parse_args()
     if args.report:
@@ -336,12 +464,20 @@ def main() -> None:
     if bad:
         p.error(f"unknown workload or framework: {', '.join(bad)}")
     rows = [r for r in ROWS if r.workload in workloads and r.framework in names]
+    sha = ""
+    if args.baseline:
+        sha, tree = export_baseline(args.baseline)
+        rows = with_twins(rows, sha)
+        if "redisflow" in names:
+            check_source(tree)
+    if "redisflow" in names:
+        check_source(ROOT)
     problems: list[str] = []
     pythons = {name: interpreter(name, problems) for name in names}
     redis = PrivateRedis()
     started = time.perf_counter()
     try:
-        info = machine(pythons, args)
+        info = machine(pythons, args, sha)
         outcomes = run_all(rows, pythons, redis.url, args)
     finally:
         redis.stop()
@@ -358,10 +494,13 @@ def rereport(path: str, out_dir: str) -> None:
     """Tables and chart again from a results.json (after changing how they are drawn)."""
     saved = json.loads(Path(path).read_text())
     rows = {(r.workload, r.label): r for r in ROWS}
-    outcomes = [
-        Outcome(rows[(x["workload"], x["label"])], x["n"], x["runs"], x["error"])
-        for x in saved["rows"]
-    ]
+
+    def row(x: dict[str, Any]) -> Row:
+        if x.get("baseline"):
+            return twin(rows[(x["workload"], x["of"])], x["baseline"])
+        return rows[(x["workload"], x["label"])]
+
+    outcomes = [Outcome(row(x), x["n"], x["runs"], x["error"]) for x in saved["rows"]]
     report(outcomes, saved["info"], out_dir)
 
 
