@@ -1,16 +1,13 @@
 """``Flow``: the handlers of a service, registered with decorators, and their lifecycle.
 
-A flow holds its ``FlowConfig`` (``config.py``) and a ``Client`` (``client.py``), whose
-producer methods it offers as its own (``flow.enqueue`` is ``flow.client.enqueue``). Started,
-it builds one consumer per handler (``consumers/``) in one task group, and stops them in two
-phases: stop fetching, then drain for the grace period.
+A flow holds its ``FlowConfig`` and a ``Client``, whose producer methods it offers as its
+own (``flow.enqueue`` is ``flow.client.enqueue``); a ``Runtime`` runs its consumers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, overload
@@ -27,7 +24,7 @@ from .keys import check_name
 from .lifespan import Lifespan
 from .message import Kind, Source
 from .ops.deadletters import DeadLetters
-from .runtime import Runtime, single
+from .runtime import Runtime, until_signal
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -400,26 +397,4 @@ class Flow:
         """Run until SIGINT or SIGTERM (or cancellation), then stop gracefully. A signal
         that arrives while the flow is still starting (waiting for Redis, say) abandons the
         start: nothing is held yet. ``ready()`` is called once every consumer has started."""
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            started, stop = False, anyio.Event()
-
-            async def until_signal(scope: anyio.CancelScope) -> None:
-                async for signum in signals:
-                    log.info("received %s: stopping", signal.Signals(signum).name)
-                    if started:
-                        stop.set()
-                    else:
-                        scope.cancel()
-                    return
-
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(until_signal, tg.cancel_scope)
-                    async with self:
-                        started = True
-                        if ready is not None:
-                            ready()
-                        await stop.wait()
-                    tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                raise single(group) from None
+        await until_signal(self, ready)

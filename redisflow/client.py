@@ -1,8 +1,8 @@
 """``Client``: what a producer or an ops tool needs, over the flow's connections.
 
 Every producer call is one round trip, shared with concurrent calls (auto-pipelining).
-Options that make a send conditional or compound run in one Lua call with it, so they are
-atomic, and every check comes before the first write (a call that fails leaves nothing):
+Options that make a send conditional or compound run in one Lua call with it: atomic, and
+checked before the first write (a call that fails leaves nothing):
 
 - ``dedup_key``: nothing is sent if the same key was seen within ``dedup_ttl`` seconds (a
   per-key marker, docs/design.md "Dedup"); the call returns None.
@@ -12,28 +12,23 @@ atomic, and every check comes before the first write (a call that fails leaves n
   offline (fast path + reliable path); the stream entry is written first.
 - ``index`` (streams): the entry id is added to one set per indexed field value; ``find``
   reads them back in stream order.
-
 With ``track=True`` each message also gets a status record (see ``tracking``).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, overload
 
-import orjson
-from pydantic import TypeAdapter
-
-from .config import FlowConfig, RateLimit
+from .config import FlowConfig, RateLimit, to_ms
 from .connection import Connector
 from .errors import ConfigError
+from .indexes import StreamIndexes
 from .keys import Keys, check_name
+from .memory import measure
 from .protocol import envelope, scripts
 from .protocol.priority import check_priority, delayed_member
-from .protocol.replies import LENGTH, info
 from .ratelimit import Limiter
 from .tracking import MessageStatus, Tracker
 
@@ -44,8 +39,6 @@ log = logging.getLogger("redisflow")
 #: Default dedup window, in seconds.
 DEDUP_TTL = 3600.0
 ID = b"\0id"  # produce.lua: the reply of the first command (the XADD's entry id)
-_PRUNE_EVERY = itertools.cycle(range(1000))  # 0 once per 1,000 trimming indexed appends
-_STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
 class Client:
@@ -59,15 +52,21 @@ class Client:
     def __init__(self, config: FlowConfig) -> None:
         self.config = config
         self._connector: Connector | None = None
-        self._tracker: Tracker | None = None
 
     @property
     def connector(self) -> Connector:
         """The connections (opened on first use)."""
         if self._connector is None:
             self._connector = Connector(self.config.url)
-            self._tracker = Tracker(self._connector, self.config.prefix, self.config.track_ttl)
         return self._connector
+
+    @property
+    def _tracking(self) -> Tracker:
+        return Tracker(self.connector, self.config.prefix, self.config.track_ttl)
+
+    @property
+    def _indexes(self) -> StreamIndexes:
+        return StreamIndexes(self.connector, self.config.prefix)
 
     @property
     def open(self) -> bool:
@@ -91,8 +90,6 @@ class Client:
     def keys(self, name: str) -> Keys:
         """The auxiliary keys redisflow keeps for a queue, stream or channel ``name``."""
         return Keys(self.config.prefix, name)
-
-    # -- channels -------------------------------------------------------------------------
 
     async def publish(
         self,
@@ -122,7 +119,7 @@ class Client:
         commands: list[Sequence[Any]] = []
         if durable is not None:
             keys.append((check_name(durable, "stream"), "stream"))
-            commands.append(("XADD", durable, *_trim(maxlen, minid), "*", *_fields(data, head)))
+            commands.append(envelope.xadd(durable, data, head, maxlen, minid))
         commands.append(("PUBLISH", channel, payload))
         dedup = None
         if dedup_key is not None:
@@ -134,8 +131,6 @@ class Client:
         """PUBLISH each item in one round trip; returns the total number of receivers."""
         commands = [("PUBLISH", channel, envelope.encode(item)) for item in items]
         return sum(await self.connector.send.many(*commands)) if commands else 0
-
-    # -- list queues ----------------------------------------------------------------------
 
     async def enqueue(
         self,
@@ -152,19 +147,16 @@ class Client:
         or None when ``dedup_key`` was seen within ``dedup_ttl`` seconds. ``notify`` also
         PUBLISHes the message to that channel, in the same atomic step."""
         keys = self.keys(check_name(queue, "queue"))
-        msg_id = envelope.new_id()
-        item = envelope.envelope(
-            envelope.encode(data), msg_id, headers=envelope.encode_headers(headers)
-        )
+        msg_id, item = envelope.new_item(data, headers)
         if dedup_key is None and notify is None:
             if delay:
-                await self.connector.run(scripts.delay(keys.delayed, _ms(delay), [item]))
+                await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), [item]))
             else:
                 await self.connector.send("RPUSH", queue, item)
             await self._track("queue", queue, [msg_id])
             return msg_id
         if delay:
-            push: Sequence[Any] = ("ZADD", keys.delayed, b"\0due:%d" % _ms(delay), item)
+            push: Sequence[Any] = ("ZADD", keys.delayed, b"\0due:%d" % to_ms(delay), item)
             target = (keys.delayed, "zset")
         else:
             push, target = ("RPUSH", queue, item), (queue, "list")
@@ -187,11 +179,11 @@ class Client:
     ) -> list[str]:
         """Add many items to a list queue in one round trip; returns their ids."""
         keys = self.keys(check_name(queue, "queue"))
-        ids, packed = _pack(items)
+        ids, packed = envelope.pack_items(items)
         if not packed:
             return ids
         if delay:
-            await self.connector.run(scripts.delay(keys.delayed, _ms(delay), packed))
+            await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), packed))
         elif notify is None:
             await self.connector.send("RPUSH", queue, *packed)
         else:
@@ -200,8 +192,6 @@ class Client:
             await self._produce(None, 0, [(queue, "list")], commands)
         await self._track("queue", queue, ids)
         return ids
-
-    # -- priority queues ------------------------------------------------------------------
 
     async def enqueue_priority(
         self,
@@ -218,12 +208,9 @@ class Client:
         within a level. Returns the message id (None for a duplicate ``dedup_key``)."""
         keys = self.keys(check_name(queue, "queue"))
         level = check_priority(priority)
-        msg_id = envelope.new_id()
-        item = envelope.envelope(
-            envelope.encode(data), msg_id, headers=envelope.encode_headers(headers)
-        )
+        msg_id, item = envelope.new_item(data, headers)
         if dedup_key is not None and delay:
-            due = b"\0due:%d" % _ms(delay)
+            due = b"\0due:%d" % to_ms(delay)
             command = ("ZADD", keys.delayed, due, delayed_member(level, item))
             dedup = keys.dedup(dedup_key)
             replies = await self._produce(dedup, dedup_ttl, [(keys.delayed, "zset")], [command])
@@ -231,7 +218,7 @@ class Client:
         elif dedup_key is not None:
             call = scripts.priority_push(
                 queue, keys.seq, keys.wake, [(level, item)],
-                dedup=keys.dedup(dedup_key), ttl_ms=_ms(dedup_ttl),
+                dedup=keys.dedup(dedup_key), ttl_ms=to_ms(dedup_ttl),
             )  # fmt: skip
             added = await self.connector.run(call)
         else:
@@ -252,7 +239,7 @@ class Client:
         """Add many items at one priority level, in order, in one round trip."""
         check_name(queue, "queue")
         level = check_priority(priority)
-        ids, packed = _pack(items)
+        ids, packed = envelope.pack_items(items)
         if packed:
             await self._push_priority(queue, packed, level, delay)
             await self._track("priority", queue, ids)
@@ -264,7 +251,7 @@ class Client:
         keys = self.keys(queue)
         if delay:
             members = [delayed_member(priority, item) for item in items]
-            return int(await self.connector.run(scripts.delay(keys.delayed, _ms(delay), members)))
+            return int(await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), members)))
         pushed = [(priority, item) for item in items]
         call = scripts.priority_push(queue, keys.seq, keys.wake, pushed)
         return int(await self.connector.run(call))
@@ -274,8 +261,6 @@ class Client:
         (leased and delayed messages are not counted)."""
         flat = await self.connector.run(scripts.priority_stats(queue))
         return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-    # -- streams --------------------------------------------------------------------------
 
     async def append(
         self,
@@ -293,8 +278,7 @@ class Client:
         for a duplicate ``dedup_key``). ``maxlen``/``minid`` trim the stream approximately.
         ``index`` names payload fields whose values index the entry, for ``find``."""
         check_name(stream, "stream")
-        head = envelope.encode_headers(headers)
-        args = ("XADD", stream, *_trim(maxlen, minid), "*", *_fields(data, head))
+        args = envelope.xadd(stream, data, envelope.encode_headers(headers), maxlen, minid)
         if dedup_key is None and not index:
             entry_id: bytes = await self.connector.send(*args)
             await self._track("stream", stream, [entry_id.decode()])
@@ -302,7 +286,8 @@ class Client:
         keys = self.keys(stream)
         commands: list[Sequence[Any]] = [args]
         touched = [(stream, "stream")]
-        for key in self._index_keys(stream, data, index):
+        indexes = self._indexes
+        for key in indexes.keys_of(stream, data, index):
             commands += [("SADD", key, ID), ("SADD", keys.indexes, key)]
             touched.append((key, "set"))
         if index:
@@ -312,8 +297,8 @@ class Client:
         if replies is None:
             return None
         reply = replies[0]
-        if index and (maxlen is not None or minid is not None) and not next(_PRUNE_EVERY):
-            await self.prune_indexes(stream)
+        if index and (maxlen is not None or minid is not None):
+            await indexes.trimmed(stream)
         await self._track("stream", stream, [reply.decode()])
         return str(reply.decode())
 
@@ -327,29 +312,12 @@ class Client:
     ) -> list[str]:
         """XADD many entries in one round trip; returns their ids."""
         check_name(stream, "stream")
-        trim = _trim(maxlen, minid)
-        commands = [("XADD", stream, *trim, "*", *_fields(item, None)) for item in items]
+        commands = [envelope.xadd(stream, item, None, maxlen, minid) for item in items]
         if not commands:
             return []
         ids = [entry_id.decode() for entry_id in await self.connector.send.many(*commands)]
         await self._track("stream", stream, ids)
         return ids
-
-    def _index_keys(self, stream: str, data: Any, fields: Sequence[str]) -> list[str]:
-        if not fields:
-            return []
-        if isinstance(fields, str):
-            raise ConfigError(f"index must be a sequence of field names, not {fields!r}")
-        values = orjson.loads(envelope.encode(data))
-        if not isinstance(values, dict):
-            raise ConfigError("index needs a payload that is a JSON object")
-        keys = self.keys(stream)
-        found = []
-        for name in fields:
-            if name not in values or isinstance(values[name], dict | list):
-                raise ConfigError(f"index field {name!r} is missing or not a scalar")
-            found.append(keys.index(name, _index_value(values[name])))
-        return found
 
     @overload
     async def find(
@@ -379,43 +347,21 @@ class Client:
         """Entries of ``stream`` appended with ``index=`` whose fields equal ``criteria``, in
         stream order (``newest_first`` reverses it), at most ``limit``; one round trip. Each
         is ``(entry id, payload)``, the payload validated as ``model`` (default: JSON)."""
-        if not criteria:
-            raise ConfigError("find needs at least one field=value criterion")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigError(f"limit must be an int >= 1, got {limit!r}")
-        keys = self.keys(stream)
-        index = [keys.index(name, _index_value(value)) for name, value in criteria.items()]
-        entries = await self.connector.run(scripts.find(stream, index, limit, newest_first))
-        adapter: TypeAdapter[Any] = TypeAdapter(model)
-        found = []
-        for entry_id, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            found.append((entry_id.decode(), adapter.validate_json(fields.get(b"data", b"null"))))
-        return found
+        return await self._indexes.find(stream, limit, newest_first, model, criteria)
 
     async def prune_indexes(self, stream: str) -> int:
         """Remove index entries of ``stream`` whose entries were trimmed away (``find``
         also drops those it meets); returns how many were removed. Appends with ``index``
         and a trim (``maxlen``/``minid``) run it every 1,000 calls per process."""
-        keys = self.keys(stream)
-        index_keys = [key.decode() for key in await self.connector.send("SMEMBERS", keys.indexes)]
-        call = scripts.prune_index(stream, keys.indexes, index_keys)
-        removed: int = await self.connector.run(call)
-        return removed
-
-    # -- tracking, rate limits, memory ----------------------------------------------------
+        return await self._indexes.prune(stream)
 
     async def status(self, message_id: str) -> MessageStatus | None:
         """The status record of a tracked message (``track=True``), or None."""
-        self.connector  # noqa: B018 - opens the connections and the tracker
-        assert self._tracker is not None
-        return await self._tracker.status(message_id)
+        return await self._tracking.status(message_id)
 
     async def status_counts(self, source: str) -> dict[str, int]:
         """Counters of a tracked source: ``published`` and ``<handler>:<status>``."""
-        self.connector  # noqa: B018
-        assert self._tracker is not None
-        return await self._tracker.counts(source)
+        return await self._tracking.counts(source)
 
     def limiter(self, name: str, rate: RateLimit) -> Limiter:
         """A rate limiter shared by every process using the same ``name`` and prefix::
@@ -426,34 +372,9 @@ class Client:
         return Limiter(self.connector, self.keys(name), rate)
 
     async def memory(self, *names: str) -> dict[str, Any]:
-        """Redis's ``used_memory``, and the type, length and bytes (MEMORY USAGE) of every
-        key redisflow manages for the sources ``names``: queues, streams, delayed sets, dead
-        letters, counters and stream indexes. Three round trips."""
-        sources = sorted(set(names))
-        send = self.connector.send
-        registries = [self.keys(name).indexes for name in sources]
-        reply, *indexed = await send.many(
-            ("INFO", "memory"), *(("SMEMBERS", key) for key in registries)
-        )
-        candidates: list[str] = []
-        for name, index_keys in zip(sources, indexed, strict=True):
-            candidates += self.keys(name).owned
-            candidates += [key.decode() for key in index_keys]
-        types = await send.many(*(("TYPE", key) for key in candidates)) if candidates else []
-        present = [(k, t.decode()) for k, t in zip(candidates, types, strict=True) if t != b"none"]
-        commands = [
-            cmd for key, kind in present for cmd in ((LENGTH[kind], key), ("MEMORY", "USAGE", key))
-        ]
-        sizes = await send.many(*commands) if commands else []
-        return {
-            "used_memory": int(info(reply).get("used_memory", 0)),
-            "keys": {
-                key: {"type": kind, "length": int(sizes[2 * i]), "bytes": int(sizes[2 * i + 1])}
-                for i, (key, kind) in enumerate(present)
-            },
-        }
-
-    # -- shared ---------------------------------------------------------------------------
+        """Redis's ``used_memory``, and the type, length and bytes of every key redisflow
+        keeps for the sources ``names`` (see ``redisflow.memory``). Three round trips."""
+        return await measure(self.connector, self.config.prefix, names)
 
     async def _produce(
         self,
@@ -464,56 +385,14 @@ class Client:
     ) -> list[Any] | None:
         """Run ``commands`` in one script (atomic, checked before any write) and return
         their replies, unless ``dedup`` (a key) was seen within ``ttl`` seconds (None)."""
-        replies = await self.connector.run(scripts.produce(dedup, _ms(ttl), keys, commands))
+        replies = await self.connector.run(scripts.produce(dedup, to_ms(ttl), keys, commands))
         return list(replies) if replies is not None else None
 
     async def _track(self, kind: str, source: str, ids: list[str]) -> None:
         # After the send: a status record that cannot be written must not make a sent
         # message look unsent (the caller would send it again).
-        if self.config.track and self._tracker is not None:
+        if self.config.track:
             try:
-                await self._tracker.published(source, ids, kind)
+                await self._tracking.published(source, ids, kind)
             except Exception as exc:
                 log.warning("status of %d messages to %s not recorded: %r", len(ids), source, exc)
-
-
-def _pack(items: Iterable[Any]) -> tuple[list[str], list[bytes]]:
-    ids: list[str] = []
-    packed: list[bytes] = []
-    for item in items:
-        msg_id = envelope.new_id()
-        ids.append(msg_id)
-        packed.append(envelope.envelope(envelope.encode(item), msg_id))
-    return ids, packed
-
-
-def _ms(seconds: float) -> int:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
-        raise ConfigError(f"delay and ttl must be >= 0 seconds, got {seconds!r}")
-    return int(seconds * 1000)
-
-
-def _fields(data: Any, headers: dict[str, str] | None) -> tuple[Any, ...]:
-    if headers:
-        return ("data", envelope.encode(data), "headers", envelope.encode(headers))
-    return ("data", envelope.encode(data))
-
-
-def _trim(maxlen: int | None, minid: str | None) -> tuple[Any, ...]:
-    """The XADD trimming arguments, checked here: Redis would refuse bad ones only after
-    an earlier write of the same call."""
-    if maxlen is not None and minid is not None:
-        raise ConfigError("give maxlen or minid, not both")
-    if maxlen is not None:
-        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
-            raise ConfigError(f"maxlen must be an int >= 0, got {maxlen!r}")
-        return ("MAXLEN", "~", maxlen)
-    if minid is not None:
-        if not isinstance(minid, str) or not _STREAM_ID.fullmatch(minid):
-            raise ConfigError(f"minid must be a stream id such as '1700000000000-0': {minid!r}")
-        return ("MINID", "~", minid)
-    return ()
-
-
-def _index_value(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()

@@ -31,6 +31,13 @@ def _int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def to_ms(seconds: object) -> int:
+    """``seconds`` (a delay or a time-to-live, >= 0) in whole milliseconds."""
+    if not _number(seconds) or seconds < 0:  # type: ignore[operator]
+        raise ConfigError(f"delay and ttl must be >= 0 seconds, got {seconds!r}")
+    return int(seconds * 1000)  # type: ignore[operator]
+
+
 def _positive(name: str, value: object, *, above: float = 0.0, none: bool = False) -> None:
     if value is None and none:
         return

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .connection import CONNECTION_ERRORS
-from .consumers.base import Stats
+from .consumers.contract import Stats
 from .errors import ConfigError, ReplyError
 from .protocol.replies import mapping
 

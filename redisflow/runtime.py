@@ -12,8 +12,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import signal
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -179,6 +180,36 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await stack.aclose()
                     await self.lifespan.leave()
+
+
+async def until_signal(
+    flow: AbstractAsyncContextManager[Any], ready: Callable[[], object] | None
+) -> None:
+    """Run ``flow`` (``async with``) until SIGINT or SIGTERM, then leave it. A signal during
+    the start abandons it; ``ready()`` is called once it has started."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        started, stop = False, anyio.Event()
+
+        async def wait(scope: anyio.CancelScope) -> None:
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                if started:
+                    stop.set()
+                else:
+                    scope.cancel()
+                return
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, tg.cancel_scope)
+                async with flow:
+                    started = True
+                    if ready is not None:
+                        ready()
+                    await stop.wait()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise single(group) from None
 
 
 def single(group: BaseExceptionGroup[Any]) -> BaseException:

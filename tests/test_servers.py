@@ -10,6 +10,8 @@ import os
 import random
 import shutil
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ import redis
 from redis.exceptions import AskError, MovedError, TryAgainError
 
 from redisflow.testing import servers
-from redisflow.testing.cluster import ClusterNode, RedisCluster, crc16, slot_of
+from redisflow.testing.cluster import ClusterNode, RedisCluster, slot_of
 from redisflow.testing.sentinel import SentinelSetup
 from redisflow.testing.servers import (
     RedisServer,
@@ -28,9 +30,6 @@ from redisflow.testing.servers import (
     redis_server_version,
 )
 from tests.helpers import start_redis, stop_redis
-
-# The fixtures module is not an installed plugin (yet): load it for this module.
-pytest_plugins = ["redisflow.testing.fixtures"]
 
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
 
@@ -148,9 +147,12 @@ def test_external_server_is_left_alone_and_leftovers_stop_at_exit() -> None:
     with pytest.raises(RuntimeError, match="external"):
         external.restart()
     assert server.running and external.call("PING") == "PONG"
-
-    servers._stop_leftovers()  # what atexit runs
-    assert gone(server.pid) and server.pid not in servers._live
+    server.stop()
+    # A process that exits without stopping its servers: the atexit handler stops them (in
+    # a child: calling the handler here would stop this process's session server too).
+    code = "from redisflow.testing.servers import RedisServer; print(RedisServer.start().pid)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert gone(int(out.stdout.strip()))
 
 
 # -- a cluster of 3 masters (shared by the session) ----------------------------------------
@@ -170,7 +172,7 @@ def test_cluster_is_ok_and_slot_of_matches_keyslot(redisflow_cluster: RedisClust
         cluster.cluster_url
         == "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster.nodes) + "/"
     )
-    assert crc16(b"123456789") == 0x31C3  # the CRC-16/XMODEM check value
+    assert slot_of(b"123456789") == 0x31C3  # the CRC-16/XMODEM check value (< 16384)
 
     rng = random.Random(7)
     keys: list[str | bytes] = [*EDGE_KEYS, b"\x00\xff{\x80}"]

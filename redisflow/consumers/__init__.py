@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..message import Kind
-from .base import Consumer, Context, Stats
+from .base import Consumer
 from .channel import ChannelConsumer, ChannelHub
+from .contract import Context, Stats
 from .guards import Guards
 from .priority import PriorityConsumer
 from .queue import QueueConsumer

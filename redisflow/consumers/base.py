@@ -18,59 +18,26 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ..config import FlowConfig
-from ..connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
+from ..connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff
 from ..errors import AuthError, ReplyError
 from ..keys import Keys
 from ..message import Kind, Message
-from ..protocol.envelope import now_ms
+from .contract import Context, Item, Stats
 from .guards import Guards, Skip
+from .reporting import Reporter
 from .verdicts import Verdicts
 
 if TYPE_CHECKING:
     from ..handler import Handler
+    from ..tracking import Status
 
 log = logging.getLogger("redisflow")
-Item = TypeVar("Item")
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the consumers of one running flow share (built by ``Flow.start``)."""
-
-    config: FlowConfig
-    connector: Connector
-    worker_id: str
-    resources: Mapping[Any, Any] = field(default_factory=dict)
-    spawn: Callable[..., Any] = lambda fn: None  # starts a task in the flow's task group
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one consumer since it started (``FIELDS`` lists them, in this order)."""
-
-    processed: int = 0
-    retried: int = 0
-    dead: int = 0
-    dropped: int = 0
-    reconnects: int = 0
-    skipped: int = 0  # duplicates of an idempotency key already handled
-    deferred: int = 0  # delivered again later by a rate limit or a running duplicate
-
-    FIELDS: ClassVar[tuple[str, ...]]
-
-    def __str__(self) -> str:
-        return " ".join(f"{name}={getattr(self, name)}" for name in self.FIELDS)
-
-
-Stats.FIELDS = tuple(f.name for f in fields(Stats))
 
 
 class Consumer(ABC, Generic[Item]):
@@ -87,10 +54,9 @@ class Consumer(ABC, Generic[Item]):
         self.connector = ctx.connector
         self.keys = Keys(ctx.config.prefix, handler.source.name)
         self.guards = guards
-        self.verdicts = Verdicts(self)
+        self.verdicts: Verdicts[Item] = Verdicts(self)
         self.stats = Stats()
-        self._reported = Stats()  # what ``report`` has sent to Redis
-        self._reported_once = False
+        self.reporter = Reporter(ctx.connector, self.keys, handler.name, ctx.worker_id)
         self.stopping = False
         self.backoff = Backoff(str(self), ctx.config.give_up_after)
         self.link = ctx.connector.link(handler.source.name, role=f"fetch:{handler.source.name}")
@@ -165,6 +131,14 @@ class Consumer(ABC, Generic[Item]):
     async def flush_acks(self, acks: list[Any]) -> None:
         """Send ``acks`` through the shared connections (while the fetch link blocks)."""
 
+    def keep(self, item: Item) -> None:
+        """Leave ``item`` unsettled: it is handed back to Redis when the consumer stops."""
+        self._unfinished.append(item)
+
+    async def track(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
+        """Record a status change of a tracked handler's message (best effort)."""
+        await self.guards.track(self, msg, status, error)
+
     def recoverable(self, exc: ReplyError) -> bool:
         """Whether an error reply in the fetch loop is cured by setting up again."""
         return False
@@ -207,8 +181,21 @@ class Consumer(ABC, Generic[Item]):
             if left:
                 log.warning("%s: could not hand back %d messages: %r", self, left, exc)
         with contextlib.suppress(Exception), anyio.move_on_after(2):
-            await self.report(final=True)
+            await self.reporter.report(self.stats, self.backlog, final=True)
         await self.link.close()
+
+    async def _report_loop(self) -> None:
+        """Publish the counters every ``report_interval`` seconds; best effort."""
+        failing = False
+        while True:
+            await anyio.sleep(self.config.report_interval)
+            try:
+                await self.reporter.report(self.stats, self.backlog)
+                failing = False
+            except REDIS_ERRORS as exc:
+                if not failing and isinstance(exc, ReplyError):
+                    log.warning("%s: counters not reported (%s); will try again", self, exc)
+                failing = True
 
     def stop(self) -> None:
         """Stop fetching; in-flight handlers go on for the grace period."""
@@ -401,37 +388,3 @@ class Consumer(ABC, Generic[Item]):
                 self._busy -= 1
                 if not self._busy and self._draining:
                     self._all_idle.set()
-
-    # -- what ``redisflow stats`` reads -------------------------------------------------
-
-    async def _report_loop(self) -> None:
-        """Publish this consumer's counters and in-flight count to Redis every few seconds,
-        for ``redisflow stats`` (in other processes) to read; best effort."""
-        failing = False
-        while True:
-            await anyio.sleep(self.config.report_interval)
-            try:
-                await self.report()
-                failing = False
-            except REDIS_ERRORS as exc:
-                if not failing and isinstance(exc, ReplyError):
-                    log.warning("%s: counters not reported (%s); will try again", self, exc)
-                failing = True
-
-    async def report(self, final: bool = False) -> None:
-        """Send the counter deltas since the last report and the in-flight gauge (``final``:
-        remove the gauge, this worker is leaving)."""
-        commands: list[tuple[Any, ...]] = []
-        name = self.handler.name
-        for counter in Stats.FIELDS:
-            delta = getattr(self.stats, counter) - getattr(self._reported, counter)
-            if delta or not self._reported_once:  # zeros once: a quiet handler is listed
-                commands.append(("HINCRBY", self.keys.stats, f"{name}:{counter}", delta))
-        field_ = f"{name}:{self.ctx.worker_id}"
-        if final:
-            commands.append(("HDEL", self.keys.inflight, field_))
-        else:
-            commands.append(("HSET", self.keys.inflight, field_, f"{self.backlog}:{now_ms()}"))
-        snapshot = Stats(*(getattr(self.stats, counter) for counter in Stats.FIELDS))
-        await self.connector.send.many(*commands)
-        self._reported, self._reported_once = snapshot, True

@@ -22,7 +22,8 @@ from ..connection import CONNECTION_ERRORS, Backoff
 from ..errors import DecodeError
 from ..message import Kind, Message
 from ..protocol.envelope import content_id, payload_of, split
-from .base import Consumer, Context, log
+from .base import Consumer, log
+from .contract import Context
 from .guards import Guards
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..handler import Handler
     from ..message import Message
     from ..tracking import Status
-    from .base import Consumer
+    from .contract import Settling
 
 log = logging.getLogger("redisflow")
 
@@ -72,7 +72,7 @@ class Guards:
         """Whether any guard is set (else the consumer calls its handler directly)."""
         return bool(self.idempotency or self.limiter or self.tracker or self.observe)
 
-    async def call(self, consumer: Consumer[Any], item: Any, value: Any) -> None:
+    async def call(self, consumer: Settling[Any], item: Any, value: Any) -> None:
         """Call the handler of ``consumer`` on ``value`` inside the guards (raises Skip or
         Defer instead of calling it)."""
         msg = consumer.message(item, value)
@@ -114,7 +114,7 @@ class Guards:
         await self.track(consumer, msg, "completed")
 
     async def track(
-        self, consumer: Consumer[Any], msg: Message[Any], status: Status, error: str | None = None
+        self, consumer: Settling[Any], msg: Message[Any], status: Status, error: str | None = None
     ) -> None:
         """Record a status change if the handler is tracked; best effort: a status record
         is never worth failing or repeating the message's own verdict."""

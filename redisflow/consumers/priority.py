@@ -24,7 +24,7 @@ from .queue import Batch, QueueConsumer, QueueItem
 
 if TYPE_CHECKING:
     from ..handler import Handler
-    from .base import Context
+    from .contract import Context
     from .guards import Guards
 
 

@@ -27,7 +27,8 @@ from ..message import Kind, Message
 from ..protocol import scripts
 from ..protocol.envelope import MARK, content_id, payload_of, reenvelope, split
 from ..protocol.replies import text
-from .base import Consumer, Context, log
+from .base import Consumer, log
+from .contract import Context
 from .guards import Guards
 from .verdicts import Failure
 

@@ -29,7 +29,8 @@ from ..message import Kind, Message
 from ..protocol import scripts
 from ..protocol.envelope import parse_headers
 from ..protocol.replies import mapping, text
-from .base import Consumer, Context, log
+from .base import Consumer, log
+from .contract import Context
 from .guards import Guards
 from .verdicts import Failure
 

@@ -15,7 +15,7 @@ import logging
 import random
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import orjson
@@ -27,7 +27,9 @@ from ..protocol.envelope import now_ms
 
 if TYPE_CHECKING:
     from ..tracking import Status
-    from .base import Consumer
+    from .contract import Settling
+
+Item = TypeVar("Item")
 
 log = logging.getLogger("redisflow")
 
@@ -63,13 +65,13 @@ class Failure:
 
 
 @dataclass(slots=True)
-class Verdicts:
+class Verdicts(Generic[Item]):
     """The verdicts of one consumer."""
 
-    consumer: Consumer[Any]
+    consumer: Settling[Item]
     _refused: Backoff | None = field(default=None)
 
-    async def failed(self, item: Any, exc: Exception) -> None:
+    async def failed(self, item: Item, exc: Exception) -> None:
         """Decide what happens to ``item`` after ``exc``, and record it."""
         consumer = self.consumer
         failure = Failure.of(exc)
@@ -105,7 +107,7 @@ class Verdicts:
         failure.retry_delay = delay
         await self.settle(item, failure, attempt, final)
 
-    async def settle(self, item: Any, failure: Failure, attempt: int, final: bool) -> None:
+    async def settle(self, item: Item, failure: Failure, attempt: int, final: bool) -> None:
         """Record a verdict: dead letter, retry, or deferral; shielded from cancellation."""
         consumer = self.consumer
         with anyio.CancelScope(shield=True):
@@ -126,15 +128,14 @@ class Verdicts:
                     if consumer.stopping:  # leave it leased: a peer (or our restart) redelivers it
                         log.warning("%s: verdict not recorded (%r); message stays leased",
                                     consumer, err)  # fmt: skip
-                        consumer._unfinished.append(item)
+                        consumer.keep(item)
                         return
                     await self._wait(err)
             if self._refused is not None:
                 self._refused.ok()
             # After the loop: a status write that fails must not repeat the verdict.
             status: Status = "dead" if final else "failed"
-            await consumer.guards.track(consumer, consumer.message(item, None), status,
-                                        failure.error)  # fmt: skip
+            await consumer.track(consumer.message(item, None), status, failure.error)
 
     async def _wait(self, err: BaseException) -> None:
         consumer = self.consumer
@@ -153,7 +154,7 @@ class Verdicts:
         ceiling = min(options.retry_max_delay, options.retry_delay * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 
-    def dead_fields(self, item: Any, failure: Failure, attempt: int) -> dict[str, Any]:
+    def dead_fields(self, item: Item, failure: Failure, attempt: int) -> dict[str, Any]:
         """The fields of a dead letter."""
         consumer = self.consumer
         msg = consumer.message(item, None)
@@ -173,7 +174,7 @@ class Verdicts:
         return fields
 
 
-def consumer_fields(consumer: Consumer[Any], msg_id: str, attempt: int) -> dict[str, Any]:
+def consumer_fields(consumer: Settling[Any], msg_id: str, attempt: int) -> dict[str, Any]:
     """Structured fields of a log record about one message (for JSON log handlers)."""
     return {
         "message_id": msg_id,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import orjson
 
-from ..consumers.base import Stats
+from ..consumers.contract import Stats
 from ..keys import sources_key
 from ..message import KINDS, Source
 from ..protocol.envelope import now_ms

@@ -25,7 +25,9 @@ import dataclasses
 import hashlib
 import itertools
 import os
+import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -166,3 +168,53 @@ def parse_headers(raw: bytes | None) -> dict[str, str]:
     except orjson.JSONDecodeError:
         return {}
     return parsed if _flat_strings(parsed) else {}
+
+
+def new_item(data: Any, headers: dict[str, str] | None = None) -> tuple[str, bytes]:
+    """Encode one payload as a list/sorted-set item: its new id, and the item."""
+    msg_id = new_id()
+    return msg_id, envelope(encode(data), msg_id, headers=encode_headers(headers))
+
+
+def pack_items(items: Iterable[Any]) -> tuple[list[str], list[bytes]]:
+    """Encode payloads as list/sorted-set items: their new ids, and the items."""
+    ids: list[str] = []
+    packed: list[bytes] = []
+    for item in items:
+        msg_id = new_id()
+        ids.append(msg_id)
+        packed.append(envelope(encode(item), msg_id))
+    return ids, packed
+
+
+def xadd(
+    stream: str,
+    data: Any,
+    headers: dict[str, str] | None = None,
+    maxlen: int | None = None,
+    minid: str | None = None,
+) -> tuple[Any, ...]:
+    """The XADD of a stream entry: the payload in the field ``data``, headers as JSON."""
+    fields = (
+        ("data", encode(data), "headers", encode(headers)) if headers else ("data", encode(data))
+    )
+    return ("XADD", stream, *trim_args(maxlen, minid), "*", *fields)
+
+
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+
+
+def trim_args(maxlen: int | None, minid: str | None) -> tuple[Any, ...]:
+    """The XADD trimming arguments, checked here: Redis would refuse bad ones only after
+    an earlier write of the same call."""
+    if maxlen is not None and minid is not None:
+        raise ConfigError("give maxlen or minid, not both")
+    if maxlen is not None:
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
+            raise ConfigError(f"maxlen must be an int >= 0, got {maxlen!r}")
+        return ("MAXLEN", "~", maxlen)
+    if minid is not None:
+        if not isinstance(minid, str) or not _STREAM_ID.fullmatch(minid):
+            raise ConfigError(f"minid must be a stream id such as '1700000000000-0': {minid!r}")
+        return ("MINID", "~", minid)
+    return ()

@@ -23,50 +23,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
+from ..keys import SLOTS
+from ..keys import slot as slot_of
 from .servers import RedisServer
 
-__all__ = ["SLOTS", "ClusterNode", "RedisCluster", "crc16", "slot_of"]
+__all__ = ["SLOTS", "ClusterNode", "RedisCluster", "slot_of"]
 
-SLOTS = 16384
 MIGRATE_BATCH = 100
 MIGRATE_TIMEOUT_MS = 5000
-
-
-def _crc16_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return tuple(table)
-
-
-_CRC16 = _crc16_table()
-
-
-def crc16(data: bytes) -> int:
-    """CRC-16/XMODEM (polynomial 0x1021, initial value 0), the hash of Redis Cluster."""
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
-    return crc
-
-
-def slot_of(key: str | bytes) -> int:
-    """The hash slot of ``key``, as ``CLUSTER KEYSLOT`` computes it.
-
-    Only the hash tag is hashed when there is one: the part between the first ``{`` and
-    the first ``}`` after it, if that part is not empty (``{}x`` hashes the whole key,
-    ``{{a}}`` hashes ``{a``, ``a{b`` the whole key).
-    """
-    raw = key.encode() if isinstance(key, str) else key
-    start = raw.find(b"{")
-    if start != -1:
-        end = raw.find(b"}", start + 1)
-        if end > start + 1:
-            raw = raw[start + 1 : end]
-    return crc16(raw) % SLOTS
 
 
 @dataclass(eq=False)

@@ -1,0 +1,94 @@
+"""What the parts of a consumer agree on: the run-time ``Context`` the consumers of a flow
+share, their counters (``Stats``), and ``Settling``, what a consumer offers the code that
+settles its messages (``verdicts.py``) and guards its handler (``guards.py``).
+``base.Consumer`` implements ``Settling``; each kind implements the rest of ``Consumer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ..config import FlowConfig, HandlerOptions
+    from ..connection import Backoff, Connector
+    from ..handler import Handler
+    from ..keys import Keys
+    from ..message import Message
+    from ..tracking import Status
+
+Item = TypeVar("Item")
+Item_contra = TypeVar("Item_contra", contravariant=True)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the consumers of one running flow share (built by ``Flow.start``)."""
+
+    config: FlowConfig
+    connector: Connector
+    worker_id: str
+    resources: Mapping[Any, Any] = field(default_factory=dict)
+    spawn: Callable[..., Any] = lambda fn: None  # starts a task in the flow's task group
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one consumer since it started (``FIELDS`` lists them, in this order)."""
+
+    processed: int = 0
+    retried: int = 0
+    dead: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    skipped: int = 0  # duplicates of an idempotency key already handled
+    deferred: int = 0  # delivered again later by a rate limit or a running duplicate
+
+    FIELDS: ClassVar[tuple[str, ...]]
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={getattr(self, name)}" for name in self.FIELDS)
+
+
+Stats.FIELDS = tuple(f.name for f in fields(Stats))
+
+
+class Settling(Protocol[Item_contra]):
+    """What verdicts and guards use of a consumer of items of type ``Item_contra``."""
+
+    handler: Handler
+    options: HandlerOptions
+    keys: Keys
+    stats: Stats
+    stopping: bool
+    backoff: Backoff
+    invoke: Callable[[Any, Any], Awaitable[Any]]
+
+    def message(self, item: Item_contra, value: Any) -> Message[Any]:
+        """The Message envelope of an item."""
+        ...
+
+    def attempt(self, item: Item_contra) -> int:
+        """The delivery attempt of an item, 1 on first delivery."""
+        ...
+
+    def raw(self, item: Item_contra) -> bytes:
+        """The payload bytes of an item, for the dead letters."""
+        ...
+
+    async def retry(self, item: Item_contra, delay: float, count: bool = True) -> None:
+        """Deliver the item again after ``delay`` seconds, then settle it."""
+        ...
+
+    async def bury(self, item: Item_contra, fields: dict[str, Any]) -> None:
+        """Write the item to the dead letters, then settle it."""
+        ...
+
+    def keep(self, item: Item_contra) -> None:
+        """Leave the item unsettled: it is handed back to Redis when the consumer stops."""
+        ...
+
+    async def track(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
+        """Record a status change of a tracked handler's message (best effort)."""
+        ...

@@ -1,0 +1,41 @@
+"""What a consumer tells ``redisflow stats`` in other processes: its counters, summed over
+every worker in ``Keys.stats`` (``<handler>:<counter>``), and how many messages it holds, in
+``Keys.inflight`` (``<handler>:<worker>`` -> ``<held>:<ms>``; a gauge older than a few
+seconds belongs to a dead worker)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..protocol.envelope import now_ms
+from .contract import Stats
+
+if TYPE_CHECKING:
+    from ..connection import Connector
+    from ..keys import Keys
+
+
+class Reporter:
+    """Reports the counters of one handler of one worker."""
+
+    def __init__(self, connector: Connector, keys: Keys, handler: str, worker: str) -> None:
+        self.connector, self.keys, self.handler, self.worker = connector, keys, handler, worker
+        self._reported = Stats()  # what has been sent to Redis
+        self._once = False
+
+    async def report(self, stats: Stats, held: int, final: bool = False) -> None:
+        """Send the counter deltas since the last report and the in-flight gauge (``final``:
+        remove the gauge, this worker is leaving)."""
+        commands: list[tuple[Any, ...]] = []
+        for counter in Stats.FIELDS:
+            delta = getattr(stats, counter) - getattr(self._reported, counter)
+            if delta or not self._once:  # zeros once: a quiet handler is listed
+                commands.append(("HINCRBY", self.keys.stats, f"{self.handler}:{counter}", delta))
+        gauge = f"{self.handler}:{self.worker}"
+        if final:
+            commands.append(("HDEL", self.keys.inflight, gauge))
+        else:
+            commands.append(("HSET", self.keys.inflight, gauge, f"{held}:{now_ms()}"))
+        snapshot = Stats(*(getattr(stats, counter) for counter in Stats.FIELDS))
+        await self.connector.send.many(*commands)
+        self._reported, self._once = snapshot, True

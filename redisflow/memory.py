@@ -1,0 +1,42 @@
+"""What redisflow's keys weigh: ``Client.memory`` and the MEMORY column of ``stats``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .keys import Keys
+from .protocol.replies import LENGTH, info
+
+if TYPE_CHECKING:
+    from .connection import Connector
+
+
+async def measure(connector: Connector, prefix: str, names: Iterable[str]) -> dict[str, Any]:
+    """Redis's ``used_memory``, and the type, length and bytes (MEMORY USAGE) of every key
+    redisflow keeps for the sources ``names``: the queues and streams themselves, delayed
+    sets, dead letters, counters and stream indexes (``Keys.owned`` and the index sets).
+    Three pipelined round trips."""
+    sources = sorted(set(names))
+    send = connector.send
+    registries = [Keys(prefix, name).indexes for name in sources]
+    reply, *indexed = await send.many(
+        ("INFO", "memory"), *(("SMEMBERS", key) for key in registries)
+    )
+    candidates: list[str] = []
+    for name, index_keys in zip(sources, indexed, strict=True):
+        candidates += Keys(prefix, name).owned
+        candidates += [key.decode() for key in index_keys]
+    types = await send.many(*(("TYPE", key) for key in candidates)) if candidates else []
+    present = [(k, t.decode()) for k, t in zip(candidates, types, strict=True) if t != b"none"]
+    commands = [
+        cmd for key, kind in present for cmd in ((LENGTH[kind], key), ("MEMORY", "USAGE", key))
+    ]
+    sizes = await send.many(*commands) if commands else []
+    return {
+        "used_memory": int(info(reply).get("used_memory", 0)),
+        "keys": {
+            key: {"type": kind, "length": int(sizes[2 * i]), "bytes": int(sizes[2 * i + 1])}
+            for i, (key, kind) in enumerate(present)
+        },
+    }
