@@ -11,7 +11,7 @@ The ``anyio_backend`` fixture below pins them to asyncio. Async fixtures (like
 ``r``) only work for tests that are anyio-marked.
 
 Tests never use the shared Redis on 127.0.0.1:6379: a private ``redis-server`` is
-started once per session on a free port (see ``tests/helpers.py``), unless
+started once per session on a free port (see ``tests/support/servers.py``), unless
 ``REDISFLOW_TEST_URL`` points at a server to use instead.
 
 The fault-injection tests (``-m chaos``) report figures through the ``figures`` fixture:
@@ -38,8 +38,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.helpers import RedisProc, redis_server_binary, start_redis, stop_redis
-from tests.workers import Workers
+from tests.support.servers import RedisProc, redis_server_binary, start_redis, stop_redis
+from tests.support.workers import Workers
 
 _FIGURES: dict[str, dict[str, Any]] = {}
 

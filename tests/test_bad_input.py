@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
 from redisflow import Flow, Message
-from tests.helpers import ALL, Kind, by_kind, eventually, make_flow
+from tests.support.flows import eventually, make_flow
+from tests.support.kinds import ALL, Kind, by_kind
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from redisflow import Flow, Message
 from redisflow.consumers import Consumer
-from tests.helpers import eventually, make_flow
+from tests.support.flows import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 

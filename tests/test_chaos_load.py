@@ -22,8 +22,10 @@ import redis
 import redis.asyncio as aioredis
 
 from redisflow import Flow, Reject
-from tests.helpers import Kind, RedisProc, eventually, make_flow, start_redis, stop_redis
-from tests.workers import Workers
+from tests.support.flows import eventually, make_flow
+from tests.support.kinds import Kind
+from tests.support.servers import RedisProc, start_redis, stop_redis
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -17,17 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import Flow
-from tests.helpers import (
-    Kind,
-    RedisProc,
-    eventually,
-    free_port,
-    kill_redis,
-    start_redis,
-    stop_redis,
-    until,
-)
-from tests.workers import KINDS, Record, Workers, count, duplicates
+from tests.support.flows import eventually, until
+from tests.support.kinds import Kind
+from tests.support.servers import RedisProc, free_port, kill_redis, start_redis, stop_redis
+from tests.support.workers import KINDS, Record, Workers, count, duplicates
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

@@ -1,6 +1,6 @@
 """Fault injection on worker processes: ``kill -9`` at random moments, SIGTERM during a
 burst, handlers that outlive every lease. Real ``redisflow run`` processes on a private
-Redis; each handler call is recorded by the worker (``tests/chaos_app.py``).
+Redis; each handler call is recorded by the worker (``tests/support/chaos_app.py``).
 
 Run with ``make chaos`` (``pytest -m chaos``); figures are printed at the end.
 """
@@ -18,8 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import Flow
-from tests.helpers import Kind, RedisProc, eventually
-from tests.workers import KINDS, Record, Workers, count, duplicates
+from tests.support.flows import eventually
+from tests.support.kinds import Kind
+from tests.support.servers import RedisProc
+from tests.support.workers import KINDS, Record, Workers, count, duplicates
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 

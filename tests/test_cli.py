@@ -25,7 +25,7 @@ import redis
 
 from redisflow.cli import main
 from redisflow.keys import Keys
-from tests.helpers import free_port
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = """\

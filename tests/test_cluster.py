@@ -24,8 +24,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from redisflow import Message, RateLimit, Reject
-from tests.helpers import Kind, eventually, make_flow, start_redis, stop_redis
-from tests.workers import KINDS, Workers, count
+from tests.support.flows import eventually, make_flow
+from tests.support.kinds import Kind
+from tests.support.servers import start_redis, stop_redis
+from tests.support.workers import KINDS, Workers, count
 
 pytestmark = pytest.mark.anyio
 

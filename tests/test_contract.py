@@ -38,18 +38,10 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from redisflow import Flow, Message, Reject, Retry
-from tests import helpers
-from tests.helpers import (
-    ALL,
-    DURABLE,
-    LISTY,
-    RELIABLE,
-    Kind,
-    by_kind,
-    eventually,
-    start_redis,
-    stop_redis,
-)
+from tests.support import flows
+from tests.support.flows import eventually
+from tests.support.kinds import ALL, DURABLE, LISTY, RELIABLE, Kind, by_kind
+from tests.support.servers import start_redis, stop_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +71,7 @@ restarts = pytest.mark.parametrize("successor", ["w1", "w2"], ids=["same-name", 
 @pytest.fixture
 def make_flow(url: str, ns: str) -> Callable[..., Flow]:
     """A Flow factory with the test's prefix and short timings (overridable)."""
-    return functools.partial(helpers.make_flow, url, ns)
+    return functools.partial(flows.make_flow, url, ns)
 
 
 async def settled(kind: Kind, r: aioredis.Redis, flow: Flow, name: str) -> None:
@@ -827,7 +819,7 @@ WORKER = textwrap.dedent(
     import anyio
 
     from redisflow import Flow, Message
-    from tests.helpers import Kind
+    from tests.support.kinds import Kind
 
     url, ns, kind, name, log = sys.argv[1:6]
     sys.stderr = open(log, "w", buffering=1)  # read by the test if the worker fails
@@ -921,7 +913,7 @@ POISON_WORKER = textwrap.dedent(
     import anyio
 
     from redisflow import Flow
-    from tests.helpers import Kind
+    from tests.support.kinds import Kind
 
     url, ns, kind, name, log = sys.argv[1:6]
     sys.stderr = open(log, "a", buffering=1)

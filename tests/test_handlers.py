@@ -15,7 +15,7 @@ from typing_extensions import TypedDict
 
 from redisflow import ConfigError, Flow, Message
 from redisflow.message import Source
-from tests.helpers import eventually, make_flow
+from tests.support.flows import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 

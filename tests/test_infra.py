@@ -7,7 +7,7 @@ import os
 import pytest
 import redis.asyncio as aioredis
 
-from tests.helpers import RedisProc
+from tests.support.servers import RedisProc
 
 pytestmark = pytest.mark.anyio
 

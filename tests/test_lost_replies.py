@@ -21,7 +21,9 @@ import redis.asyncio as aioredis
 
 from redisflow import Flow
 from redisflow.protocol import scripts
-from tests.helpers import RELIABLE, Kind, RedisProc, by_kind, eventually, make_flow
+from tests.support.flows import eventually, make_flow
+from tests.support.kinds import RELIABLE, Kind, by_kind
+from tests.support.servers import RedisProc
 
 pytestmark = pytest.mark.anyio
 

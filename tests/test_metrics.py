@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from redisflow import Flow, Reject
-from tests.helpers import free_port
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,8 @@ from redisflow.keys import Keys, sources_key
 from redisflow.ops.deadletters import DeadLetter
 from redisflow.ops.stats import Row, collect, parse_source, source_member
 from redisflow.protocol.envelope import now_ms, split
-from tests.helpers import GROUP, Kind, by_kind, eventually, make_flow
+from tests.support.flows import eventually, make_flow
+from tests.support.kinds import GROUP, Kind, by_kind
 
 pytestmark = pytest.mark.anyio
 

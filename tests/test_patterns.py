@@ -20,7 +20,7 @@ from redisflow import ConfigError, Flow, Message, RateLimit
 from redisflow import ReplyError as ResponseError
 from redisflow.keys import status_key
 from redisflow.protocol.envelope import content_id
-from tests import helpers
+from tests.support import flows
 
 pytestmark = pytest.mark.anyio
 
@@ -37,12 +37,12 @@ class Hook(BaseModel):
 
 
 async def eventually(pred: Callable[[], Any], within: float = 10.0, what: str = "") -> None:
-    """``tests.helpers.eventually`` with a longer default: these tests wait on windows."""
-    await helpers.eventually(pred, within, what)
+    """``tests.flows.eventually`` with a longer default: these tests wait on windows."""
+    await flows.eventually(pred, within, what)
 
 
 def make_flow(url: str, ns: str, **kwargs: Any) -> Flow:
-    return helpers.make_flow(url, ns, **{"grace_period": 10.0, **kwargs})
+    return flows.make_flow(url, ns, **{"grace_period": 10.0, **kwargs})
 
 
 # -- producer-side dedup ---------------------------------------------------------------------

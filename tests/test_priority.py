@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from redisflow import Message, Retry
-from tests.helpers import eventually, make_flow
+from tests.support.flows import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
 

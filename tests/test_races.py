@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 
 from redisflow import Flow
 from redisflow.protocol.envelope import payload_of
-from tests.helpers import RedisProc, eventually
-from tests.workers import Record, Workers, by_pid, count, duplicates
+from tests.support.flows import eventually
+from tests.support.servers import RedisProc
+from tests.support.workers import Record, Workers, by_pid, count, duplicates
 
 pytestmark = pytest.mark.anyio
 

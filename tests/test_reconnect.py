@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redisflow import Flow, RedisflowError
 from redisflow.consumers import Consumer
-from tests.helpers import RedisProc, free_port, start_redis, stop_redis
+from tests.support.servers import RedisProc, free_port, start_redis, stop_redis
 
 pytestmark = pytest.mark.anyio
 

@@ -29,7 +29,7 @@ from redisflow.testing.servers import (
     redis_server_binary,
     redis_server_version,
 )
-from tests.helpers import start_redis, stop_redis
+from tests.support.servers import start_redis, stop_redis
 
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
 
@@ -120,7 +120,7 @@ def test_single_server_killed_and_restarted_on_its_aof() -> None:
 
 
 def test_helpers_restart_on_the_same_data_dir() -> None:
-    """tests.helpers keeps its API: a new server object on the old port and dir."""
+    """tests.support.servers keeps the old API: a new server object on the old port and dir."""
     proc = start_redis(AOF)
     assert proc.data_dir is not None
     ddir = proc.data_dir

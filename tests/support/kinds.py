@@ -1,133 +1,18 @@
-"""Helpers shared by the tests: private ``redis-server`` processes, ``eventually``, a
-flow factory with short timings, and ``Kind``, the adapter that lets one test run against
-every consumer kind.
-
-Tests must never touch a shared Redis (e.g. the one on 127.0.0.1:6379). The servers come
-from ``redisflow.testing.servers``: every one listens on 127.0.0.1 on a free port, has
-persistence off by default, and is stopped *only by its own PID*.
-
-Usage::
-
-    from tests.helpers import start_redis, stop_redis
-
-    proc = start_redis(["--appendonly", "yes"])
-    try:
-        ...  # use proc.url / proc.port
-        stop_redis(proc, remove_dir=False)                       # "crash"/stop
-        proc = start_redis(["--appendonly", "yes"], port=proc.port,
-                           data_dir=proc.data_dir)               # restart on same data
-    finally:
-        stop_redis(proc)
-"""
+"""``Kind``: the adapter that lets one test run against every consumer kind (register a
+handler, produce, write as another client would, count what Redis holds)."""
 
 from __future__ import annotations
 
-import inspect
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from redisflow import Flow, Source
-from redisflow.testing.servers import RedisServer, free_port, redis_server_binary
 
-__all__ = [
-    "ALL",
-    "DURABLE",
-    "FAST",
-    "GROUP",
-    "LISTY",
-    "RELIABLE",
-    "Kind",
-    "RedisProc",
-    "by_kind",
-    "eventually",
-    "free_port",
-    "kill_redis",
-    "make_flow",
-    "redis_server_binary",
-    "start_redis",
-    "stop_redis",
-    "until",
-]
-
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
-
-#: The launcher is ``redisflow.testing.servers``; ``RedisProc`` is its ``RedisServer``.
-RedisProc = RedisServer
-
-
-def start_redis(
-    extra_args: Sequence[str] = (),
-    port: int | None = None,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    timeout: float = START_TIMEOUT,
-) -> RedisProc:
-    """Start a private redis-server (see ``RedisServer.start``): ``data_dir=old.data_dir``
-    and ``port=old.port`` restart on the same RDB/AOF files, in a dir never deleted."""
-    return RedisServer.start(extra_args, port=port, data_dir=data_dir, timeout=timeout)
-
-
-def stop_redis(
-    rp: RedisProc, *, remove_dir: bool | None = None, timeout: float = STOP_TIMEOUT
-) -> None:
-    """Stop exactly this server (SIGTERM, wait, SIGKILL if needed). Idempotent.
-
-    ``remove_dir`` defaults to whether ``start_redis`` created the data dir; pass
-    ``False`` to keep the files for a restart.
-    """
-    rp.stop(remove_dir=remove_dir, timeout=timeout)
-
-
-def kill_redis(rp: RedisProc) -> None:
-    """SIGKILL this server (simulated crash), keeping its data dir. Idempotent."""
-    rp.kill()
-
-
-# -- waiting and flows -----------------------------------------------------------------------
-
-
-async def eventually(
-    pred: Callable[[], Any], within: float = 5.0, what: str = "", interval: float = 0.01
-) -> None:
-    """Poll ``pred`` (sync or async) until it is truthy; fail after ``within`` seconds."""
-    with anyio.move_on_after(within):
-        while True:
-            result = pred()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(interval)
-    raise AssertionError(f"not true within {within}s: {what or pred}")
-
-
-async def until(pred: Callable[[], Any], within: float, interval: float = 0.05) -> bool:
-    """Poll ``pred`` like ``eventually``; whether it became true within ``within`` seconds."""
-    try:
-        await eventually(pred, within, interval=interval)
-    except AssertionError:
-        return False
-    return True
-
-
-#: Flow options of most tests: peers take a dead worker's messages after 2 s, an idle
-#: fetch wakes up every 0.5 s, a stop waits 2 s for running handlers.
-FAST: dict[str, Any] = dict(lease=2, claim_idle=2, block_timeout=0.5, grace_period=2)
-
-
-def make_flow(url: str, ns: str, **overrides: Any) -> Flow:
-    """A Flow on ``url`` with the test's prefix ``ns`` and ``FAST`` timings (overridable)."""
-    return Flow(url, **{"prefix": ns, **FAST, **overrides})
-
-
-# -- the consumer kinds --------------------------------------------------------------------
+__all__ = ["ALL", "DURABLE", "GROUP", "LISTY", "RELIABLE", "Kind", "by_kind"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 GROUP = "g"  # the consumer group of stream handlers

@@ -1,5 +1,5 @@
 """The worker app of the fault-injection tests, run as a real worker process:
-``redisflow run tests.chaos_app:flow --url URL`` (started by ``tests/workers.py``).
+``redisflow run tests.support.chaos_app:flow --url URL`` (started by ``tests/support/workers.py``).
 
 It is configured by environment variables:
 

@@ -1,7 +1,7 @@
 """Real worker processes for the fault-injection tests, and what they recorded.
 
-``Workers`` starts ``redisflow run tests.chaos_app:flow`` processes that share one
-configuration (see ``tests/chaos_app.py``), kills or stops them by PID, and reads the
+``Workers`` starts ``redisflow run tests.support.chaos_app:flow`` processes that share one
+configuration (see ``tests/support/chaos_app.py``), kills or stops them by PID, and reads the
 records they left: which handler started, finished or was cancelled, when, where.
 """
 
@@ -108,7 +108,7 @@ class Workers:
             CHAOS_RATE=f"{self.rate[0]},{self.rate[1]}" if self.rate else "",
         )
         log = self.out / f"worker-{len(self.started)}.log"
-        argv = [sys.executable, "-m", "redisflow", "run", "tests.chaos_app:flow"]
+        argv = [sys.executable, "-m", "redisflow", "run", "tests.support.chaos_app:flow"]
         argv += ["--url", self.url, "--log-level", self.log_level, *self.args, *args]
         with open(log, "wb") as f:
             proc = subprocess.Popen(
@@ -129,7 +129,7 @@ class Workers:
 
     @property
     def ready(self) -> list[Worker]:
-        """Live workers that have started (see ``tests/chaos_app.py``)."""
+        """Live workers that have started (see ``tests/support/chaos_app.py``)."""
         return [w for w in self.alive if (self.out / f"{w.pid}.ready").exists()]
 
     def stop_all(self, timeout: float = 30) -> dict[int, int]:
