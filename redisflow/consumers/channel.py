@@ -11,8 +11,7 @@ reconnect the hub subscribes again; messages published meanwhile are gone.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -37,13 +36,12 @@ def is_pattern(channel: str) -> bool:
     return any(c in GLOB_CHARS for c in channel)
 
 
-@dataclass(slots=True)
-class ChannelItem:
-    """A Pub/Sub message: the channel it was published to, its bytes, its attempt."""
-
-    channel: bytes
-    data: bytes
-    attempt: int
+#: A Pub/Sub message: the channel it was published to (``CHANNEL``), its bytes (``DATA``)
+#: and its attempt (``ATTEMPT``); a plain tuple, as a queue item.
+ChannelItem = tuple[bytes, bytes, int]
+CHANNEL: Final = 0
+DATA: Final = 1
+ATTEMPT: Final = 2
 
 
 class ChannelConsumer(Consumer[ChannelItem]):
@@ -73,7 +71,7 @@ class ChannelConsumer(Consumer[ChannelItem]):
                     self, self.stats.dropped, self.buffer,
                 )  # fmt: skip
             return
-        self.feed((ChannelItem(channel, data, 1),))
+        self.feed(((channel, data, 1),))
 
     async def connect(self) -> None:
         """Nothing to open: the hub subscribes for every channel handler."""
@@ -89,36 +87,36 @@ class ChannelConsumer(Consumer[ChannelItem]):
 
     def decode(self, item: ChannelItem) -> Any:
         try:
-            return self._validate(payload_of(item.data))
+            return self._validate(payload_of(item[DATA]))
         except ValidationError as exc:
             raise DecodeError(f"invalid payload: {exc}") from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 
     def message(self, item: ChannelItem, value: Any) -> Message[Any]:
-        raw = item.data
+        raw = item[DATA]
         head, payload = split(raw)
-        headers = {"channel": item.channel.decode("utf-8", "replace")}
+        headers = {"channel": item[CHANNEL].decode("utf-8", "replace")}
         source = self.handler.source
         if head is None:
-            return Message(content_id(raw), source, item.attempt, None, headers, payload, value)
+            return Message(content_id(raw), source, item[ATTEMPT], None, headers, payload, value)
         return Message(
-            head[0], source, item.attempt, Message.time(head[1]),
+            head[0], source, item[ATTEMPT], Message.time(head[1]),
             {**(head[3] or {}), **headers}, payload, value,
         )  # fmt: skip
 
     def attempt(self, item: ChannelItem) -> int:
-        return item.attempt
+        return item[ATTEMPT]
 
     def raw(self, item: ChannelItem) -> bytes:
-        return item.data
+        return item[DATA]
 
     def done(self, item: ChannelItem) -> None:
         """Nothing to acknowledge."""
 
     async def retry(self, item: ChannelItem, delay: float, count: bool = True) -> None:
         # Pub/Sub cannot deliver again: the retry is held in memory, lost if the process dies.
-        again = ChannelItem(item.channel, item.data, item.attempt + count)
+        again = (item[CHANNEL], item[DATA], item[ATTEMPT] + count)
 
         def redeliver() -> None:
             self._waiting.discard(handle)
@@ -130,7 +128,7 @@ class ChannelConsumer(Consumer[ChannelItem]):
     async def bury(self, item: ChannelItem, fields: dict[str, Any]) -> None:
         await self.connector.send(
             "XADD", self.keys.dead, "MAXLEN", "~", self.config.dead_maxlen, "*",
-            *(part for pair in {**fields, "channel": item.channel}.items() for part in pair),
+            *(part for pair in {**fields, "channel": item[CHANNEL]}.items() for part in pair),
         )  # fmt: skip
 
     async def release(self, started: list[ChannelItem], unstarted: list[ChannelItem]) -> None:

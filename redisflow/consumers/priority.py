@@ -13,26 +13,19 @@ every consumer. Items added by other clients are picked up within ``block_timeou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..message import Kind
 from ..protocol import scripts
 from ..protocol.envelope import reenvelope
 from ..protocol.priority import delayed_member, priority_of
-from .queue import Batch, QueueConsumer, QueueItem
+from .queue import RAW, SCORE, Batch, QueueConsumer, QueueItem
 
 if TYPE_CHECKING:
     from ..handler import Handler
     from .contract import Context
     from .guards import Guards
-
-
-@dataclass(slots=True)
-class PriorityItem(QueueItem):
-    """A message of a priority queue: also its score (its exact place in the queue)."""
-
-    score: bytes = b"0"
 
 
 class PriorityConsumer(QueueConsumer):
@@ -57,7 +50,7 @@ class PriorityConsumer(QueueConsumer):
         if len(reply) == 1:  # empty queue: the id of the last wake-up
             self._wake_id = reply[0]
             return []
-        return [PriorityItem(reply[i], batch, reply[i + 1]) for i in range(0, len(reply), 2)]
+        return list(zip(reply[::2], repeat(batch), reply[1::2]))
 
     async def block(self) -> list[QueueItem]:
         ms = int(self.config.block_timeout * 1000)
@@ -69,14 +62,11 @@ class PriorityConsumer(QueueConsumer):
     def release_args(self, items: list[QueueItem]) -> list[Any]:
         out: list[Any] = []
         for item in items:
-            assert isinstance(item, PriorityItem)
-            out += (item.score, item.raw)
+            out += (item[SCORE], item[RAW])
         return out
 
     def retry_member(self, item: QueueItem, attempt: int) -> bytes:
-        assert isinstance(item, PriorityItem)
-        return delayed_member(priority_of(item.score), reenvelope(item.raw, attempt))
+        return delayed_member(priority_of(item[SCORE] or 0), reenvelope(item[RAW], attempt))
 
     async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:
-        assert isinstance(item, PriorityItem)
-        await super().bury(item, {**fields, "priority": priority_of(item.score)})
+        await super().bury(item, {**fields, "priority": priority_of(item[SCORE] or 0)})

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 import orjson
@@ -51,14 +50,13 @@ class Batch:
         self.touched = time.monotonic()
 
 
-@dataclass(slots=True)
-class StreamItem:
-    """A stream entry: its id, its flat field list, its batch, and its delivery count."""
-
-    id: bytes
-    fields: list[bytes]
-    batch: Batch
-    attempt: int
+#: A stream entry: its id (``ID``), its flat field list (``FIELDS``), the batch it was read
+#: in (``BATCH``) and its delivery count (``ATTEMPT``); a plain tuple, as a queue item.
+StreamItem = tuple[bytes, list[bytes], Batch, int]
+ID: Final = 0
+FIELDS: Final = 1
+BATCH: Final = 2
+ATTEMPT: Final = 3
 
 
 def entry_fields(fields: list[bytes]) -> dict[str, str]:
@@ -136,7 +134,7 @@ class StreamConsumer(Consumer[StreamItem]):
         rows = [row for row in rows if row[1] is not None and row[0] not in held]
         if rows:
             batch = Batch([row[0] for row in rows])
-            await self._dispatch(batch, [StreamItem(r[0], r[1], batch, int(r[2])) for r in rows])
+            await self._dispatch(batch, [(r[0], r[1], batch, int(r[2])) for r in rows])
 
     async def _read_new(self) -> None:
         pending = block = False
@@ -169,7 +167,7 @@ class StreamConsumer(Consumer[StreamItem]):
                     pending = True
                 batch = Batch([e[0] for e in entries])
                 self._batches.append(batch)
-                self.feed(StreamItem(e[0], e[1], batch, 1) for e in entries)
+                self.feed((e[0], e[1], batch, 1) for e in entries)
 
     async def _send(self, n: int, block: bool) -> None:
         cmds: list[list[Any]] = []
@@ -202,11 +200,11 @@ class StreamConsumer(Consumer[StreamItem]):
         next read of our pending entries delivers them."""
         limit = self.options.max_attempts
         for item in items:
-            if item.attempt > limit:
-                failure = Failure(f"delivered {item.attempt} times without completing")
-                await self.verdicts.settle(item, failure, item.attempt, final=True)
+            if item[ATTEMPT] > limit:
+                failure = Failure(f"delivered {item[ATTEMPT]} times without completing")
+                await self.verdicts.settle(item, failure, item[ATTEMPT], final=True)
         self._batches.append(batch)
-        self.feed(item for item in items if item.attempt <= limit)
+        self.feed(item for item in items if item[ATTEMPT] <= limit)
 
     async def flush_acks(self, acks: list[Any]) -> None:
         await self.connector.send("XACK", self.stream, self.group, *acks)
@@ -275,7 +273,7 @@ class StreamConsumer(Consumer[StreamItem]):
         if entries:
             log.warning("%s: reclaimed %d idle entries", self, len(entries))
             batch = Batch([e[0] for e in entries])
-            await self._dispatch(batch, [StreamItem(e[0], e[1], batch, int(e[2])) for e in entries])
+            await self._dispatch(batch, [(e[0], e[1], batch, int(e[2])) for e in entries])
 
     async def _forget(self, after: float) -> None:
         """Delete consumers of our group that hold nothing and were not seen for ``after``
@@ -289,7 +287,7 @@ class StreamConsumer(Consumer[StreamItem]):
     # -- one message ----------------------------------------------------------------------
 
     def decode(self, item: StreamItem) -> Any:
-        fields = item.fields
+        fields = item[FIELDS]
         try:
             if fields[:1] == [b"data"]:
                 return self._validate_json(fields[1])
@@ -303,13 +301,13 @@ class StreamConsumer(Consumer[StreamItem]):
             raise DecodeError(f"undecodable payload: {exc}") from None
 
     def message(self, item: StreamItem, value: Any) -> Message[Any]:
-        entry_id = item.id
-        fields = dict(zip(item.fields[::2], item.fields[1::2], strict=False))
+        entry_id = item[ID]
+        fields = dict(zip(item[FIELDS][::2], item[FIELDS][1::2], strict=False))
         ms = int(entry_id.split(b"-", 1)[0])
         return Message(
             entry_id.decode(),
             self.handler.source,
-            item.attempt,
+            item[ATTEMPT],
             Message.time(ms),
             parse_headers(fields.get(b"headers")),
             fields.get(b"data", b""),
@@ -317,10 +315,10 @@ class StreamConsumer(Consumer[StreamItem]):
         )
 
     def attempt(self, item: StreamItem) -> int:
-        return item.attempt
+        return item[ATTEMPT]
 
     def raw(self, item: StreamItem) -> bytes:
-        fields = item.fields
+        fields = item[FIELDS]
         for i in range(0, len(fields) - 1, 2):
             if fields[i] == b"data":
                 data: bytes = fields[i + 1]
@@ -330,18 +328,24 @@ class StreamConsumer(Consumer[StreamItem]):
         return orjson.dumps(dict(zip(decoded[::2], decoded[1::2], strict=False)))
 
     def done(self, item: StreamItem) -> None:
-        item.batch.left -= 1
-        self.settled(item.id)
+        # ``settled``, inlined: this runs once per message.
+        item[BATCH].left -= 1
+        self.acks.append(item[ID])
+        if self._blocked:
+            self._ack_now.set()
+        if self._room_wanted:
+            self._room_wanted = False
+            self._room.set()
 
     async def retry(self, item: StreamItem, delay: float, count: bool = True) -> None:
-        entry_id = item.id
+        entry_id = item[ID]
         # Bumps the delivery count (so a crash still counts this attempt) and resets idle;
         # a deferral (JUSTID) only resets idle.
         justid = () if count else ("JUSTID",)
         await self.connector.send(
             "XCLAIM", self.stream, self.group, self.consumer, 0, entry_id, *justid
         )
-        again = StreamItem(entry_id, item.fields, item.batch, item.attempt + count)
+        again = (entry_id, item[FIELDS], item[BATCH], item[ATTEMPT] + count)
         handle = asyncio.get_running_loop().call_later(delay, self._redeliver, entry_id)
         self._waiting[entry_id] = (handle, again)
 
@@ -353,10 +357,10 @@ class StreamConsumer(Consumer[StreamItem]):
     async def bury(self, item: StreamItem, fields: dict[str, Any]) -> None:
         flat = [part for pair in fields.items() for part in pair]
         call = scripts.stream_bury(
-            self.keys.dead, self.stream, self.group, item.id, self.config.dead_maxlen, flat
+            self.keys.dead, self.stream, self.group, item[ID], self.config.dead_maxlen, flat
         )
         await self.connector.run(call)
-        item.batch.left -= 1
+        item[BATCH].left -= 1
         self.settled(None)
 
     async def release(self, started: list[StreamItem], unstarted: list[StreamItem]) -> None:
@@ -373,9 +377,9 @@ class StreamConsumer(Consumer[StreamItem]):
         # delivery count set to the attempts really made (the next delivery adds one).
         made: dict[int, list[Any]] = {}
         for item in started:
-            made.setdefault(item.attempt, []).append(item.id)
+            made.setdefault(item[ATTEMPT], []).append(item[ID])
         for item in unstarted:
-            made.setdefault(item.attempt - 1, []).append(item.id)
+            made.setdefault(item[ATTEMPT] - 1, []).append(item[ID])
         for count, ids in made.items():
             await self.connector.send(
                 "XCLAIM", self.stream, self.group, self.consumer, 0, *ids,
