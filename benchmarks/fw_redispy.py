@@ -18,7 +18,8 @@ BATCH = 500
 
 
 async def client(run: Run) -> aioredis.Redis:
-    # redis-py 8 gives every command a 5 s socket timeout, blocking ones too (REDIS-NOTES).
+    # redis-py 8 gives every command a 5 s socket timeout, blocking ones too
+    # (docs/design.md, "Connections").
     return aioredis.Redis.from_url(run.url, socket_timeout=None)
 
 

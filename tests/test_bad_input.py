@@ -151,3 +151,123 @@ async def test_stream_entries_with_binary_fields_or_bad_headers(
     assert len(dead) == 1
     assert dead[0].error.startswith("undecodable payload: 'utf-8' codec can't decode")
     assert json.loads(dead[0].data.decode("utf-8", "replace")) == {"\\xff\\xfe": "\\x80 not utf-8"}
+
+
+# -- hostile envelopes: every field another client can write -----------------------------
+
+DEEP = "[" * 300 + "]" * 300
+HOSTILE_HEADERS = [
+    b'["x",99999999999999999,1,null]',  # a time past what datetime can hold
+    b'["x",-5,1,null]',  # a negative time
+    b'["x",1.5,1,null]',  # a float time
+    b'["x",1,0,null]',  # attempt 0
+    b'["x",1,99999999999,null]',  # attempt over a billion
+    b'["x\\"y",1,1,null]',  # an id with an escaped quote
+    b'["x",1,1,{"a":' + DEEP.encode() + b"}]",  # headers nested 300 deep
+    b'["x",1,1,' + b"[" * 2000 + b"]" * 2000 + b"]",  # deeper than any JSON parser goes
+    b'["x",1,1,{"a":1}]',  # a header value that is not a string
+    b"[1,2,3,4]",  # wrong types
+    b'["x",1,1,null,5]',  # five elements
+    b"",  # an empty header
+    b"\xff\xfe not json",
+]
+
+
+@by_kind([Kind("queue"), Kind("priority"), Kind("channel")])
+async def test_hostile_envelopes_never_kill_a_worker(
+    kind: Kind, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """Every envelope field another client can write, out of range or of the wrong type:
+    each item is delivered as a foreign one, retried and dead-lettered (the paths that
+    re-encode the envelope and write its headers); the worker lives on."""
+    flow = make_flow(url, ns)
+    name = kind.name(ns)
+    seen: list[int] = []
+
+    @kind.on(flow, name, max_attempts=2, retry_delay=0.01)
+    async def handler(job: Job, msg: Message[Job]) -> None:
+        seen.append(job.n)
+        assert msg.id and msg.attempt >= 1 and isinstance(msg.headers, dict)
+        repr(msg.enqueued_at)
+        if job.n < len(HOSTILE_HEADERS):
+            raise RuntimeError("fails, to be retried and dead-lettered")
+
+    async with flow:
+        for n, head in enumerate(HOSTILE_HEADERS):
+            await kind.push_raw(r, name, b"\x1e" + head + b'\n{"n": %d}' % n)
+        await eventually(
+            lambda: _dead(flow, name, len(HOSTILE_HEADERS)), within=15, what="all dead-lettered"
+        )
+        await kind.produce(flow, name, {"n": 99})
+        await eventually(lambda: 99 in seen, what="the worker lives on")
+        dead = await flow.dlq(name).list()
+    assert sorted(json.loads(d.data)["n"] for d in dead) == list(range(len(HOSTILE_HEADERS)))
+    assert all(d.attempts == 2 for d in dead), [(d.attempts, d.error) for d in dead]
+
+
+async def test_hostile_stream_headers_never_kill_a_worker(
+    url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """A stream entry's ``headers`` field, written by another client: nested, not a map,
+    not strings, not JSON, not UTF-8. Handled without headers, retried, dead-lettered."""
+    flow = make_flow(url, ns)
+    kind = Kind("stream")
+    name = kind.name(ns)
+    bad = [DEEP.encode(), b"[1,2]", b'{"a": 1}', b"not json", b"\xff\xfe", b"[" * 2000]
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    @kind.on(flow, name, max_attempts=2, retry_delay=0.01)
+    async def handler(job: Job, msg: Message[Job]) -> None:
+        seen.append((job.n, msg.headers))
+        if job.n < len(bad):
+            raise RuntimeError("fails")
+
+    async with flow:
+        for n, headers in enumerate(bad):
+            await r.xadd(name, {"data": b'{"n": %d}' % n, "headers": headers})
+        await eventually(lambda: _dead(flow, name, len(bad)), what="all dead-lettered")
+        await r.xadd(name, {"data": b'{"n": 99}', "headers": b'{"ok": "yes"}'})
+        await eventually(lambda: (99, {"ok": "yes"}) in seen, what="the worker lives on")
+    assert all(headers == {} for n, headers in seen if n < len(bad))
+
+
+@by_kind([Kind("queue"), Kind("priority")])
+async def test_crash_recovery_reads_envelopes_as_the_worker_does(
+    kind: Kind, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """A dead worker's items come back with one delivery counted (``recover.lua``); Lua and
+    Python agree on which envelopes are trusted, so a hostile header cannot make a message
+    that kills its workers escape the count (it would crash-loop forever)."""
+    from redisflow.protocol import scripts
+    from redisflow.protocol.envelope import split
+
+    flow = make_flow(url, ns)
+    name = kind.name(ns)
+    keys = flow.keys(name)
+    mode = "zset" if kind.kind == "priority" else "list"
+    trusted = b'\x1e["abc",1700000000000,3,{"k":"v"}]\n{"n": 1}'
+    items = [trusted, *(b"\x1e" + head + b'\n{"n": 2}' for head in HOSTILE_HEADERS), b'{"n": 3}']
+    batch = keys.batch("dead", 1)
+    for i, item in enumerate(items):
+        await (r.rpush(batch, i, item) if mode == "zset" else r.rpush(batch, item))
+    await r.sadd(keys.batches("dead"), batch)
+    await r.zadd(keys.leases, {"dead": 0})  # expired long ago
+    call = scripts.recover(
+        name, keys.leases, keys.batches("dead"), keys.batch("me", 1), keys.batches("me"),
+        [batch], mode=mode, worker="dead", max_attempts=5,
+    )  # fmt: skip
+    try:
+        moved = await flow.client.connector.run(call)
+        back = await (r.zrange(name, 0, -1) if mode == "zset" else r.lrange(name, 0, -1))
+    finally:
+        await flow.aclose()
+    assert moved[0] == len(items)
+    attempts = []
+    for raw in back:
+        head, payload = split(raw)
+        assert head is not None, raw  # every item now has a trusted envelope
+        attempts.append((head[2], json.loads(payload)["n"]))
+    assert attempts[0] == (4, 1)  # the trusted one: its attempt + 1, id and headers kept
+    assert split(back[0])[0] == ["abc", 1700000000000, 4, {"k": "v"}]
+    assert all(attempt == 2 for attempt, n in attempts[1:]), attempts  # foreign: 1 + 1
+    assert [n for _, n in attempts] == [1, *[2] * len(HOSTILE_HEADERS), 3]

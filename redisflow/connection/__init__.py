@@ -52,7 +52,7 @@ class Connector:
         self.spec = parse_url(url)
         if self.spec.mode != "single":
             raise ConfigError(f"{self.spec.display}: {self.spec.mode} URLs are not supported yet")
-        self.name = name
+        self.name = self.spec.client_name or name
         self.endpoint = self.spec.endpoint()
         self.send = Pipeliner(lambda: Link(self.endpoint, name=f"{name}:send"), timeout=timeout)
 

@@ -109,7 +109,7 @@ class ChannelConsumer(Consumer[ChannelItem]):
         return item[ATTEMPT]
 
     def raw(self, item: ChannelItem) -> bytes:
-        return item[DATA]
+        return payload_of(item[DATA])
 
     def done(self, item: ChannelItem) -> None:
         """Nothing to acknowledge."""

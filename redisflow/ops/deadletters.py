@@ -287,6 +287,10 @@ class DeadLetters:
                 )
                 level = priority if priority is not None else min(dead.priority or 0, MAX_PRIORITY)
                 letters.append((dead.id, item, level))
+            elif self.kind == "channel" and dead.headers:
+                headers = {k: v for k, v in dead.headers.items() if k != "channel"}
+                item = envelope.envelope(dead.data, dead.message_id, headers=headers or None)
+                letters.append((dead.id, item, dead.channel or self.name))
             else:
                 letters.append((dead.id, dead.data, dead.channel or self.name))
         keys = self.keys
