@@ -15,12 +15,14 @@ hides every password, in any of its forms, for logs, pages and errors.
 from __future__ import annotations
 
 import re
-import ssl
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
 
 Mode = Literal["single", "cluster", "sentinel"]
 DEFAULT_PORT = 6379
@@ -93,6 +95,8 @@ class Tls:
 
     def context(self) -> ssl.SSLContext:
         """An SSLContext with these options."""
+        import ssl  # only TLS users pay for its import
+
         ctx = ssl.create_default_context(cafile=self.ca_certs)
         if self.certfile:
             ctx.load_cert_chain(self.certfile, self.keyfile)

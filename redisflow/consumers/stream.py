@@ -95,6 +95,7 @@ class StreamConsumer(Consumer[StreamItem]):
                 raise
         # Join the group now: a blocked XREADGROUP that gets nothing does not add us.
         await self.link.call("XGROUP", "CREATECONSUMER", self.stream, self.group, self.consumer)
+        self.acks_unanswered()  # acks whose reply was lost go with the next request
         self._own_pel = True
         if not self._restart:  # a restart's pages already read were counted: go on after them
             self._pel_cursor = "-"

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .priority import SHIFT
 
+_LUA = Path(__file__).with_name("lua")  # (not importlib.resources: 15 ms of import)
+
 
 def _read(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+    return (_LUA / f"{name}.lua").read_text()
 
 
 _PRELUDE = _read("prelude").replace("{SHIFT}", str(SHIFT))
