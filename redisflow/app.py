@@ -24,10 +24,11 @@ from .keys import check_name
 from .lifespan import Lifespan
 from .message import Kind, Source
 from .ops.deadletters import DeadLetters
+from .redispy import redis_py_client
 from .runtime import Runtime, until_signal
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 log = logging.getLogger("redisflow")
 
@@ -81,7 +82,7 @@ class Flow:
     def __init__(self, url: str | None = None, **options: Unpack[FlowOptions]) -> None:
         self._config = FlowConfig.build(url, **options)
         self._client: Client | None = None
-        self._redis: Redis | None = None
+        self._redis: Redis | RedisCluster | None = None
         self.handlers: dict[tuple[Kind, str, str | None], Handler] = {}
         self._consumers: list[Consumer[Any]] = []
         self._lifespan = Lifespan()
@@ -128,13 +129,11 @@ class Flow:
         return self._client
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Redis | RedisCluster:
         """A redis-py client on the flow's Redis, for your own commands (closed by
-        ``aclose``). redisflow itself does not use it."""
+        ``aclose``; see ``redisflow.redispy``)."""
         if self._redis is None:
-            from redis.asyncio import Redis
-
-            self._redis = Redis.from_url(self._config.url)
+            self._redis = redis_py_client(self.client.connector, self._config.url)
         return self._redis
 
     # -- registration ---------------------------------------------------------------------

@@ -1,18 +1,9 @@
 """``Client``: what a producer or an ops tool needs, over the flow's connections.
 
 Every producer call is one round trip, shared with concurrent calls (auto-pipelining).
-Options that make a send conditional or compound run in one Lua call with it: atomic, and
-checked before the first write (a call that fails leaves nothing):
-
-- ``dedup_key``: nothing is sent if the same key was seen within ``dedup_ttl`` seconds (a
-  per-key marker, docs/design.md "Dedup"); the call returns None.
-- ``notify`` (queues): the message is also PUBLISHed, as a wake-up; the list stays the only
-  source of truth, so a notified consumer never handles it twice.
-- ``durable`` (channels): the message is also appended to a stream, for consumers that were
-  offline (fast path + reliable path); the stream entry is written first.
-- ``index`` (streams): the entry id is added to one set per indexed field value; ``find``
-  reads them back in stream order.
-With ``track=True`` each message also gets a status record (see ``tracking``).
+``dedup_key``, ``notify`` (queues), ``durable`` (channels) and ``index`` (streams) make a
+send compound: one Lua call, atomic, every check before the first write (docs/design.md,
+"Producers").
 """
 
 from __future__ import annotations
@@ -21,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, overload
 
+from . import compound
 from .config import FlowConfig, RateLimit, to_ms
 from .connection import Connector
 from .errors import ConfigError
@@ -102,34 +94,40 @@ class Client:
         durable: str | None = None,
         maxlen: int | None = None,
         minid: str | None = None,
+        sharded: bool | None = None,
     ) -> int | None:
-        """PUBLISH ``data`` as JSON to ``channel``; returns the number of receivers (None for
-        a duplicate). ``durable="stream"`` also appends it to that stream, atomically (both
-        or neither), trimmed (approximately) by ``maxlen`` or ``minid`` as ``append`` does."""
+        """PUBLISH (SPUBLISH when ``sharded``, by default on a cluster) ``data`` as JSON to
+        ``channel``; the number of receivers (None for a duplicate). ``durable="stream"``
+        also appends it to that stream, first (both or neither: see docs/design.md,
+        "Cluster", for a sharded channel in another slot), trimmed by ``maxlen``/``minid``."""
         if durable is None and (maxlen is not None or minid is not None):
             raise ConfigError("maxlen and minid trim the durable stream: give durable= too")
-        payload = envelope.encode(data)
-        head = envelope.encode_headers(headers)
+        payload, head = envelope.encode(data), envelope.encode_headers(headers)
         if head:
             payload = envelope.envelope(payload, envelope.new_id(), headers=head)
+        publish = await self._publish_command(channel, sharded, durable or channel)
         if dedup_key is None and durable is None:
-            receivers: int = await self.connector.send("PUBLISH", channel, payload)
+            receivers: int = await self.connector.send(publish[0], channel, payload)
             return receivers
         keys: list[tuple[str, str]] = []
         commands: list[Sequence[Any]] = []
         if durable is not None:
             keys.append((check_name(durable, "stream"), "stream"))
             commands.append(envelope.xadd(durable, data, head, maxlen, minid))
-        commands.append(("PUBLISH", channel, payload))
         dedup = None
         if dedup_key is not None:
             dedup = self.keys(check_name(durable or channel, "channel")).dedup(dedup_key)
-        replies = await self._produce(dedup, dedup_ttl, keys, commands)
+        replies = await compound.send(
+            self.connector, dedup, dedup_ttl, keys, commands, publish, channel, payload
+        )
         return None if replies is None else int(replies[-1])
 
-    async def publish_many(self, channel: str, items: Iterable[Any]) -> int:
-        """PUBLISH each item in one round trip; returns the total number of receivers."""
-        commands = [("PUBLISH", channel, envelope.encode(item)) for item in items]
+    async def publish_many(
+        self, channel: str, items: Iterable[Any], *, sharded: bool | None = None
+    ) -> int:
+        """PUBLISH (or SPUBLISH) each item in one round trip; the total number of receivers."""
+        command = (await self._publish_command(channel, sharded, channel))[0]
+        commands = [(command, channel, envelope.encode(item)) for item in items]
         return sum(await self.connector.send.many(*commands)) if commands else 0
 
     async def enqueue(
@@ -160,11 +158,12 @@ class Client:
             target = (keys.delayed, "zset")
         else:
             push, target = ("RPUSH", queue, item), (queue, "list")
-        commands = [push]
-        if notify is not None:
-            commands.append(("PUBLISH", notify, item))
+        publish = await self._publish_command(notify, None, queue) if notify else None
         dedup = keys.dedup(dedup_key) if dedup_key is not None else None
-        if await self._produce(dedup, dedup_ttl, [target], commands) is None:
+        replies = await compound.send(
+            self.connector, dedup, dedup_ttl, [target], [push], publish, notify, item
+        )
+        if replies is None:
             return None
         await self._track("queue", queue, [msg_id])
         return msg_id
@@ -187,9 +186,11 @@ class Client:
         elif notify is None:
             await self.connector.send("RPUSH", queue, *packed)
         else:
-            commands: list[Sequence[Any]] = [("RPUSH", queue, *packed)]
-            commands += [("PUBLISH", notify, item) for item in packed]
-            await self._produce(None, 0, [(queue, "list")], commands)
+            publish = await self._publish_command(notify, None, queue)
+            push: list[Sequence[Any]] = [("RPUSH", queue, *packed)]
+            await compound.send(
+                self.connector, None, 0, [(queue, "list")], push, publish, notify, *packed
+            )
         await self._track("queue", queue, ids)
         return ids
 
@@ -213,7 +214,9 @@ class Client:
             due = b"\0due:%d" % to_ms(delay)
             command = ("ZADD", keys.delayed, due, delayed_member(level, item))
             dedup = keys.dedup(dedup_key)
-            replies = await self._produce(dedup, dedup_ttl, [(keys.delayed, "zset")], [command])
+            replies = await compound.send(
+                self.connector, dedup, dedup_ttl, [(keys.delayed, "zset")], [command]
+            )
             added = None if replies is None else 1
         elif dedup_key is not None:
             call = scripts.priority_push(
@@ -293,7 +296,7 @@ class Client:
         if index:
             touched.append((keys.indexes, "set"))
         dedup = keys.dedup(dedup_key) if dedup_key is not None else None
-        replies = await self._produce(dedup, dedup_ttl, touched, commands)
+        replies = await compound.send(self.connector, dedup, dedup_ttl, touched, commands)
         if replies is None:
             return None
         reply = replies[0]
@@ -376,17 +379,13 @@ class Client:
         keeps for the sources ``names`` (see ``redisflow.memory``). Three round trips."""
         return await measure(self.connector, self.config.prefix, names)
 
-    async def _produce(
-        self,
-        dedup: str | None,
-        ttl: float,
-        keys: Sequence[tuple[str, str]],
-        commands: Sequence[Sequence[Any]],
-    ) -> list[Any] | None:
-        """Run ``commands`` in one script (atomic, checked before any write) and return
-        their replies, unless ``dedup`` (a key) was seen within ``ttl`` seconds (None)."""
-        replies = await self.connector.run(scripts.produce(dedup, to_ms(ttl), keys, commands))
-        return list(replies) if replies is not None else None
+    async def _publish_command(
+        self, channel: str, sharded: bool | None, script_key: str
+    ) -> tuple[str, bool]:
+        configured = self.config.sharded_pubsub
+        return await compound.publish_command(
+            self.connector, configured, channel, sharded, script_key
+        )
 
     async def _track(self, kind: str, source: str, ids: list[str]) -> None:
         # After the send: a status record that cannot be written must not make a sent

@@ -67,7 +67,8 @@ class FlowConfig:
     an outage) before it fails; None waits forever. ``track`` keeps a status record of every
     message for ``track_ttl`` seconds. ``metrics_port`` serves Prometheus metrics.
     ``report_interval``: how often workers publish their counters for ``redisflow stats``.
-    ``tick``: how often workers renew leases and move due retries.
+    ``tick``: how often workers renew leases and move due retries. ``sharded_pubsub``:
+    exact channels use sharded Pub/Sub (SSUBSCRIBE/SPUBLISH); None: on a cluster only.
     """
 
     url: str = DEFAULT_URL
@@ -89,6 +90,7 @@ class FlowConfig:
     metrics_port: int | None = None
     report_interval: float = 2.0
     tick: float = 0.5
+    sharded_pubsub: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -157,6 +159,7 @@ class FlowOptions(TypedDict, total=False):
     metrics_port: int | None
     report_interval: float
     tick: float
+    sharded_pubsub: bool | None
 
 
 @dataclass(frozen=True, slots=True)

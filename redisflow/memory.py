@@ -13,15 +13,17 @@ if TYPE_CHECKING:
 
 
 async def measure(connector: Connector, prefix: str, names: Iterable[str]) -> dict[str, Any]:
-    """Redis's ``used_memory``, and the type, length and bytes (MEMORY USAGE) of every key
-    redisflow keeps for the sources ``names``: the queues and streams themselves, delayed
-    sets, dead letters, counters and stream indexes (``Keys.owned`` and the index sets).
-    Three pipelined round trips."""
+    """Redis's ``used_memory`` (summed over the masters of a cluster), and the type, length
+    and bytes (MEMORY USAGE) of every key redisflow keeps for the sources ``names``: the
+    queues and streams themselves, delayed sets, dead letters, counters and stream indexes
+    (``Keys.owned`` and the index sets).
+    Four pipelined round trips."""
     sources = sorted(set(names))
     send = connector.send
     registries = [Keys(prefix, name).indexes for name in sources]
-    reply, *indexed = await send.many(
-        ("INFO", "memory"), *(("SMEMBERS", key) for key in registries)
+    indexed = await send.many(*(("SMEMBERS", key) for key in registries)) if registries else []
+    used = sum(
+        int(info(r).get("used_memory", 0)) for r in await connector.on_masters("INFO", "memory")
     )
     candidates: list[str] = []
     for name, index_keys in zip(sources, indexed, strict=True):
@@ -34,7 +36,7 @@ async def measure(connector: Connector, prefix: str, names: Iterable[str]) -> di
     ]
     sizes = await send.many(*commands) if commands else []
     return {
-        "used_memory": int(info(reply).get("used_memory", 0)),
+        "used_memory": used,
         "keys": {
             key: {"type": kind, "length": int(sizes[2 * i]), "bytes": int(sizes[2 * i + 1])}
             for i, (key, kind) in enumerate(present)

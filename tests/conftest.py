@@ -94,12 +94,37 @@ def ns() -> str:
 
 @pytest.fixture
 async def r(url: str) -> AsyncIterator[aioredis.Redis]:
-    """Async redis-py client on the test server (bytes responses); closed after the test."""
-    client = aioredis.Redis.from_url(url, decode_responses=False)
+    """Async redis-py client on the test server (bytes responses; a cluster client when the
+    URL is a cluster node's, see ``topology``); closed after the test."""
+    if url in _CLUSTER_URLS:
+        client: Any = aioredis.RedisCluster.from_url(url, decode_responses=False)
+    else:
+        client = aioredis.Redis.from_url(url, decode_responses=False)
     try:
         yield client
     finally:
         await client.aclose()
+
+
+_CLUSTER_URLS: set[str] = set()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def topology(request: pytest.FixtureRequest) -> str:
+    """Run a test on one server and on a 3-master Redis Cluster (its ``url`` follows): a
+    module opts in by defining ``url`` from ``topology_url``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def topology_url(topology: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the session's server, or of a node of the session's cluster."""
+    if topology == "cluster":
+        seed: str = request.getfixturevalue("redisflow_cluster").seed_url
+        _CLUSTER_URLS.add(seed)
+        return seed
+    single: str = request.getfixturevalue("redis_server").url
+    return single
 
 
 @pytest.fixture

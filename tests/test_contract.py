@@ -69,6 +69,12 @@ restarts = pytest.mark.parametrize("successor", ["w1", "w2"], ids=["same-name", 
 
 
 @pytest.fixture
+def url(topology_url: str) -> str:
+    """Every test of the contract runs on one server and on a 3-master cluster."""
+    return topology_url
+
+
+@pytest.fixture
 def make_flow(url: str, ns: str) -> Callable[..., Flow]:
     """A Flow factory with the test's prefix and short timings (overridable)."""
     return functools.partial(flows.make_flow, url, ns)

@@ -1,24 +1,30 @@
-"""Connections to Redis: URLs, links, auto-pipelining, backoff, and the ``Connector``.
+"""Connections to Redis: URLs, links, auto-pipelining, cluster routing, backoff, and the
+``Connector`` that holds them for one process.
 
 A flow talks to Redis over a small fixed set of connections, each with one role:
 
 - ``Connector.send``: auto-pipelined commands (producers, acks, verdicts, reads), shared by
-  every caller of the process (``pipeliner.py``);
-- ``Connector.link()``: one dedicated ``Link`` per fetch loop and one for Pub/Sub, which
-  block in Redis and are never shared (``link.py``).
+  every caller of the process (``pipeliner.py``; in a cluster one per node, ``cluster.py``);
+- ``Connector.link(key)``: one dedicated ``Link`` per fetch loop and for Pub/Sub, which
+  block in Redis and are never shared (``link.py``); in a cluster, on the node of ``key``.
 
-redis-py is not used on these paths: a blocking read must not have a socket timeout, a
-blocked pop must never be cancelled, and replies are read straight from hiredis
-(docs/design.md, "Connections").
+Whether a ``redis://`` URL names a cluster node is learnt at the first call (``INFO
+server``), with the server's version: Redis or Valkey 7.0 at least. redis-py is not used on
+these paths (docs/design.md, "Connections").
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, ConnectionLost, ReplyError
+from ..errors import ConfigError, ConnectionLost, RedisflowError, ReplyError
+from ..protocol.replies import info
 from ..protocol.scripts import Call
 from .backoff import Backoff
+from .cluster import RoutedLink, Router
 from .link import LOST_CODES, Link, pack
 from .pipeliner import Pipeliner
 from .url import Endpoint, ServerSpec, parse_url, redact
@@ -28,6 +34,7 @@ from .url import Endpoint, ServerSpec, parse_url, redact
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (ConnectionLost, OSError)
 #: ... and error replies too: what a loop that must go on whatever Redis says catches.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (ConnectionLost, OSError, ReplyError)
+MIN_VERSION = (7, 0)
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -38,6 +45,7 @@ __all__ = [
     "Endpoint",
     "Link",
     "Pipeliner",
+    "ServerInfo",
     "ServerSpec",
     "pack",
     "parse_url",
@@ -45,45 +53,170 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the server said of itself: ``redis`` or ``valkey``, its version, its mode."""
+
+    name: str
+    version: tuple[int, ...]
+    mode: str  # standalone, cluster, sentinel
+
+    @classmethod
+    def parse(cls, reply: bytes) -> ServerInfo:
+        """From an ``INFO server`` reply (Valkey reports ``redis_version`` 7.2.4 for
+        compatibility: its own version is ``valkey_version``)."""
+        fields = info(reply)
+        text = fields.get("valkey_version") or fields.get("redis_version", "0")
+        version = tuple(int(p) for p in text.split(".") if p.isdigit())
+        mode = fields.get("server_mode") or fields.get("redis_mode", "standalone")
+        return cls(fields.get("server_name", "redis"), version, mode)
+
+    def __str__(self) -> str:
+        return f"{self.name.capitalize()} {'.'.join(map(str, self.version))}"
+
+
+class Sender:
+    """``Connector.send``: commands to the server, or routed over a cluster, once the
+    connector knows which it talks to. Same interface as ``Pipeliner``."""
+
+    __slots__ = ("connector",)
+
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+
+    async def __call__(self, *args: Any) -> Any:
+        """Send one command; its reply (an error reply is raised)."""
+        target = self.connector.target or await self.connector.ready()
+        return await target(*args)
+
+    async def many(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send several commands back to back; their replies (the first error is raised)."""
+        target = self.connector.target or await self.connector.ready()
+        return await target.many(*commands)
+
+    async def each(self, *commands: Sequence[Any]) -> list[Any]:
+        """As ``many``, with error replies returned in their place."""
+        target = self.connector.target or await self.connector.ready()
+        return await target.each(*commands)
+
+
 class Connector:
-    """Every connection of one process to the Redis named by ``url``."""
+    """Every connection of one process to the Redis (or the cluster) named by ``url``."""
 
     def __init__(self, url: str, *, name: str = "redisflow", timeout: float = 10.0) -> None:
         self.spec = parse_url(url)
-        if self.spec.mode != "single":
-            raise ConfigError(f"{self.spec.display}: {self.spec.mode} URLs are not supported yet")
+        if self.spec.mode == "sentinel":
+            raise ConfigError(f"{self.spec.display}: sentinel URLs are not supported yet")
         self.name = self.spec.client_name or name
+        self.timeout = timeout
         self.endpoint = self.spec.endpoint()
-        self.send = Pipeliner(lambda: Link(self.endpoint, name=f"{name}:send"), timeout=timeout)
+        self.send = Sender(self)
+        self.target: Pipeliner | Router | None = None
+        self.router: Router | None = None
+        self.info: ServerInfo | None = None
+        self._ready: asyncio.Future[Pipeliner | Router] | None = None
 
     @property
     def display(self) -> str:
         """The URL with its passwords hidden, for messages."""
         return self.spec.display
 
-    def link(self, key: str | None = None, *, role: str = "fetch") -> Link:
-        """A dedicated connection for one loop (on the server that holds ``key``)."""
-        return Link(self.endpoint, name=f"{self.name}:{role}")
+    @property
+    def cluster(self) -> bool:
+        """Whether the connector routes over a cluster (known once ``ready``)."""
+        return self.router is not None
+
+    async def ready(self) -> Pipeliner | Router:
+        """Learn what the URL names (one server or a cluster node: ``INFO server``), check
+        its version, and set up the connections (once; concurrent callers wait for it)."""
+        if self.target is not None:
+            return self.target
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                self._ready.set_result(await self._detect())
+            except BaseException as exc:
+                self._ready.set_exception(exc)
+                self._ready.exception()  # retrieved here; raised below
+                self._ready = None
+                raise
+        return await asyncio.shield(self._ready)
+
+    async def _detect(self) -> Pipeliner | Router:
+        link = Link(self.endpoint, name=f"{self.name}:hello")
+        try:
+            await link.open()
+            self.info = ServerInfo.parse(await link.call("INFO", "server"))
+        finally:
+            await link.close()
+        if self.info.version[:2] < MIN_VERSION:
+            raise RedisflowError(
+                f"{self.info} at {self.display}: redisflow needs Redis or Valkey 7.0 or newer"
+            )
+        if self.spec.mode == "cluster" or self.info.mode == "cluster":
+            self.router = Router(self.spec, name=self.name, timeout=self.timeout)
+            await self.router.refresh()
+            self.target = self.router
+        else:
+            self.target = Pipeliner(
+                lambda: Link(self.endpoint, name=f"{self.name}:send"), timeout=self.timeout
+            )
+        return self.target
+
+    def link(self, key: str | bytes | None = None, *, role: str = "fetch") -> Link:
+        """A dedicated connection for one loop, on the server that holds ``key`` (call
+        ``ready`` first: a flow does, at start)."""
+        name = f"{self.name}:{role}"
+        if self.router is not None and key is not None:
+            return RoutedLink(self.router, key, name=name)
+        if self.router is not None:
+            return RoutedLink(self.router, b"", name=name)
+        return Link(self.endpoint, name=name)
 
     async def run(self, call: Call) -> Any:
-        """Run a script; when the server lacks it (``NOSCRIPT``: a restart, a failover)
-        load it there and run it again."""
-        try:
-            return await self.send(*call.command())
-        except ReplyError as exc:
-            if exc.code != "NOSCRIPT":
-                raise
-        await self.send("SCRIPT", "LOAD", call.script.source)
+        """Run a script; when the server that owns its keys lacks it (``NOSCRIPT``: a
+        restart, a promoted replica) load it there and run it again."""
+        for _ in range(3):
+            try:
+                return await self.send(*call.command())
+            except ReplyError as exc:
+                if exc.code != "NOSCRIPT":
+                    raise
+            await self.on_key(call.keys[0] if call.keys else None, "SCRIPT", "LOAD",
+                              call.script.source)  # fmt: skip
         return await self.send(*call.command())
+
+    async def on_key(self, key: str | bytes | None, *args: Any) -> Any:
+        """Send a command that names no key (``SCRIPT LOAD``) to the node that owns
+        ``key``."""
+        if self.router is None:
+            return await self.send(*args)
+        return await self.router.on_node(self.router.where(key), *args)
+
+    def follow(self, error: ReplyError) -> bool:
+        """Learn from a redirection a dedicated link got; True if it was one."""
+        return self.router is not None and self.router.follow(error)
 
     async def unblock(self, link: Link) -> bool:
         """Wake ``link`` if it blocks in Redis (``CLIENT UNBLOCK``, on the link's server);
-        False when it cannot be woken (no client id, or no permission)."""
+        False when it cannot be woken (no client id yet)."""
         if link.client_id is None:
             return False
-        await self.send("CLIENT", "UNBLOCK", link.client_id)
+        if self.router is not None:
+            await self.router.on_node(link.endpoint.address, "CLIENT", "UNBLOCK", link.client_id)
+        else:
+            await self.send("CLIENT", "UNBLOCK", link.client_id)
         return True
+
+    async def on_masters(self, *args: Any) -> list[Any]:
+        """Send one command to the server, or to every master of a cluster; the replies."""
+        await self.ready()
+        if self.router is not None:
+            return await self.router.on_masters(*args)
+        return [await self.send(*args)]
 
     async def aclose(self) -> None:
         """Close the shared connections (links are closed by their loops)."""
-        await self.send.aclose()
+        target, self.target, self._ready = self.target, None, None
+        if target is not None:
+            await target.aclose()

@@ -22,7 +22,9 @@ from typing import Any
 from ..errors import ConnectionLost, ReplyError
 from .link import LOST_CODES, Link, pack
 
-Unit = tuple[Sequence[Sequence[Any]], "asyncio.Future[list[Any]]"]
+#: Commands sent back to back, the future of their replies, and whether error replies are
+#: returned as values (``each``) rather than raised.
+Unit = tuple[Sequence[Sequence[Any]], "asyncio.Future[list[Any]]", bool]
 
 
 class Pipeliner:
@@ -53,12 +55,19 @@ class Pipeliner:
         reply among them is raised (after all have run)."""
         return await self._submit(commands)
 
-    def _submit(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+    async def each(self, *commands: Sequence[Any]) -> list[Any]:
+        """As ``many``, but error replies are returned in their place, not raised (a
+        cluster router follows each command's redirection on its own)."""
+        return await self._submit(commands, raw=True)
+
+    def _submit(
+        self, commands: Sequence[Sequence[Any]], raw: bool = False
+    ) -> asyncio.Future[list[Any]]:
         if self.closed:
             raise ConnectionLost("the flow's connections are closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append((commands, fut))
+        self._queue.append((commands, fut, raw))
         if self._idle and len(self._queue) == 1:
             self._start(loop)
         return fut
@@ -111,7 +120,7 @@ class Pipeliner:
             except Exception as exc:  # e.g. the credentials were refused
                 await link.close()
                 failure = exc
-            for _, fut in units:
+            for _, fut, _ in units:
                 if not fut.done():
                     fut.set_exception(failure)
             return
@@ -135,21 +144,10 @@ class Pipeliner:
             await link.open()
         await link.write(b"".join(packed))
         again: list[Unit] = []
-        for commands, fut in sent:
-            replies = [await link.reply() for _ in commands]
-            if fut.done():
-                continue
-            error: ReplyError | None = None
-            for reply in replies:
-                if isinstance(reply, ReplyError):
-                    error = reply
-                    break
-            if error is None:
-                fut.set_result(replies)
-            elif error.code in LOST_CODES:
-                again.append((commands, fut))
-            else:
-                fut.set_exception(error)
+        for unit in sent:
+            replies = [await link.reply() for _ in unit[0]]
+            if not _settle(unit, replies):
+                again.append(unit)
         return again
 
     async def aclose(self) -> None:
@@ -160,9 +158,27 @@ class Pipeliner:
         for task in list(self._flushers):
             with contextlib.suppress(BaseException):
                 await task
-        for _, fut in self._queue:
+        for _, fut, _ in self._queue:
             if not fut.done():
                 fut.set_exception(ConnectionLost("the flow's connections were closed"))
         self._queue.clear()
         for link in self._idle:
             await link.close()
+
+
+def _settle(unit: Unit, replies: list[Any]) -> bool:
+    """Hand ``replies`` to the caller of ``unit``; False if it must be sent again (its
+    server could not serve it: ``READONLY``, ``LOADING``)."""
+    _, fut, raw = unit
+    if fut.done():
+        return True
+    error = next((r for r in replies if isinstance(r, ReplyError)), None)
+    if error is None:
+        fut.set_result(replies)
+    elif error.code in LOST_CODES:
+        return False
+    elif raw:
+        fut.set_result(replies)
+    else:
+        fut.set_exception(error)
+    return True

@@ -12,10 +12,11 @@ from typing import Any
 
 from ..message import Kind
 from .base import Consumer
-from .channel import ChannelConsumer, ChannelHub
+from .channel import ChannelConsumer
 from .contract import Context, Stats
 from .guards import Guards
 from .priority import PriorityConsumer
+from .pubsub import ChannelHub
 from .queue import QueueConsumer
 from .stream import StreamConsumer
 

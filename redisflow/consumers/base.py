@@ -239,10 +239,12 @@ class Consumer(ABC, Generic[Item]):
         workers.cancel()
 
     async def fetch(self) -> None:
-        """Run ``fetch_loop``, connecting again when the connection is lost. An error reply
-        is logged once and retried with backoff (a fetch must not kill the worker); a
-        refused login fails at once."""
+        """Run ``fetch_loop``, connecting again when the connection is lost or the source's
+        slot moved (a cluster: the link then opens on the new owner). An error reply is
+        logged once and retried with backoff (a fetch must not kill the worker); a refused
+        login fails at once."""
         refused = Backoff(f"{self}: Redis refuses the fetch", None, where="Redis")
+        moving = Backoff(f"{self}: the cluster", None, where="the slot", cap=1.0)
         while not self.stopping:
             try:
                 if not self._connected:
@@ -250,6 +252,7 @@ class Consumer(ABC, Generic[Item]):
                     self._connected = True
                     self.backoff.ok()
                     refused.ok()
+                    moving.ok()
                 await self.fetch_loop()
             except AuthError:
                 raise
@@ -259,13 +262,16 @@ class Consumer(ABC, Generic[Item]):
                     break
                 self.stats.reconnects += 1
                 await self.link.close()
-                if isinstance(exc, ReplyError) and self.recoverable(exc):
+                if not isinstance(exc, ReplyError):
+                    await self.backoff.wait(exc)
+                elif self.connector.follow(exc):  # MOVED: at once; TRYAGAIN...: soon
+                    if exc.code != "MOVED":
+                        await moving.wait(exc)
+                elif self.recoverable(exc):
                     log.warning("%s: %s; setting up again", self, exc)
                     await anyio.sleep(0.1)
-                elif isinstance(exc, ReplyError):
-                    await refused.wait(exc)
                 else:
-                    await self.backoff.wait(exc)
+                    await refused.wait(exc)
 
     # -- the prefetch window and acks -------------------------------------------------------
 

@@ -1,11 +1,10 @@
 """Pub/Sub channels, at-most-once (as Redis Pub/Sub is).
 
-One ``ChannelHub`` per flow owns one connection that SUBSCRIBEs every exact channel and
-PSUBSCRIBEs every pattern of the process, reads as fast as Redis sends (a slow reader is
-disconnected by the server's ``client-output-buffer-limit pubsub``, silently), and hands
-each message to its handler's bounded buffer. When a buffer is full the message is dropped,
-counted and logged: the alternative is the server dropping the whole connection. After a
-reconnect the hub subscribes again; messages published meanwhile are gone.
+The ``ChannelHub`` of a flow (``pubsub.py``) subscribes for every channel handler, reads as
+fast as Redis sends (a slow reader is disconnected by the server's ``client-output-buffer-
+limit pubsub``, silently), and hands each message to its handler's bounded buffer. When a
+buffer is full the message is dropped, counted and logged: the alternative is the server
+dropping the whole connection.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
-from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
-from ..connection import CONNECTION_ERRORS, Backoff
 from ..errors import DecodeError
 from ..message import Kind, Message
 from ..protocol.envelope import content_id, payload_of, split
@@ -137,84 +134,3 @@ class ChannelConsumer(Consumer[ChannelItem]):
         lost = len(started) + len(unstarted) + len(self._waiting)
         if lost:
             log.warning("%s: %d channel messages were not handled before stopping", self, lost)
-
-
-class ChannelHub:
-    """One Pub/Sub connection for every channel handler of a flow."""
-
-    def __init__(self, consumers: list[ChannelConsumer], ctx: Context) -> None:
-        self.exact: dict[bytes, ChannelConsumer] = {}
-        self.patterns: dict[bytes, ChannelConsumer] = {}
-        for consumer in consumers:
-            name = consumer.handler.source.name.encode()
-            (self.patterns if consumer.pattern else self.exact)[name] = consumer
-        self.link = ctx.connector.link(role="pubsub")
-        self.backoff = Backoff("pubsub", ctx.config.give_up_after)
-        self.last_read = 0.0
-        self.live = False  # subscribed and reading: only then may the watchdog write
-
-    async def _subscribe(self) -> None:
-        self.live = False
-        await self.link.open()
-        commands: list[list[Any]] = []
-        if self.exact:
-            commands.append(["SUBSCRIBE", *self.exact])
-        if self.patterns:
-            commands.append(["PSUBSCRIBE", *self.patterns])
-        await self.link.send(*commands)
-        for _ in range(len(self.exact) + len(self.patterns)):  # one confirmation each
-            await self.link.read()
-        self.last_read = anyio.current_time()
-        self.live = True
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe (then report ready) and dispatch until cancelled."""
-        await self._subscribe()
-        task_status.started()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watchdog)
-                while True:
-                    try:
-                        await self._read()
-                    except CONNECTION_ERRORS as exc:
-                        self.live = False
-                        await self.link.close()
-                        await self.backoff.wait(exc)
-                        try:
-                            await self._subscribe()
-                            self.backoff.ok()
-                        except CONNECTION_ERRORS:
-                            continue
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.link.close()
-
-    async def _read(self) -> None:
-        exact, patterns = self.exact, self.patterns
-        now = asyncio.get_running_loop().time
-        async for replies in self.link.replies():
-            for reply in replies:
-                kind = reply[0]
-                if kind == b"message":
-                    exact[reply[1]].push(reply[1], reply[2])
-                elif kind == b"pmessage":
-                    patterns[reply[1]].push(reply[2], reply[3])
-            self.last_read = now()
-
-    async def _watchdog(self) -> None:
-        """PING a quiet connection; drop it if even that gets no answer (half-open TCP)."""
-        while True:
-            await anyio.sleep(5)
-            if not self.live:  # reconnecting: a write now would reopen the connection
-                continue
-            quiet = anyio.current_time() - self.last_read
-            if quiet > 30:
-                log.warning("pubsub: no reply for %.0fs; reconnecting", quiet)
-                self.live = False
-                await self.link.close()
-            elif quiet > 5:
-                try:
-                    await self.link.send(["PING"])
-                except CONNECTION_ERRORS:
-                    pass

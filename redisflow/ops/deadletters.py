@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import compound
 from ..errors import ConfigError
 from ..message import KINDS, Kind
 from ..protocol import envelope, scripts
@@ -293,8 +294,14 @@ class DeadLetters:
                 letters.append((dead.id, item, dead.channel or self.name))
             else:
                 letters.append((dead.id, dead.data, dead.channel or self.name))
-        keys = self.keys
+        keys, kind = self.keys, str(self.kind)
         target = self.key if self.kind == "channel" else self.name
-        call = scripts.dlq_replay(self.key, target, keys.seq, keys.wake, self.kind, letters)
+        if self.kind == "channel" and all(dead.channel == self.name for dead in batch):
+            # An exact channel (a pattern's letters come from other channels: classic).
+            command, inline = await compound.publish_command(
+                self.client.connector, self.client.config.sharded_pubsub, self.name, None, self.key
+            )
+            kind = "schannel" if command == "SPUBLISH" and inline else kind
+        call = scripts.dlq_replay(self.key, target, keys.seq, keys.wake, kind, letters)
         replayed: int = await self.client.connector.run(call)
         return replayed

@@ -96,6 +96,8 @@ class Kind:
             entry_id = await r.xadd(name, {"data": raw, **fields})
             assert isinstance(entry_id, bytes)  # the client does not decode responses
             return entry_id
+        elif isinstance(r, aioredis.RedisCluster):  # a cluster: exact channels are sharded
+            assert await r.execute_command("SPUBLISH", name, raw) == 1
         else:
             assert await r.publish(name, raw) == 1
         return None

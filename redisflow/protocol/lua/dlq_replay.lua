@@ -2,7 +2,8 @@
 -- a letter is pushed only if this call deleted it (XDEL returns 1), in the same atomic step.
 -- KEYS[1] dead-letter stream, KEYS[2] the source (list, sorted set or stream; for a channel
 -- any key of the slot), KEYS[3] priority sequence, KEYS[4] wake stream (priority only).
--- ARGV[1] 'queue' | 'priority' | 'stream' | 'channel', then per letter three values:
+-- ARGV[1] 'queue' | 'priority' | 'stream' | 'channel' | 'schannel' (sharded: SPUBLISH to
+-- channels of this slot), then per letter three values:
 -- entry id, item (list/sorted-set item, stream payload, or channel message), and its
 -- priority level or channel.
 -- Returns the number of letters replayed.
@@ -36,6 +37,7 @@ elseif kind == 'priority' then
 elseif kind == 'stream' then
   for _, i in ipairs(mine) do redis.call('XADD', KEYS[2], '*', 'data', ARGV[i + 1]) end
 else
-  for _, i in ipairs(mine) do redis.call('PUBLISH', ARGV[i + 2], ARGV[i + 1]) end
+  local publish = kind == 'schannel' and 'SPUBLISH' or 'PUBLISH'
+  for _, i in ipairs(mine) do redis.call(publish, ARGV[i + 2], ARGV[i + 1]) end
 end
 return #mine
