@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import anyio
 
@@ -19,6 +19,7 @@ from .config import FlowConfig, FlowOptions, HandlerOptions, RateLimit
 from .consumers import Consumer
 from .consumers.channel import is_pattern
 from .errors import ConfigError, RedisflowError
+from .forwarding import Forward
 from .handler import Handler
 from .keys import check_name
 from .lifespan import Lifespan
@@ -33,28 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class _ClientMethod(Generic[P, R]):
-    """A producer method of ``Client`` offered by ``Flow`` (same signature and docs)."""
-
-    def __init__(self, method: Callable[Concatenate[Client, P], R]) -> None:
-        self.method = method
-        self.__doc__ = method.__doc__
-        self.name = method.__name__
-
-    @overload
-    def __get__(self, flow: None, owner: type[Flow]) -> _ClientMethod[P, R]: ...
-
-    @overload
-    def __get__(self, flow: Flow, owner: type[Flow]) -> Callable[P, R]: ...
-
-    def __get__(self, flow: Flow | None, owner: type[Flow]) -> Any:
-        if flow is None:
-            return self
-        return getattr(flow.client, self.name)
 
 
 class Flow:
@@ -64,24 +43,25 @@ class Flow:
     options are those of ``FlowConfig``, which documents each one.
     """
 
-    publish = _ClientMethod(Client.publish)
-    publish_many = _ClientMethod(Client.publish_many)
-    enqueue = _ClientMethod(Client.enqueue)
-    enqueue_many = _ClientMethod(Client.enqueue_many)
-    enqueue_priority = _ClientMethod(Client.enqueue_priority)
-    enqueue_priority_many = _ClientMethod(Client.enqueue_priority_many)
-    append = _ClientMethod(Client.append)
-    append_many = _ClientMethod(Client.append_many)
-    prune_indexes = _ClientMethod(Client.prune_indexes)
-    priority_stats = _ClientMethod(Client.priority_stats)
-    status = _ClientMethod(Client.status)
-    status_counts = _ClientMethod(Client.status_counts)
-    limiter = _ClientMethod(Client.limiter)
-    keys = _ClientMethod(Client.keys)
+    publish = Forward(Client.publish, "client")
+    publish_many = Forward(Client.publish_many, "client")
+    enqueue = Forward(Client.enqueue, "client")
+    enqueue_many = Forward(Client.enqueue_many, "client")
+    enqueue_priority = Forward(Client.enqueue_priority, "client")
+    enqueue_priority_many = Forward(Client.enqueue_priority_many, "client")
+    append = Forward(Client.append, "client")
+    append_many = Forward(Client.append_many, "client")
+    prune_indexes = Forward(Client.prune_indexes, "client")
+    priority_stats = Forward(Client.priority_stats, "client")
+    status = Forward(Client.status, "client")
+    status_counts = Forward(Client.status_counts, "client")
+    limiter = Forward(Client.limiter, "client")
+    keys = Forward(Client.keys, "client")
+    partitions = Forward(Client.partitions, "client")
 
     def __init__(self, url: str | None = None, **options: Unpack[FlowOptions]) -> None:
         self._config = FlowConfig.build(url, **options)
-        self._client: Client | None = None
+        self._client = Client(self._config)  # checks the URL now
         self._redis: Redis | RedisCluster | None = None
         self.handlers: dict[tuple[Kind, str, str | None], Handler] = {}
         self._consumers: list[Consumer[Any]] = []
@@ -98,14 +78,15 @@ class Flow:
     def configure(self, **changes: Any) -> None:
         """Change options (``flow.configure(url=..., give_up_after=None)``) before the flow
         runs or opens connections; ConfigError for an unknown or bad value."""
-        if self._runtime is not None or (self._client is not None and self._client.open):
+        if self._runtime is not None or self._client.open:
             raise ConfigError("cannot change the options of a flow that is running or connected"
                               " (await flow.aclose() first)")  # fmt: skip
         try:
-            self._config = dataclasses.replace(self._config, **changes)
+            config = dataclasses.replace(self._config, **changes)
         except TypeError as exc:
             raise ConfigError(f"unknown flow option: {exc}") from None
-        self._client = None
+        self._client = Client(config)  # checks the URL now
+        self._config = config
 
     @property
     def url(self) -> str:
@@ -124,8 +105,6 @@ class Flow:
     @property
     def client(self) -> Client:
         """The producers and reads of this flow (connections open on first use)."""
-        if self._client is None:
-            self._client = Client(self._config)
         return self._client
 
     @property
@@ -370,8 +349,7 @@ class Flow:
         await self._close()
 
     async def _close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._client.aclose()
         if self._redis is not None:
             redis, self._redis = self._redis, None
             await redis.aclose()

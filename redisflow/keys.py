@@ -185,3 +185,9 @@ def status_key(prefix: str, message_id: str) -> str:
 def sources_key(prefix: str) -> str:
     """Set of the sources flows of this prefix consume, as ``kind|name|group``."""
     return f"{prefix}:sources"
+
+
+def layouts_key(prefix: str) -> str:
+    """Hash of the partition layouts in use: source name -> JSON list of partition counts,
+    current first (``partitions.py``)."""
+    return f"{prefix}:partitions"

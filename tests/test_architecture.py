@@ -28,11 +28,11 @@ from redisflow.config import FlowConfig, FlowOptions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "redisflow"
 LAYERS = [
-    {"errors", "message", "keys", "config"},
+    {"errors", "message", "keys", "config", "forwarding"},
     {"protocol"},
     {"connection"},
-    {"tracking", "ratelimit", "idempotency", "indexes", "memory", "redispy", "compound"},
-    {"client", "handler"},
+    {"tracking", "ratelimit", "idempotency", "indexes", "memory", "redispy", "compound", "partitions"},
+    {"client", "handler", "produce"},
     {"consumers"},
     {"ops"},
     {"metrics", "lifespan", "runtime", "app"},

@@ -45,21 +45,24 @@ class Consumer(ABC, Generic[Item]):
 
     kind: ClassVar[Kind]
 
-    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
+    def __init__(
+        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+    ) -> None:
         self.handler = handler
+        self.key = key or handler.source.name  # its source's name, or one partition
         self.options = handler.options
         self.invoke = handler.bind(ctx.resources)  # ConfigError if a resource is missing
         self.ctx = ctx
         self.config = ctx.config
         self.connector = ctx.connector
-        self.keys = Keys(ctx.config.prefix, handler.source.name)
+        self.keys = Keys(ctx.config.prefix, self.key)
         self.guards = guards
         self.verdicts: Verdicts[Item] = Verdicts(self)
         self.stats = Stats()
         self.reporter = Reporter(ctx.connector, self.keys, handler.name, ctx.worker_id)
         self.stopping = False
         self.backoff = Backoff(str(self), ctx.config.give_up_after)
-        self.link = ctx.connector.link(handler.source.name, role=f"fetch:{handler.source.name}")
+        self.link = ctx.connector.link(self.key, role=f"fetch:{self.key}")
         self.prefetch = max(ctx.config.prefetch, self.options.concurrency)
         self._dq: deque[Item] = deque()
         self._idle: list[asyncio.Future[None]] = []
@@ -77,7 +80,8 @@ class Consumer(ABC, Generic[Item]):
         self._ack_now = anyio.Event()
 
     def __str__(self) -> str:
-        return f"{self.handler.source} [{self.handler.name}]"
+        at = "" if self.key == self.handler.source.name else f" at {self.key}"
+        return f"{self.handler.source}{at} [{self.handler.name}]"
 
     # -- what each kind implements --------------------------------------------------------
 

@@ -46,8 +46,10 @@ class ChannelConsumer(Consumer[ChannelItem]):
 
     kind: ClassVar[Kind] = "channel"
 
-    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
-        super().__init__(handler, ctx, guards)
+    def __init__(
+        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+    ) -> None:
+        super().__init__(handler, ctx, guards, key)
         self._stop = anyio.Event()
         self._validate = handler.adapter.validator.validate_json
         self.buffer = max(ctx.config.channel_buffer, self.options.concurrency)

@@ -35,8 +35,10 @@ class PriorityConsumer(QueueConsumer):
     mode: ClassVar[str] = "zset"
     scripts: ClassVar[tuple[scripts.Script, ...]] = scripts.PRIORITY_SCRIPTS
 
-    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
-        super().__init__(handler, ctx, guards)
+    def __init__(
+        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+    ) -> None:
+        super().__init__(handler, ctx, guards, key)
         self._wake_id = b"0-0"
 
     def fetch_command(self, key: str, n: int, acks: list[str]) -> list[Any]:

@@ -64,9 +64,11 @@ class QueueConsumer(Consumer[QueueItem]):
     mode: ClassVar[str] = "list"
     scripts: ClassVar[tuple[scripts.Script, ...]] = scripts.QUEUE_SCRIPTS
 
-    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
-        super().__init__(handler, ctx, guards)
-        self.name = handler.source.name
+    def __init__(
+        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+    ) -> None:
+        super().__init__(handler, ctx, guards, key)
+        self.name = self.key
         self.worker = ctx.worker_id
         self.wset = self.keys.batches(self.worker)
         self._seq = 0

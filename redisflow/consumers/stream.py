@@ -69,10 +69,12 @@ class StreamConsumer(Consumer[StreamItem]):
 
     kind: ClassVar[Kind] = "stream"
 
-    def __init__(self, handler: Handler, ctx: Context, guards: Guards) -> None:
-        super().__init__(handler, ctx, guards)
+    def __init__(
+        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+    ) -> None:
+        super().__init__(handler, ctx, guards, key)
         assert handler.source.group is not None
-        self.stream = handler.source.name
+        self.stream = self.key
         self.group = handler.source.group
         self.consumer = ctx.config.name
         self._batches: list[Batch] = []

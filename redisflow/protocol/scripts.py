@@ -71,6 +71,7 @@ STREAM_OWN = Script("stream_own")
 STREAM_FORGET = Script("stream_forget")
 STREAM_BURY = Script("stream_bury")
 DLQ_REPLAY = Script("dlq_replay")
+LAYOUT = Script("layout")
 
 #: What a fetch link loads when it connects.
 QUEUE_SCRIPTS = (QUEUE_FETCH,)
@@ -247,3 +248,9 @@ def dlq_replay(
     for letter in letters:
         argv += letter
     return Call(DLQ_REPLAY, (dead, target, seq, wake), tuple(argv))
+
+
+def layout(layouts: str, name: str, partitions: int, retire: int) -> Call:
+    """Make ``partitions`` the current layout of ``name`` (``retire=0``), or drop that old
+    layout (``retire=1``); the layouts in use, as JSON."""
+    return Call(LAYOUT, (layouts,), (name, partitions, retire))
