@@ -57,11 +57,11 @@ class Flow:
     status_counts = Forward(Client.status_counts, "client")
     limiter = Forward(Client.limiter, "client")
     keys = Forward(Client.keys, "client")
-    partitions = Forward(Client.partitions, "client")
 
     def __init__(self, url: str | None = None, **options: Unpack[FlowOptions]) -> None:
         self._config = FlowConfig.build(url, **options)
         self._client = Client(self._config)  # checks the URL now
+        self._partitions: dict[str, int] = {}  # declared: kept when the options change
         self._redis: Redis | RedisCluster | None = None
         self.handlers: dict[tuple[Kind, str, str | None], Handler] = {}
         self._consumers: list[Consumer[Any]] = []
@@ -87,6 +87,8 @@ class Flow:
             raise ConfigError(f"unknown flow option: {exc}") from None
         self._client = Client(config)  # checks the URL now
         self._config = config
+        for name, partitions in self._partitions.items():
+            self._client.partitions(name, partitions)
 
     @property
     def url(self) -> str:
@@ -101,6 +103,12 @@ class Flow:
     def prefix(self) -> str:
         """The prefix of every key redisflow owns."""
         return self._config.prefix
+
+    def partitions(self, name: str, partitions: int) -> None:
+        """Send to ``name`` over ``partitions`` partitions (see ``Client.partitions``; a
+        handler registered with ``partitions=`` declares them)."""
+        self._client.partitions(name, partitions)
+        self._partitions[name] = partitions
 
     @property
     def client(self) -> Client:
@@ -138,6 +146,12 @@ class Flow:
             raise ConfigError(f"{where}: cannot add a handler to a running flow")
         if kind == "channel" and options.get("pattern") is None:
             options["pattern"] = is_pattern(name)
+        partitions = options.get("partitions", 1)
+        if partitions != 1:
+            try:
+                self.partitions(name, partitions)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         handler = Handler.build(fn, Source(kind, name, group), HandlerOptions(**options))
         key = (kind, name, group)
         if key in self.handlers:
@@ -198,6 +212,7 @@ class Flow:
         idempotency_ttl: float = 86400.0,
         rate_limit: RateLimit | None = None,
         track: bool | None = None,
+        partitions: int = 1,
     ) -> Callable[[F], F]:
         """Handle a list queue (producers RPUSH, the consumer takes from the left).
 
@@ -221,6 +236,7 @@ class Flow:
         idempotency_ttl: float = 86400.0,
         rate_limit: RateLimit | None = None,
         track: bool | None = None,
+        partitions: int = 1,
     ) -> Callable[[F], F]:
         """Handle a sorted-set priority queue: lowest priority number first, FIFO within a
         level. Options as for ``on_queue``."""
@@ -241,6 +257,7 @@ class Flow:
         idempotency_ttl: float = 86400.0,
         rate_limit: RateLimit | None = None,
         track: bool | None = None,
+        partitions: int = 1,
     ) -> Callable[[F], F]:
         """Handle a stream through consumer group ``group`` (created with MKSTREAM, reading
         from ``stream_start``). At-least-once; options as for ``on_queue`` (a rate limited

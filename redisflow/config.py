@@ -200,7 +200,9 @@ class HandlerOptions:
     ``idempotency_ttl`` seconds, crash-safely. ``rate_limit``: at most N handler starts per
     key per window across all workers. ``track`` overrides the flow's status tracking.
     ``pattern`` (channels): whether the name is a glob pattern (PSUBSCRIBE) or a literal
-    channel; the decorator decides from the name when it is not given.
+    channel; the decorator decides from the name when it is not given. ``partitions``
+    (queues, priority queues, streams): spread the source over that many keys, and so over
+    the masters of a cluster (``redisflow.partitions``); ``concurrency`` is shared by them.
     """
 
     concurrency: int = 16
@@ -214,6 +216,7 @@ class HandlerOptions:
     rate_limit: RateLimit | None = None
     track: bool | None = None
     pattern: bool | None = None
+    partitions: int = 1
 
     def check(self, where: str) -> None:
         """Raise ConfigError naming ``where`` for an impossible value."""

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .connection import CONNECTION_ERRORS, Backoff, Connector
+from . import partitions
+from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
 from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Guards
 from .errors import AuthError, RedisflowError, ReplyError
 from .keys import sources_key
@@ -52,6 +53,7 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._metrics: Metrics | None = None
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
+        self._draining: list[tuple[str, int]] = []  # old layouts: (name, partitions)
 
     async def start(self) -> None:
         """Wait for Redis and start everything; errors during start-up are raised here."""
@@ -78,7 +80,14 @@ class Runtime:
         for handler in self.handlers:
             observe = metrics.observer(handler) if metrics is not None else None
             guards = Guards.build(handler, config, connector, observe)
-            self.consumers.append(CONSUMERS[handler.source.kind](handler, ctx, guards))
+            keys = await self._keys(handler)
+            # Partitions share the handler's concurrency: each runs up to all of it, and
+            # one gate bounds their sum.
+            gate = anyio.Semaphore(handler.options.concurrency) if len(keys) > 1 else None
+            for key in keys:
+                consumer = CONSUMERS[handler.source.kind](handler, ctx, guards, key)
+                consumer.gate = gate
+                self.consumers.append(consumer)
         await self._register(connector)
         if metrics is not None:
             metrics.watch(self.consumers)
@@ -95,6 +104,42 @@ class Runtime:
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
+        if self._draining:
+            await tg.start(self._helper, self._retire)
+
+    async def _keys(self, handler: Handler) -> list[str]:
+        """The keys a handler's consumers read: its source, or every partition of every
+        layout in use (older layouts until they are drained)."""
+        source, wanted = handler.source, handler.options.partitions
+        if source.kind == "channel":
+            return [source.name]
+        layouts = self.client.layouts
+        stored = await layouts.stored(source.name)
+        if wanted == 1 and not stored:
+            return [source.name]
+        if wanted > 1 and not stored:  # the plain key may hold messages: drain it too
+            await layouts.register(source.name, 1)
+        used = await layouts.register(source.name, wanted)
+        for old in used[1:]:
+            self._draining.append((source.name, old))
+        return [key for p in used for key in partitions.keys(source.name, p)]
+
+    async def _retire(self) -> None:
+        """Drop an old layout from Redis once its partitions hold nothing (producers have
+        stopped using it; the consumers reading it go on until the flow stops)."""
+        while self._draining:
+            await anyio.sleep(self.config.claim_interval)
+            for entry in list(self._draining):
+                name, old = entry
+                old_keys = set(partitions.keys(name, old))
+                readers = [c for c in self.consumers if c.key in old_keys]
+                try:
+                    if all([await consumer.drained() for consumer in readers]):
+                        await self.client.layouts.retire(name, old)
+                        self._draining.remove(entry)
+                        log.info("%s: the old layout of %d partitions is drained", name, old)
+                except REDIS_ERRORS:
+                    pass
 
     async def _register(self, connector: Connector) -> None:
         """List the sources for ``redisflow stats --url`` (best effort: a full Redis

@@ -251,7 +251,8 @@ async def test_backlog_written_before_start_is_consumed(
 async def test_one_worker_sees_production_order(
     kind: Kind, make_flow: Callable[..., Flow], ns: str
 ) -> None:
-    """With concurrency 1 messages are handled in the order they were produced."""
+    """With concurrency 1 messages are handled in the order they were produced (of one
+    partition key, for a partitioned source: the order is kept per partition)."""
     flow = make_flow()
     name = kind.name(ns)
     got: list[Email] = []
@@ -261,7 +262,8 @@ async def test_one_worker_sees_production_order(
         got.append(e)
 
     async with flow:
-        await kind.produce_many(flow, name, [{"to": str(i)} for i in range(20)])
+        key = "one-customer" if kind.partitions > 1 else None
+        await kind.produce_many(flow, name, [{"to": str(i)} for i in range(20)], key=key)
         await eventually(lambda: len(got) == 20)
     assert payloads(got) == [str(i) for i in range(20)]
 
@@ -827,7 +829,7 @@ WORKER = textwrap.dedent(
     from redisflow import Flow, Message
     from tests.support.kinds import Kind
 
-    url, ns, kind, name, log = sys.argv[1:6]
+    url, ns, kind, name, log, parts = sys.argv[1:7]
     sys.stderr = open(log, "w", buffering=1)  # read by the test if the worker fails
     flow = Flow(url, prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, name="victim")
 
@@ -837,7 +839,7 @@ WORKER = textwrap.dedent(
         await anyio.sleep(3600)
 
 
-    Kind(kind).on(flow, name)(handler)
+    Kind(kind, partitions=int(parts)).on(flow, name)(handler)
     anyio.run(flow.run)
     """
 )
@@ -856,7 +858,8 @@ def worker_command(
     script.write_text(source)
     log = tmp_path / "worker.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return [sys.executable, str(script), url, ns, kind.kind, name, str(log)], env, log
+    argv = [sys.executable, str(script), url, ns, kind.kind, name, str(log), str(kind.partitions)]
+    return argv, env, log
 
 
 @reliable_kinds
@@ -921,7 +924,7 @@ POISON_WORKER = textwrap.dedent(
     from redisflow import Flow
     from tests.support.kinds import Kind
 
-    url, ns, kind, name, log = sys.argv[1:6]
+    url, ns, kind, name, log, parts = sys.argv[1:7]
     sys.stderr = open(log, "a", buffering=1)
     flow = Flow(
         url, prefix=ns, lease=2, claim_idle=2, block_timeout=0.5, batch_size=1, prefetch=1
@@ -934,7 +937,7 @@ POISON_WORKER = textwrap.dedent(
         await flow.redis.rpush(ns + ":handled", job["n"])
 
 
-    Kind(kind).on(flow, name, max_attempts=2, concurrency=1)(handler)
+    Kind(kind, partitions=int(parts)).on(flow, name, max_attempts=2, concurrency=1)(handler)
     anyio.run(flow.run)
     """
 )

@@ -16,7 +16,8 @@ these paths (docs/design.md, "Connections").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (ConnectionLost, OSError)
 #: ... and error replies too: what a loop that must go on whatever Redis says catches.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (ConnectionLost, OSError, ReplyError)
 MIN_VERSION = (7, 0)
+log = logging.getLogger("redisflow")
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -207,6 +209,21 @@ class Connector:
         else:
             await self.send("CLIENT", "UNBLOCK", link.client_id)
         return True
+
+    async def wake(self, link: Link, blocked: Callable[[], bool], who: str) -> None:
+        """Unblock ``link`` while ``blocked()`` (repeated: the unblock may reach Redis before
+        the blocking command it should end). Without the permission, give up: the command
+        returns by itself at its timeout."""
+        while blocked():
+            try:
+                if not await self.unblock(link):
+                    return
+            except ReplyError as exc:
+                log.info("%s: cannot unblock the fetch (%s); it stops at its timeout", who, exc)
+                return
+            except CONNECTION_ERRORS:
+                return
+            await asyncio.sleep(0.05)
 
     async def on_masters(self, *args: Any) -> list[Any]:
         """Send one command to the server, or to every master of a cluster; the replies."""

@@ -1,6 +1,5 @@
-"""What every consumer shares: the contract a kind implements, a fixed pool of worker
-coroutines fed from a deque, the prefetch window and acks, reconnection, and the two-phase
-shutdown.
+"""What every consumer shares: a fixed pool of worker coroutines fed from a deque, the
+prefetch window and acks, reconnection, and the two-phase shutdown.
 
 A kind (``queue``, ``priority``, ``stream``, ``channel``) implements the abstract methods of
 ``Consumer``: the Redis side (``connect``, ``fetch_loop``, ``flush_acks``, ``release``,
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic
 import anyio
 from anyio.abc import TaskStatus
 
-from ..connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff
+from ..connection import REDIS_ERRORS, Backoff
 from ..errors import AuthError, ReplyError
 from ..keys import Keys
 from ..message import Kind, Message
@@ -64,6 +63,7 @@ class Consumer(ABC, Generic[Item]):
         self.backoff = Backoff(str(self), ctx.config.give_up_after)
         self.link = ctx.connector.link(self.key, role=f"fetch:{self.key}")
         self.prefetch = max(ctx.config.prefetch, self.options.concurrency)
+        self.gate: anyio.Semaphore | None = None  # shared by the partitions of one handler
         self._dq: deque[Item] = deque()
         self._idle: list[asyncio.Future[None]] = []
         self._busy = 0
@@ -143,6 +143,10 @@ class Consumer(ABC, Generic[Item]):
         """Record a status change of a tracked handler's message (best effort)."""
         await self.guards.track(self, msg, status, error)
 
+    async def drained(self) -> bool:
+        """Whether the key holds nothing for anyone (an old layout may then be dropped)."""
+        return await self.idle()
+
     def recoverable(self, exc: ReplyError) -> bool:
         """Whether an error reply in the fetch loop is cured by setting up again."""
         return False
@@ -160,7 +164,7 @@ class Consumer(ABC, Generic[Item]):
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.maintain)
-                outer.start_soon(self._report_loop)
+                outer.start_soon(self.reporter.loop, self.config.report_interval, self._gauges)
                 async with anyio.create_task_group() as workers:
                     for _ in range(self.options.concurrency):
                         workers.start_soon(self._work)
@@ -188,18 +192,8 @@ class Consumer(ABC, Generic[Item]):
             await self.reporter.report(self.stats, self.backlog, final=True)
         await self.link.close()
 
-    async def _report_loop(self) -> None:
-        """Publish the counters every ``report_interval`` seconds; best effort."""
-        failing = False
-        while True:
-            await anyio.sleep(self.config.report_interval)
-            try:
-                await self.reporter.report(self.stats, self.backlog)
-                failing = False
-            except REDIS_ERRORS as exc:
-                if not failing and isinstance(exc, ReplyError):
-                    log.warning("%s: counters not reported (%s); will try again", self, exc)
-                failing = True
+    def _gauges(self) -> tuple[Stats, int]:
+        return self.stats, self.backlog
 
     def stop(self) -> None:
         """Stop fetching; in-flight handlers go on for the grace period."""
@@ -208,24 +202,9 @@ class Consumer(ABC, Generic[Item]):
             self.interrupt()
 
     def interrupt(self) -> None:
-        """Wake a fetch that blocks in Redis, so that it sees ``stopping``."""
-        self.ctx.spawn(self._unblock)
-
-    async def _unblock(self) -> None:
-        # Repeat: CLIENT UNBLOCK may reach Redis before the blocking command it should end.
-        # Never cancel a blocked pop instead: the popped item would be lost
-        # (docs/design.md, "Stopping a blocked fetch").
-        while self._blocked:
-            try:
-                if not await self.connector.unblock(self.link):
-                    return
-            except ReplyError as exc:  # no permission: the fetch ends at its block timeout
-                log.info("%s: cannot unblock the fetch (%s); it stops within %gs", self, exc,
-                         self.config.block_timeout)  # fmt: skip
-                return
-            except CONNECTION_ERRORS:
-                return
-            await anyio.sleep(0.05)
+        """Wake a fetch that blocks in Redis, so that it sees ``stopping`` (never by
+        cancelling it: docs/design.md, "Stopping a blocked fetch")."""
+        self.ctx.spawn(self.connector.wake, self.link, lambda: self._blocked, str(self))
 
     async def _drain(self, workers: anyio.CancelScope) -> None:
         self.stopping = True
@@ -361,15 +340,16 @@ class Consumer(ABC, Generic[Item]):
         decode = self.decode
         timeout = self.options.timeout
         guards = self.guards if self.guards.active else None
-        while True:
-            if not dq or self._draining:
-                if self._draining:
-                    return
+        gate = self.gate
+        while not self._draining:
+            if not dq:
                 fut = loop.create_future()
                 idle.append(fut)
                 await fut
                 continue
             item = dq.popleft()
+            if gate is not None:  # partitions of one handler share its concurrency
+                await self._enter(gate, item)
             self._busy += 1
             try:
                 try:
@@ -396,5 +376,14 @@ class Consumer(ABC, Generic[Item]):
                 raise
             finally:
                 self._busy -= 1
+                if gate is not None:
+                    gate.release()
                 if not self._busy and self._draining:
                     self._all_idle.set()
+
+    async def _enter(self, gate: anyio.Semaphore, item: Item) -> None:
+        try:
+            await gate.acquire()
+        except BaseException:  # never started: handed back as unstarted
+            self._dq.appendleft(item)
+            raise

@@ -204,6 +204,12 @@ class QueueConsumer(Consumer[QueueItem]):
         )
         return not waiting and not delayed and not self.backlog
 
+    async def drained(self) -> bool:
+        if not await self.idle():
+            return False
+        holders = await self.connector.send("ZRANGE", self.keys.leases, 0, -1)
+        return {text(w) for w in holders} <= {self.worker}
+
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._acker)

@@ -5,14 +5,22 @@ seconds belongs to a dead worker)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
+from ..connection import REDIS_ERRORS
+from ..errors import ReplyError
 from ..protocol.envelope import now_ms
 from .contract import Stats
 
 if TYPE_CHECKING:
     from ..connection import Connector
     from ..keys import Keys
+
+log = logging.getLogger("redisflow")
 
 
 class Reporter:
@@ -39,3 +47,17 @@ class Reporter:
         snapshot = Stats(*(getattr(stats, counter) for counter in Stats.FIELDS))
         await self.connector.send.many(*commands)
         self._reported, self._once = snapshot, True
+
+    async def loop(self, interval: float, gauges: Callable[[], tuple[Stats, int]]) -> None:
+        """Report every ``interval`` seconds until cancelled; best effort (an error reply,
+        a full Redis say, is logged once until reports go through again)."""
+        failing = False
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.report(*gauges())
+                failing = False
+            except REDIS_ERRORS as exc:
+                if not failing and isinstance(exc, ReplyError):
+                    log.warning("%s: counters not reported (%s); will try again", self.handler, exc)
+                failing = True

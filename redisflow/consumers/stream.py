@@ -213,18 +213,21 @@ class StreamConsumer(Consumer[StreamItem]):
         await self.connector.send("XACK", self.stream, self.group, *acks)
 
     async def idle(self) -> bool:
-        if self.backlog or self._waiting:
+        return not (self.backlog or self._waiting) and await self._read_all(self.group)
+
+    async def drained(self) -> bool:
+        return not (self.backlog or self._waiting) and await self._read_all(None)
+
+    async def _read_all(self, group: str | None) -> bool:
+        """Whether the group (every group, for None) has read the whole stream and holds
+        nothing pending. Not XINFO's "lag": on 7.0 it counts entries trimmed unread too."""
+        groups = [mapping(g) for g in await self.connector.send("XINFO", "GROUPS", self.stream)]
+        groups = [g for g in groups if group is None or text(g[b"name"]) == group]
+        if not groups:
             return False
-        groups = await self.connector.send("XINFO", "GROUPS", self.stream)
-        for flat in groups:
-            info = mapping(flat)
-            if text(info[b"name"]) == self.group:
-                if info[b"pending"] or self.backlog:
-                    return False
-                # Not "lag": on Redis 7.0 it also counts entries trimmed before being read.
-                stream = mapping(await self.connector.send("XINFO", "STREAM", self.stream))
-                return bool(info[b"last-delivered-id"] == stream[b"last-generated-id"])
-        return False
+        last = mapping(await self.connector.send("XINFO", "STREAM", self.stream))
+        done = last[b"last-generated-id"]
+        return all(not g[b"pending"] and g[b"last-delivered-id"] == done for g in groups)
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -63,9 +63,12 @@ class DeadLetter:
     channel: str | None = None
     priority: int | None = None  # the level of a priority-queue message
     headers: dict[str, str] | None = None
+    partition: str = ""  # the key of the source (or partition) it came from
 
     @classmethod
-    def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+    def parse(
+        cls, entry_id: bytes | str, fields: dict[bytes, bytes], partition: str = ""
+    ) -> DeadLetter:
         """Build one from a dead-letter stream entry (missing fields are empty)."""
 
         def text(name: bytes) -> str:
@@ -87,6 +90,7 @@ class DeadLetter:
             channel=channel.decode("utf-8", "replace") if channel is not None else None,
             priority=int(fields[b"priority"]) if fields.get(b"priority", b"").isdigit() else None,
             headers=envelope.parse_headers(fields.get(b"headers")) or None,
+            partition=partition,
         )
 
     @property
@@ -156,13 +160,18 @@ class DeadLetters:
         if kind not in KINDS:
             raise ConfigError(f"unknown source kind {kind!r}: one of {', '.join(KINDS)}")
         self.client, self.name, self.kind = client, name, kind
-        self.keys = client.keys(name)
-        self.key = self.keys.dead
+        self.key = client.keys(name).dead  # of the source (of partition 0: see ``streams``)
+
+    async def partitions(self) -> builtins.list[str]:
+        """The keys whose dead letters these are: the source, or each of its partitions."""
+        if self.kind == "channel":
+            return [self.name]
+        return await self.client.layouts.all_keys(self.name)
 
     async def count(self) -> int:
-        """How many dead letters the source has."""
-        n: int = await self.client.send("XLEN", self.key)
-        return n
+        """How many dead letters the source has (all its partitions)."""
+        keys = [self.client.keys(p).dead for p in await self.partitions()]
+        return sum(await self.client.send_many(*(("XLEN", key) for key in keys)))
 
     async def list(
         self,
@@ -203,7 +212,11 @@ class DeadLetters:
         done = 0
         match = Match(handler, error, older_than, newer_than)
         async for batch in self._batches(match, ids, limit, BATCH):
-            done += len(batch) if dry_run else await self._replay(batch, priority)
+            if dry_run:
+                done += len(batch)
+                continue
+            for part, letters in _by_partition(batch).items():
+                done += await self._replay(part, letters, priority)
         return done
 
     async def purge(
@@ -224,8 +237,10 @@ class DeadLetters:
         async for batch in self._batches(match, ids, limit, PAGE):
             if dry_run:
                 done += len(batch)
-            else:
-                done += int(await self.client.send("XDEL", self.key, *(d.id for d in batch)))
+                continue
+            for part, letters in _by_partition(batch).items():
+                dead = self.client.keys(part).dead
+                done += int(await self.client.send("XDEL", dead, *(d.id for d in letters)))
         return done
 
     # -- internals ------------------------------------------------------------------------
@@ -242,8 +257,9 @@ class DeadLetters:
                 raise ConfigError(f"not a stream entry id (like 1700000000000-0): {wanted!r}")
         now = datetime.now(UTC)
         found = 0
-        async for entry_id, fields in self._entries(ids):
-            dead = DeadLetter.parse(entry_id, fields)
+        parts = [self._entries(part, ids) for part in await self.partitions()]
+        async for part, entry_id, fields in _oldest_first(parts):
+            dead = DeadLetter.parse(entry_id, fields, part)
             if match(dead, now):
                 yield dead
                 found += 1
@@ -262,24 +278,29 @@ class DeadLetters:
         if batch:
             yield batch
 
-    async def _entries(self, ids: Sequence[str]) -> AsyncIterator[tuple[bytes, dict[bytes, bytes]]]:
+    async def _entries(
+        self, part: str, ids: Sequence[str]
+    ) -> AsyncIterator[tuple[str, bytes, dict[bytes, bytes]]]:
         send = self.client.connector.send
+        key = self.client.keys(part).dead
         if ids:
-            replies = await send.many(*(("XRANGE", self.key, i, i) for i in ids))
+            replies = await send.many(*(("XRANGE", key, i, i) for i in ids))
             for reply in replies:
                 for entry_id, flat in reply:
-                    yield entry_id, mapping(flat)
+                    yield part, entry_id, mapping(flat)
             return
         start = "-"
         while True:
-            page = await send("XRANGE", self.key, start, "+", "COUNT", PAGE)
+            page = await send("XRANGE", key, start, "+", "COUNT", PAGE)
             for entry_id, flat in page:
-                yield entry_id, mapping(flat)
+                yield part, entry_id, mapping(flat)
             if len(page) < PAGE:
                 return
             start = "(" + page[-1][0].decode()
 
-    async def _replay(self, batch: builtins.list[DeadLetter], priority: int | None) -> int:
+    async def _replay(
+        self, part: str, batch: builtins.list[DeadLetter], priority: int | None
+    ) -> int:
         letters: builtins.list[tuple[str, bytes, int | str]] = []
         for dead in batch:
             if self.kind in ("queue", "priority"):
@@ -294,14 +315,42 @@ class DeadLetters:
                 letters.append((dead.id, item, dead.channel or self.name))
             else:
                 letters.append((dead.id, dead.data, dead.channel or self.name))
-        keys, kind = self.keys, str(self.kind)
-        target = self.key if self.kind == "channel" else self.name
+        keys, kind = self.client.keys(part), str(self.kind)
+        target = keys.dead if self.kind == "channel" else part
         if self.kind == "channel" and all(dead.channel == self.name for dead in batch):
             # An exact channel (a pattern's letters come from other channels: classic).
             command, inline = await compound.publish_command(
-                self.client.connector, self.client.config.sharded_pubsub, self.name, None, self.key
+                self.client.connector, self.client.config.sharded_pubsub, self.name, None, keys.dead
             )
             kind = "schannel" if command == "SPUBLISH" and inline else kind
-        call = scripts.dlq_replay(self.key, target, keys.seq, keys.wake, kind, letters)
+        call = scripts.dlq_replay(keys.dead, target, keys.seq, keys.wake, kind, letters)
         replayed: int = await self.client.connector.run(call)
         return replayed
+
+
+def _by_partition(batch: builtins.list[DeadLetter]) -> dict[str, builtins.list[DeadLetter]]:
+    parts: dict[str, builtins.list[DeadLetter]] = {}
+    for dead in batch:
+        parts.setdefault(dead.partition, []).append(dead)
+    return parts
+
+
+def _order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+async def _oldest_first(
+    streams: builtins.list[AsyncIterator[tuple[str, bytes, dict[bytes, bytes]]]],
+) -> AsyncIterator[tuple[str, bytes, dict[bytes, bytes]]]:
+    """The entries of several dead-letter streams (partitions), merged by entry id."""
+    heads: builtins.list[tuple[str, bytes, dict[bytes, bytes]] | None] = []
+    for stream in streams:
+        heads.append(await anext(stream, None))
+    while True:
+        live = [(i, head) for i, head in enumerate(heads) if head is not None]
+        if not live:
+            return
+        i, head = min(live, key=lambda pair: _order(pair[1][1]))
+        yield head
+        heads[i] = await anext(streams[i], None)

@@ -120,6 +120,11 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     else:
         targets = list(handlers)
     names = sorted({source.name for source, _ in targets})
+    kinds = {source.name: source.kind for source, _ in targets}
+    parts = {
+        name: [name] if kinds[name] == "channel" else await client.layouts.all_keys(name)
+        for name in names
+    }
     memory: dict[str, Any] = {}
     reads: dict[str, _Reads] = {}
 
@@ -127,20 +132,26 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         memory.update(await client.memory(*names))
 
     async def read_sources() -> None:
-        reads.update(await _read(client, names))
+        physical = await _read(client, [key for name in names for key in parts[name]])
+        for name in names:  # a partitioned source: the sum of its partitions
+            reads[name] = _Reads(name, "none")
+            for key in parts[name]:
+                reads[name].add(physical[key])
 
     async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
         tg.start_soon(read_memory)
         tg.start_soon(read_sources)
     rows: list[Row] = []
     for name in names:
-        keys = client.keys(name)
-        owned = set(keys.owned)
-        size = sum(
-            info["bytes"]
-            for key, info in memory["keys"].items()
-            if key in owned or key.startswith(keys.indexes + ":")
-        )
+        size = 0
+        for part in parts[name]:
+            keys = client.keys(part)
+            owned = set(keys.owned)
+            size += sum(
+                info["bytes"]
+                for key, info in memory["keys"].items()
+                if key in owned or key.startswith(keys.indexes + ":")
+            )
         entries = [(s, h) for s, h in targets if s.name == name]
         rows += reads[name].rows(entries, size)
     return Snapshot(client.config.prefix, datetime.now(UTC), int(memory["used_memory"]), rows)
@@ -156,6 +167,27 @@ class _Reads:
         self.stale: list[bytes] = []
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
+
+    def add(self, part: _Reads) -> None:
+        """Count a partition's numbers in this (logical) source's."""
+        if self.type == "none":
+            self.type = part.type
+        for handler, counters in part.counters.items():
+            mine = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
+            for field, value in counters.items():
+                mine[field] = mine.get(field, 0) + value
+        for handler, held in part.inflight.items():
+            self.inflight.setdefault(handler, []).extend(held)
+        self.delayed += part.delayed
+        self.dead += part.dead
+        self.length += part.length
+        for name, group in part.groups.items():
+            mine_group = self.groups.setdefault(name, {b"pending": 0, b"lag": 0})
+            for number in (b"pending", b"lag"):
+                if mine_group.get(number) is not None and group.get(number) is not None:
+                    mine_group[number] = int(mine_group[number]) + int(group[number])
+                else:
+                    mine_group[number] = None
 
     def parse(self, stats: list[bytes], inflight: list[bytes], now: int) -> None:
         for field, value in pairs(stats):

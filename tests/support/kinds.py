@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from redisflow import Flow, Source
+from redisflow import Flow, Source, partitions
 
 __all__ = ["ALL", "DURABLE", "GROUP", "LISTY", "RELIABLE", "Kind", "by_kind"]
 
@@ -24,9 +24,15 @@ class Kind:
 
     kind: Literal["queue", "priority", "stream", "channel"]
     at_most_once: bool = False
+    partitions: int = 1
 
     def __str__(self) -> str:
-        return self.kind + ("-at-most-once" if self.at_most_once else "")
+        parts = f"-p{self.partitions}" if self.partitions > 1 else ""
+        return self.kind + ("-at-most-once" if self.at_most_once else "") + parts
+
+    def keys_of(self, name: str) -> list[str]:
+        """The Redis keys of the source: its name, or each partition's."""
+        return partitions.keys(name, self.partitions)
 
     @property
     def durable(self) -> bool:
@@ -51,6 +57,8 @@ class Kind:
         if self.kind == "channel":
             options.pop("retry_max_delay", None)
             return flow.on_channel(name, **options)
+        if self.partitions > 1:
+            options["partitions"] = self.partitions
         if self.kind == "stream":
             return flow.on_stream(name, group=GROUP, **options)
         options["at_most_once"] = self.at_most_once
@@ -72,14 +80,16 @@ class Kind:
         assert receivers == 1, f"publish to {name!r} reached {receivers} subscribers"
         return None
 
-    async def produce_many(self, flow: Flow, name: str, items: list[Any]) -> None:
-        """Send many messages in one round trip, in order."""
+    async def produce_many(
+        self, flow: Flow, name: str, items: list[Any], key: str | None = None
+    ) -> None:
+        """Send many messages in one round trip, in order (to one partition with ``key``)."""
         if self.kind == "queue":
-            await flow.enqueue_many(name, items)
+            await flow.enqueue_many(name, items, key=key)
         elif self.kind == "priority":
-            await flow.enqueue_priority_many(name, items)
+            await flow.enqueue_priority_many(name, items, key=key)
         elif self.kind == "stream":
-            await flow.append_many(name, items)
+            await flow.append_many(name, items, key=key)
         else:
             assert await flow.publish_many(name, items) == len(items)
 
@@ -88,12 +98,13 @@ class Kind:
     ) -> bytes | None:
         """Write a bare payload as another client would (a stream entry: field ``data``
         plus ``fields``); the stream entry id if any."""
+        key = self.keys_of(name)[0]  # another client writes to one partition
         if self.kind == "queue":
-            await r.rpush(name, raw)
+            await r.rpush(key, raw)
         elif self.kind == "priority":
-            await r.zadd(name, {raw: 0})
+            await r.zadd(key, {raw: 0})
         elif self.kind == "stream":
-            entry_id = await r.xadd(name, {"data": raw, **fields})
+            entry_id = await r.xadd(key, {"data": raw, **fields})
             assert isinstance(entry_id, bytes)  # the client does not decode responses
             return entry_id
         elif isinstance(r, aioredis.RedisCluster):  # a cluster: exact channels are sharded
@@ -107,6 +118,9 @@ class Kind:
         pending; for a stream also entries not yet read by the group); 0 for Pub/Sub."""
         if self.kind == "channel":
             return 0
+        return sum([await self._held(r, flow, key) for key in self.keys_of(name)])
+
+    async def _held(self, r: aioredis.Redis, flow: Flow, name: str) -> int:
         if self.kind == "stream":
             if not await r.exists(name):
                 return 0
@@ -128,6 +142,12 @@ class Kind:
     async def leftovers(self, r: aioredis.Redis, flow: Flow, name: str) -> set[str]:
         """The source's in-flight bookkeeping keys, which must not exist once its consumers
         stopped with nothing to do: batch lists, worker sets, leases, delayed sets."""
+        found: set[str] = set()
+        for key in self.keys_of(name):
+            found |= await self._leftovers(r, flow, key)
+        return found
+
+    async def _leftovers(self, r: aioredis.Redis, flow: Flow, name: str) -> set[str]:
         keys = flow.keys(name)
         found = {k.decode() async for k in r.scan_iter(match=f"{keys.base}:*")}
         return {
@@ -145,6 +165,10 @@ ALL = [
     Kind("priority", at_most_once=True),
     Kind("stream"),
     Kind("channel"),
+    # partitioned: one logical source over 3 keys (over the masters of a cluster)
+    Kind("queue", partitions=3),
+    Kind("priority", partitions=3),
+    Kind("stream", partitions=3),
 ]
 DURABLE = [k for k in ALL if k.durable]
 RELIABLE = [k for k in DURABLE if not k.at_most_once]
