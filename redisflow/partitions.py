@@ -105,8 +105,11 @@ class Layouts:
 
     async def pick(self, name: str, by: str | None) -> str:
         """The key a message to ``name`` goes to: the partition of ``hash(by)``, else the
-        next one round robin."""
+        next one round robin. A layout declared here is recorded in Redis first (and again
+        if it was dropped), so consumers read every partition anyone sends to."""
         partitions = await self.current(name)
+        if name in self.declared and partitions not in await self.stored(name):
+            await self.register(name, partitions)
         if partitions == 1:
             return name
         if by is not None:

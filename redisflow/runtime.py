@@ -113,16 +113,24 @@ class Runtime:
         source, wanted = handler.source, handler.options.partitions
         if source.kind == "channel":
             return [source.name]
-        layouts = self.client.layouts
-        stored = await layouts.stored(source.name)
+        layouts, name = self.client.layouts, source.name
+        stored = await layouts.stored(name)
         if wanted == 1 and not stored:
-            return [source.name]
-        if wanted > 1 and not stored:  # the plain key may hold messages: drain it too
-            await layouts.register(source.name, 1)
-        used = await layouts.register(source.name, wanted)
+            return [name]
+        # The plain key may hold messages (sent before any layout was known): drain it too.
+        if wanted > 1 and 1 not in stored and (not stored or await self._holds(name)):
+            await layouts.register(name, 1)
+        used = await layouts.register(name, wanted)
         for old in used[1:]:
             self._draining.append((source.name, old))
         return [key for p in used for key in partitions.keys(source.name, p)]
+
+    async def _holds(self, name: str) -> bool:
+        """Whether the plain key of ``name`` (or its retries) holds anything."""
+        keys = self.client.keys(name)
+        return bool(
+            await self.client.send_many(("EXISTS", name), ("EXISTS", keys.delayed)) != [0, 0]
+        )
 
     async def _retire(self) -> None:
         """Drop an old layout from Redis once its partitions hold nothing (producers have
