@@ -25,7 +25,7 @@ from .keys import check_name
 from .lifespan import Lifespan
 from .message import Kind, Source
 from .ops.deadletters import DeadLetters
-from .redispy import redis_py_client
+from .redispy import close_client, redis_py_client
 from .runtime import Runtime, until_signal
 
 if TYPE_CHECKING:
@@ -369,7 +369,7 @@ class Flow:
         await self._client.aclose()
         if self._redis is not None:
             redis, self._redis = self._redis, None
-            await redis.aclose()
+            await close_client(redis)
 
     async def __aenter__(self) -> Flow:
         await self.start()

@@ -24,7 +24,7 @@ from .keys import slot
 from .protocol import scripts
 
 if TYPE_CHECKING:
-    from .connection import Connector
+    from .connection import Connector, Sender, WaitingSender
 
 
 async def send(
@@ -36,6 +36,7 @@ async def send(
     publish: tuple[str, bool] | None = None,
     channel: str | None = None,
     *messages: bytes,
+    through: Sender | WaitingSender | None = None,
 ) -> list[Any] | None:
     """Run ``commands`` in one script and return their replies, unless ``dedup`` (a key)
     was seen within ``ttl`` seconds (None). ``keys``: every key they touch, with its
@@ -44,12 +45,12 @@ async def send(
     inline = publish is not None and publish[1]
     if inline and publish is not None:
         commands = [*commands, *((publish[0], channel, message) for message in messages)]
-    replies = await connector.run(scripts.produce(dedup, to_ms(ttl), keys, commands))
+    replies = await connector.run(scripts.produce(dedup, to_ms(ttl), keys, commands), through)
     if replies is None:
         return None
     if publish is not None and not inline:  # a shard channel of another slot: right after
         after = [(publish[0], channel, message) for message in messages]
-        replies = [*replies, *(await connector.send.many(*after))]
+        replies = [*replies, *(await (through or connector.send).many(*after))]
     return list(replies)
 
 

@@ -69,6 +69,10 @@ class FlowConfig:
     ``report_interval``: how often workers publish their counters for ``redisflow stats``.
     ``tick``: how often workers renew leases and move due retries. ``sharded_pubsub``:
     exact channels use sharded Pub/Sub (SSUBSCRIBE/SPUBLISH); None: on a cluster only.
+    ``wait_replicas``: a producer call returns only once that many replicas acknowledged
+    its writes (one ``WAIT`` per round trip), within ``wait_timeout`` seconds, else it raises
+    ``ReplicationError``; ``wait_aof`` also waits for their AOF fsync (``WAITAOF``, Redis
+    7.2+). See docs/reliability.md for what a failover loses with and without.
     """
 
     url: str = DEFAULT_URL
@@ -91,6 +95,9 @@ class FlowConfig:
     report_interval: float = 2.0
     tick: float = 0.5
     sharded_pubsub: bool | None = None
+    wait_replicas: int = 0
+    wait_timeout: float = 0.5
+    wait_aof: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -112,6 +119,9 @@ class FlowConfig:
             raise ConfigError(f"dead_maxlen must be an int >= 1, got {self.dead_maxlen!r}")
         if not _int(self.channel_buffer) or self.channel_buffer < 1:
             raise ConfigError(f"channel_buffer must be an int >= 1, got {self.channel_buffer!r}")
+        if not _int(self.wait_replicas) or self.wait_replicas < 0:
+            raise ConfigError(f"wait_replicas must be an int >= 0, got {self.wait_replicas!r}")
+        _positive("wait_timeout", self.wait_timeout)
         if self.metrics_port is not None and not (
             _int(self.metrics_port) and 0 <= self.metrics_port <= 65535
         ):
@@ -160,6 +170,9 @@ class FlowOptions(TypedDict, total=False):
     report_interval: float
     tick: float
     sharded_pubsub: bool | None
+    wait_replicas: int
+    wait_timeout: float
+    wait_aof: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from .protocol.priority import check_priority, delayed_member
 
 if TYPE_CHECKING:
     from .config import FlowConfig
-    from .connection import Connector
+    from .connection import Connector, Sender, WaitingSender
     from .indexes import StreamIndexes
     from .partitions import Layouts
     from .tracking import Tracker
@@ -36,7 +36,9 @@ ID = b"\0id"  # produce.lua: the reply of the first command (the XADD's entry id
 
 
 class Producers:
-    """What sends messages, for one ``Client``."""
+    """What sends messages, for one ``Client``. Every producer takes ``wait_replicas``:
+    return only once that many replicas acknowledged the write (else ``ReplicationError``;
+    default: the flow's ``wait_replicas``, 0)."""
 
     def __init__(
         self,
@@ -52,6 +54,15 @@ class Producers:
     def _keys(self, name: str) -> Keys:
         return Keys(self.config.prefix, name)
 
+    def _sender(self, replicas: int | None) -> Sender | WaitingSender:
+        """What sends a call: acknowledged by ``replicas`` (default: the flow's)."""
+        config = self.config
+        replicas = config.wait_replicas if replicas is None else replicas
+        if not replicas:
+            return self.connector.send
+        wait = (replicas, int(config.wait_timeout * 1000), config.wait_aof)
+        return self.connector.send.waiting(wait)
+
     async def publish(
         self,
         channel: str,
@@ -64,18 +75,20 @@ class Producers:
         maxlen: int | None = None,
         minid: str | None = None,
         sharded: bool | None = None,
+        wait_replicas: int | None = None,
     ) -> int | None:
         """PUBLISH (SPUBLISH when ``sharded``, by default on a cluster) ``data`` as JSON to
         ``channel``; the number of receivers (None for a duplicate). ``durable="stream"``
         also appends it to that stream, first (both or neither: see docs/design.md,
         "Cluster", for a sharded channel in another slot), trimmed by ``maxlen``/``minid``."""
+        send = self._sender(wait_replicas)
         if durable is None and (maxlen is not None or minid is not None):
             raise ConfigError("maxlen and minid trim the durable stream: give durable= too")
         payload, head = envelope.encode(data), envelope.encode_headers(headers)
         if head:
             payload = envelope.envelope(payload, envelope.new_id(), headers=head)
         publish = await self._publish_command(channel, sharded, durable or channel)
-        if dedup_key is None and durable is None:
+        if dedup_key is None and durable is None:  # nothing kept: no replica to wait for
             receivers: int = await self.connector.send(publish[0], channel, payload)
             return receivers
         keys: list[tuple[str, str]] = []
@@ -87,7 +100,15 @@ class Producers:
         if dedup_key is not None:
             dedup = self._keys(check_name(durable or channel, "channel")).dedup(dedup_key)
         replies = await compound.send(
-            self.connector, dedup, dedup_ttl, keys, commands, publish, channel, payload
+            self.connector,
+            dedup,
+            dedup_ttl,
+            keys,
+            commands,
+            publish,
+            channel,
+            payload,
+            through=send,
         )
         return None if replies is None else int(replies[-1])
 
@@ -110,19 +131,21 @@ class Producers:
         dedup_ttl: float = DEDUP_TTL,
         notify: str | None = None,
         key: str | None = None,
+        wait_replicas: int | None = None,
     ) -> str | None:
         """Add ``data`` to a list queue (after ``delay`` seconds); returns the message id,
         or None when ``dedup_key`` was seen within ``dedup_ttl`` seconds. ``notify`` also
         publishes the message to that channel, in the same atomic step. ``key`` picks the
         partition of a partitioned queue (the same key, the same partition)."""
+        send = self._sender(wait_replicas)
         target = await self.layouts.pick(check_name(queue, "queue"), key or dedup_key)
         keys = self._keys(target)
         msg_id, item = envelope.new_item(data, headers)
         if dedup_key is None and notify is None:
             if delay:
-                await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), [item]))
+                await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), [item]), send)
             else:
-                await self.connector.send("RPUSH", target, item)
+                await send("RPUSH", target, item)
             await self._track("queue", queue, [msg_id])
             return msg_id
         if delay:
@@ -133,8 +156,9 @@ class Producers:
         publish = await self._publish_command(notify, None, target) if notify else None
         dedup = keys.dedup(dedup_key) if dedup_key is not None else None
         replies = await compound.send(
-            self.connector, dedup, dedup_ttl, [touched], [push], publish, notify, item
-        )
+            self.connector, dedup, dedup_ttl, [touched], [push], publish, notify, item,
+            through=send,
+        )  # fmt: skip
         if replies is None:
             return None
         await self._track("queue", queue, [msg_id])
@@ -148,21 +172,24 @@ class Producers:
         delay: float | None = None,
         notify: str | None = None,
         key: str | None = None,
+        wait_replicas: int | None = None,
     ) -> list[str]:
         """Add many items to a list queue in one round trip (per node); their ids."""
+        send = self._sender(wait_replicas)
         ids, packed = envelope.pack_items(items)
         for target, part in (await self._spread(check_name(queue, "queue"), packed, key)).items():
             keys = self._keys(target)
             if delay:
-                await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), part))
+                await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), part), send)
             elif notify is None:
-                await self.connector.send("RPUSH", target, *part)
+                await send("RPUSH", target, *part)
             else:
                 publish = await self._publish_command(notify, None, target)
                 push: list[Sequence[Any]] = [("RPUSH", target, *part)]
                 await compound.send(
-                    self.connector, None, 0, [(target, "list")], push, publish, notify, *part
-                )
+                    self.connector, None, 0, [(target, "list")], push, publish, notify, *part,
+                    through=send,
+                )  # fmt: skip
         if ids:
             await self._track("queue", queue, ids)
         return ids
@@ -178,10 +205,12 @@ class Producers:
         dedup_key: str | None = None,
         dedup_ttl: float = DEDUP_TTL,
         key: str | None = None,
+        wait_replicas: int | None = None,
     ) -> str | None:
         """Add ``data`` to a priority queue; 0 is the most urgent, up to 8191. FIFO holds
         within a level (of a partition). Returns the message id (None for a duplicate
         ``dedup_key``). ``key`` picks the partition of a partitioned queue."""
+        send = self._sender(wait_replicas)
         target = await self.layouts.pick(check_name(queue, "queue"), key or dedup_key)
         keys = self._keys(target)
         level = check_priority(priority)
@@ -191,7 +220,7 @@ class Producers:
             command = ("ZADD", keys.delayed, due, delayed_member(level, item))
             replies = await compound.send(
                 self.connector, keys.dedup(dedup_key), dedup_ttl, [(keys.delayed, "zset")],
-                [command],
+                [command], through=send,
             )  # fmt: skip
             added = None if replies is None else 1
         elif dedup_key is not None:
@@ -199,9 +228,9 @@ class Producers:
                 target, keys.seq, keys.wake, [(level, item)],
                 dedup=keys.dedup(dedup_key), ttl_ms=to_ms(dedup_ttl),
             )  # fmt: skip
-            added = await self.connector.run(call)
+            added = await self.connector.run(call, send)
         else:
-            added = await self._push_priority(target, [item], level, delay)
+            added = await self._push_priority(target, [item], level, delay, send)
         if added is None:
             return None
         await self._track("priority", queue, [msg_id])
@@ -215,27 +244,35 @@ class Producers:
         priority: int = 0,
         delay: float | None = None,
         key: str | None = None,
+        wait_replicas: int | None = None,
     ) -> list[str]:
         """Add many items at one priority level, in order (per partition), in one round
         trip (per node)."""
+        send = self._sender(wait_replicas)
         level = check_priority(priority)
         ids, packed = envelope.pack_items(items)
         for target, part in (await self._spread(check_name(queue, "queue"), packed, key)).items():
-            await self._push_priority(target, part, level, delay)
+            await self._push_priority(target, part, level, delay, send)
         if ids:
             await self._track("priority", queue, ids)
         return ids
 
     async def _push_priority(
-        self, target: str, items: list[bytes], priority: int, delay: float | None
+        self,
+        target: str,
+        items: list[bytes],
+        priority: int,
+        delay: float | None,
+        send: Sender | WaitingSender,
     ) -> int:
         keys = self._keys(target)
         if delay:
             members = [delayed_member(priority, item) for item in items]
-            return int(await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), members)))
+            call = scripts.delay(keys.delayed, to_ms(delay), members)
+            return int(await self.connector.run(call, send))
         pushed = [(priority, item) for item in items]
         call = scripts.priority_push(target, keys.seq, keys.wake, pushed)
-        return int(await self.connector.run(call))
+        return int(await self.connector.run(call, send))
 
     async def append(
         self,
@@ -249,15 +286,17 @@ class Producers:
         dedup_ttl: float = DEDUP_TTL,
         index: Sequence[str] = (),
         key: str | None = None,
+        wait_replicas: int | None = None,
     ) -> str | None:
         """XADD ``data`` to a stream (JSON in the field ``data``); returns the entry id (None
         for a duplicate ``dedup_key``). ``maxlen``/``minid`` trim the stream (each partition)
         approximately. ``index`` names payload fields whose values index the entry, for
         ``find``. ``key`` picks the partition of a partitioned stream."""
+        send = self._sender(wait_replicas)
         target = await self.layouts.pick(check_name(stream, "stream"), key or dedup_key)
         args = envelope.xadd(target, data, envelope.encode_headers(headers), maxlen, minid)
         if dedup_key is None and not index:
-            entry_id: bytes = await self.connector.send(*args)
+            entry_id: bytes = await send(*args)
             await self._track("stream", stream, [entry_id.decode()])
             return entry_id.decode()
         keys = self._keys(target)
@@ -269,7 +308,9 @@ class Producers:
         if index:
             touched.append((keys.indexes, "set"))
         dedup = keys.dedup(dedup_key) if dedup_key is not None else None
-        replies = await compound.send(self.connector, dedup, dedup_ttl, touched, commands)
+        replies = await compound.send(
+            self.connector, dedup, dedup_ttl, touched, commands, through=send
+        )
         if replies is None:
             return None
         reply = replies[0]
@@ -286,8 +327,10 @@ class Producers:
         maxlen: int | None = None,
         minid: str | None = None,
         key: str | None = None,
+        wait_replicas: int | None = None,
     ) -> list[str]:
         """XADD many entries in one round trip (per node); their ids."""
+        send = self._sender(wait_replicas)
         name = check_name(stream, "stream")
         items = list(items)
         targets = [await self.layouts.pick(name, key) for _ in items]
@@ -295,7 +338,7 @@ class Producers:
         commands = [envelope.xadd(target, item, None, maxlen, minid) for target, item in pairs]
         if not commands:
             return []
-        ids = [entry_id.decode() for entry_id in await self.connector.send.many(*commands)]
+        ids = [entry_id.decode() for entry_id in await send.many(*commands)]
         await self._track("stream", stream, ids)
         return ids
 

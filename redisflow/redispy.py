@@ -7,7 +7,7 @@ same server or cluster, imported only when asked for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -17,8 +17,28 @@ if TYPE_CHECKING:
 
 def redis_py_client(connector: Connector, url: str) -> Redis | RedisCluster:
     """A ``redis.asyncio.Redis`` on ``url``, or a ``RedisCluster`` when ``connector``
-    routes over a cluster (known once it has connected, or from a ``redis+cluster://``)."""
+    routes over a cluster (known once it has connected, or from a ``redis+cluster://``),
+    or the primary of a ``redis+sentinel://`` service (redis-py's ``Sentinel`` follows it)."""
     from redis.asyncio import Redis, RedisCluster
+
+    spec = connector.spec
+    if spec.mode == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        assert spec.service is not None  # parse_url requires one
+        tls: dict[str, Any] = {"ssl": True} if spec.tls is not None else {}
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            [(a.host, a.port) for a in spec.addresses],
+            sentinel_kwargs={
+                "username": spec.sentinel_username,
+                "password": spec.sentinel_password,
+                **tls,
+            },
+        )
+        client: Redis = sentinels.master_for(
+            spec.service, username=spec.username, password=spec.password, db=spec.db, **tls
+        )
+        return client
 
     if connector.spec.mode == "cluster" or connector.cluster:
         first = connector.endpoint
@@ -29,3 +49,12 @@ def redis_py_client(connector: Connector, url: str) -> Redis | RedisCluster:
             password=first.password,
         )
     return Redis.from_url(url)
+
+
+async def close_client(client: Redis | RedisCluster) -> None:
+    """Close ``client``, and for a sentinel service the clients of its sentinels too."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()

@@ -16,18 +16,21 @@ these paths (docs/design.md, "Connections").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, ConnectionLost, RedisflowError, ReplyError
+from ..errors import ConnectionLost, RedisflowError, ReplyError
 from ..protocol.replies import info
 from ..protocol.scripts import Call
 from .backoff import Backoff
 from .cluster import RoutedLink, Router
 from .link import LOST_CODES, Link, pack
-from .pipeliner import Pipeliner
+from .pipeliner import Pipeliner, Wait
+from .sentinel import ResolvedLink, Sentinels
 from .url import Endpoint, ServerSpec, parse_url, redact
 
 #: Errors after which a loop reconnects with backoff instead of failing (OSError covers
@@ -47,8 +50,10 @@ __all__ = [
     "Endpoint",
     "Link",
     "Pipeliner",
+    "Sender",
     "ServerInfo",
     "ServerSpec",
+    "WaitingSender",
     "pack",
     "parse_url",
     "redact",
@@ -101,22 +106,48 @@ class Sender:
         target = self.connector.target or await self.connector.ready()
         return await target.each(*commands)
 
+    def waiting(self, wait: Wait) -> WaitingSender:
+        """This sender, with every call acknowledged by replicas (``WAIT``/``WAITAOF``)."""
+        return WaitingSender(self.connector, wait)
+
+
+class WaitingSender:
+    """``Sender.waiting``: each call also waits for replicas to acknowledge it."""
+
+    def __init__(self, connector: Connector, wait: Wait) -> None:
+        self.connector, self.wait = connector, wait
+
+    async def __call__(self, *args: Any) -> Any:
+        """Send one command; its reply, once acknowledged."""
+        return await (await self.connector.ready()).waiting(self.wait)(*args)
+
+    async def many(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send several commands; their replies, once acknowledged."""
+        return await (await self.connector.ready()).waiting(self.wait).many(*commands)
+
+    async def each(self, *commands: Sequence[Any]) -> list[Any]:
+        """As ``many``, with error replies returned in their place."""
+        return await (await self.connector.ready()).waiting(self.wait).each(*commands)
+
 
 class Connector:
     """Every connection of one process to the Redis (or the cluster) named by ``url``."""
 
     def __init__(self, url: str, *, name: str = "redisflow", timeout: float = 10.0) -> None:
         self.spec = parse_url(url)
-        if self.spec.mode == "sentinel":
-            raise ConfigError(f"{self.spec.display}: sentinel URLs are not supported yet")
         self.name = self.spec.client_name or name
         self.timeout = timeout
         self.endpoint = self.spec.endpoint()
         self.send = Sender(self)
         self.target: Pipeliner | Router | None = None
         self.router: Router | None = None
+        self.sentinels = (
+            Sentinels(self.spec, name=self.name) if self.spec.mode == "sentinel" else None
+        )
         self.info: ServerInfo | None = None
         self._ready: asyncio.Future[Pipeliner | Router] | None = None
+        self._links: weakref.WeakSet[Link] = weakref.WeakSet()
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def display(self) -> str:
@@ -145,6 +176,8 @@ class Connector:
         return await asyncio.shield(self._ready)
 
     async def _detect(self) -> Pipeliner | Router:
+        if self.sentinels is not None:
+            self.endpoint = await self.sentinels.primary()
         link = Link(self.endpoint, name=f"{self.name}:hello")
         try:
             await link.open()
@@ -159,34 +192,56 @@ class Connector:
             self.router = Router(self.spec, name=self.name, timeout=self.timeout)
             await self.router.refresh()
             self.target = self.router
+        elif self.sentinels is not None:
+            self.target = Pipeliner(lambda: self._link("send"), timeout=self.timeout, retry_for=10)
+            self._watch = asyncio.get_running_loop().create_task(
+                self.sentinels.watch(self._switched)
+            )
         else:
             self.target = Pipeliner(
                 lambda: Link(self.endpoint, name=f"{self.name}:send"), timeout=self.timeout
             )
         return self.target
 
+    def _link(self, role: str) -> Link:
+        """A link to the primary of a sentinel service, as it is when the link opens."""
+        assert self.sentinels is not None
+        link = ResolvedLink(self.sentinels.primary, self.endpoint, name=f"{self.name}:{role}")
+        self._links.add(link)
+        return link
+
+    async def _switched(self) -> None:
+        """The sentinels elected another primary: drop every connection to the old one at
+        once (it may stay writable for seconds, and what is written there is lost)."""
+        for link in list(self._links):
+            await link.close()
+
     def link(self, key: str | bytes | None = None, *, role: str = "fetch") -> Link:
         """A dedicated connection for one loop, on the server that holds ``key`` (call
         ``ready`` first: a flow does, at start)."""
         name = f"{self.name}:{role}"
+        if self.sentinels is not None:
+            return self._link(role)
         if self.router is not None and key is not None:
             return RoutedLink(self.router, key, name=name)
         if self.router is not None:
             return RoutedLink(self.router, b"", name=name)
         return Link(self.endpoint, name=name)
 
-    async def run(self, call: Call) -> Any:
-        """Run a script; when the server that owns its keys lacks it (``NOSCRIPT``: a
-        restart, a promoted replica) load it there and run it again."""
+    async def run(self, call: Call, send: Sender | WaitingSender | None = None) -> Any:
+        """Run a script (through ``send``: acknowledged by replicas, say); when the server
+        that owns its keys lacks it (``NOSCRIPT``: a restart, a promoted replica) load it
+        there and run it again."""
+        send = send or self.send
         for _ in range(3):
             try:
-                return await self.send(*call.command())
+                return await send(*call.command())
             except ReplyError as exc:
                 if exc.code != "NOSCRIPT":
                     raise
             await self.on_key(call.keys[0] if call.keys else None, "SCRIPT", "LOAD",
                               call.script.source)  # fmt: skip
-        return await self.send(*call.command())
+        return await send(*call.command())
 
     async def on_key(self, key: str | bytes | None, *args: Any) -> Any:
         """Send a command that names no key (``SCRIPT LOAD``) to the node that owns
@@ -235,5 +290,10 @@ class Connector:
     async def aclose(self) -> None:
         """Close the shared connections (links are closed by their loops)."""
         target, self.target, self._ready = self.target, None, None
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch
+            self._watch = None
         if target is not None:
             await target.aclose()

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ConnectionLost, ReplyError
 from ..keys import SLOTS, slot
 from .link import Link
-from .pipeliner import Pipeliner
+from .pipeliner import Pipeliner, Wait, Waiting
 from .url import Address, Endpoint, ServerSpec
 
 log = logging.getLogger("redisflow")
@@ -228,6 +228,17 @@ class Router:
         """As ``many``, with error replies returned in their place."""
         return await self._send(commands, raw=True)
 
+    async def submit(
+        self, commands: Sequence[Sequence[Any]], raw: bool = False, wait: Wait | None = None
+    ) -> list[Any]:
+        """Send ``commands`` (each to its node); ``wait``: acknowledged by that many
+        replicas of each node written to."""
+        return await self._send(commands, raw=raw, wait=wait)
+
+    def waiting(self, wait: Wait) -> Waiting:
+        """This router, with every call acknowledged by ``wait`` replicas."""
+        return Waiting(self, wait)
+
     async def on_node(self, address: Address, *args: Any) -> Any:
         """Send one command to the node at ``address`` (``CLIENT UNBLOCK``...)."""
         return await self.node(address)(*args)
@@ -244,7 +255,9 @@ class Router:
         owner = self.map.owner(slot(key)) if key is not None else None
         return owner or random.choice(self.map.masters)
 
-    async def _send(self, commands: Sequence[Sequence[Any]], raw: bool) -> list[Any]:
+    async def _send(
+        self, commands: Sequence[Sequence[Any]], raw: bool, wait: Wait | None = None
+    ) -> list[Any]:
         if self.closed:
             raise ConnectionLost("the flow's connections are closed")
         if not self.map.ready:
@@ -256,12 +269,12 @@ class Router:
         asking: dict[int, Address] = {}
         delay = 0.02
         while True:
-            pending, wait, failure = await self._round(commands, pending, asking, results)
+            pending, pause, failure = await self._round(commands, pending, asking, results, wait)
             if not pending:
                 break
             if loop.time() + delay > deadline:
                 raise failure
-            if wait:
+            if pause:
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(0.5, delay * 2)
                 try:
@@ -281,6 +294,7 @@ class Router:
         pending: list[int],
         asking: dict[int, Address],
         results: list[Any],
+        wait: Wait | None = None,
     ) -> tuple[list[int], bool, BaseException]:
         """Send ``pending`` once; what to send again, whether to wait first, and why."""
         groups: dict[Address, list[int]] = {}
@@ -290,18 +304,22 @@ class Router:
                 asked.append(i)
             else:
                 groups.setdefault(self.where(key_of(commands[i])), []).append(i)
-        calls = [self.node(a).each(*(commands[i] for i in idx)) for a, idx in groups.items()]
-        calls += [self.node(asking[i]).each(("ASKING",), commands[i]) for i in asked]
+        calls = [
+            self.node(a).submit([commands[i] for i in idx], True, wait) for a, idx in groups.items()
+        ]
+        calls += [
+            self.node(asking[i]).submit([("ASKING",), commands[i]], True, wait) for i in asked
+        ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         batches = [*groups.values(), *([i] for i in asked)]
         again: list[int] = []
-        wait, failure = False, BaseException()
+        pause, failure = False, BaseException()
         for idx, outcome, was_asked in zip(
             batches, outcomes, [False] * len(groups) + [True] * len(asked), strict=True
         ):
             if isinstance(outcome, (ConnectionLost, OSError)):
                 again += idx
-                wait, failure = True, outcome
+                pause, failure = True, outcome
                 continue
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -317,10 +335,10 @@ class Router:
                     elif reply.code == "MOVED":
                         self.follow(reply)
                     else:  # TRYAGAIN, CLUSTERDOWN: wait for the cluster to settle
-                        wait = True
+                        pause = True
                 else:
                     results[i] = reply
-        return again, wait, failure
+        return again, pause, failure
 
     async def aclose(self) -> None:
         """Close every node's connections."""

@@ -19,12 +19,14 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConnectionLost, ReplyError
+from ..errors import ConnectionLost, ReplicationError, ReplyError
 from .link import LOST_CODES, Link, pack
 
-#: Commands sent back to back, the future of their replies, and whether error replies are
-#: returned as values (``each``) rather than raised.
-Unit = tuple[Sequence[Sequence[Any]], "asyncio.Future[list[Any]]", bool]
+#: Replica acknowledgement a write asks for: replicas, timeout ms, and the AOF fsync too.
+Wait = tuple[int, int, bool]
+#: Commands sent back to back, the future of their replies, whether error replies are
+#: returned as values (``each``) rather than raised, and the acknowledgement they need.
+Unit = tuple[Sequence[Sequence[Any]], "asyncio.Future[list[Any]]", bool, "Wait | None"]
 
 
 class Pipeliner:
@@ -60,14 +62,25 @@ class Pipeliner:
         cluster router follows each command's redirection on its own)."""
         return await self._submit(commands, raw=True)
 
+    def waiting(self, wait: Wait) -> Waiting:
+        """This pipeliner, with every call acknowledged by ``wait`` replicas."""
+        return Waiting(self, wait)
+
+    def submit(
+        self, commands: Sequence[Sequence[Any]], raw: bool = False, wait: Wait | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Queue ``commands``; the future of their replies (``wait``: not before that many
+        replicas acknowledged them, else ``ReplicationError``)."""
+        return self._submit(commands, raw, wait)
+
     def _submit(
-        self, commands: Sequence[Sequence[Any]], raw: bool = False
+        self, commands: Sequence[Sequence[Any]], raw: bool = False, wait: Wait | None = None
     ) -> asyncio.Future[list[Any]]:
         if self.closed:
             raise ConnectionLost("the flow's connections are closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append((commands, fut, raw))
+        self._queue.append((commands, fut, raw, wait))
         if self._idle and len(self._queue) == 1:
             self._start(loop)
         return fut
@@ -120,7 +133,7 @@ class Pipeliner:
             except Exception as exc:  # e.g. the credentials were refused
                 await link.close()
                 failure = exc
-            for _, fut, _ in units:
+            for _, fut, _, _ in units:
                 if not fut.done():
                     fut.set_exception(failure)
             return
@@ -128,26 +141,35 @@ class Pipeliner:
     @staticmethod
     async def _round_trip(link: Link, units: list[Unit]) -> list[Unit]:
         """Write ``units`` and hand out their replies; the units to send again (their
-        server could not serve them: ``READONLY``, ``LOADING``)."""
-        packed: list[bytes] = []
-        sent: list[Unit] = []
-        for unit in units:
-            try:
-                packed.append(pack(unit[0]))
-                sent.append(unit)
-            except TypeError as exc:  # this caller's bad argument fails this caller only
-                if not unit[1].done():
-                    unit[1].set_exception(exc)
+        server could not serve them: ``READONLY``, ``LOADING``). Units that ask for replica
+        acknowledgement get their replies only after one ``WAIT`` (or ``WAITAOF``) written
+        behind them all: it covers every write made on the connection so far."""
+        packed, sent = _pack_units(units)
         if not sent:
             return []
+        wait = _strictest(unit[3] for unit in sent)
+        if wait is not None:
+            packed.append(pack([_wait_command(wait)]))
         if not link.connected:
             await link.open()
         await link.write(b"".join(packed))
         again: list[Unit] = []
+        waiting: list[tuple[Unit, list[Any]]] = []
         for unit in sent:
             replies = [await link.reply() for _ in unit[0]]
-            if not _settle(unit, replies):
+            if unit[3] is not None:
+                waiting.append((unit, replies))
+            elif not _settle(unit, replies):
                 again.append(unit)
+        if wait is not None:
+            acked = _acked(await link.reply(), wait)
+            for unit, replies in waiting:
+                assert unit[3] is not None
+                short = isinstance(acked, ReplyError) or acked < unit[3][0]
+                if short and not unit[1].done():
+                    unit[1].set_exception(_short(acked, unit[3]))
+                elif not _settle(unit, replies):
+                    again.append(unit)
         return again
 
     async def aclose(self) -> None:
@@ -158,7 +180,7 @@ class Pipeliner:
         for task in list(self._flushers):
             with contextlib.suppress(BaseException):
                 await task
-        for _, fut, _ in self._queue:
+        for _, fut, _, _ in self._queue:
             if not fut.done():
                 fut.set_exception(ConnectionLost("the flow's connections were closed"))
         self._queue.clear()
@@ -169,7 +191,7 @@ class Pipeliner:
 def _settle(unit: Unit, replies: list[Any]) -> bool:
     """Hand ``replies`` to the caller of ``unit``; False if it must be sent again (its
     server could not serve it: ``READONLY``, ``LOADING``)."""
-    _, fut, raw = unit
+    _, fut, raw, _ = unit
     if fut.done():
         return True
     error = next((r for r in replies if isinstance(r, ReplyError)), None)
@@ -182,3 +204,72 @@ def _settle(unit: Unit, replies: list[Any]) -> bool:
     else:
         fut.set_exception(error)
     return True
+
+
+def _pack_units(units: list[Unit]) -> tuple[list[bytes], list[Unit]]:
+    """The units packed, and those sent: a caller's bad argument fails that caller only."""
+    packed: list[bytes] = []
+    sent: list[Unit] = []
+    for unit in units:
+        try:
+            packed.append(pack(unit[0]))
+            sent.append(unit)
+        except TypeError as exc:
+            if not unit[1].done():
+                unit[1].set_exception(exc)
+    return packed, sent
+
+
+def _strictest(waits: Any) -> Wait | None:
+    found = [w for w in waits if w is not None]
+    if not found:
+        return None
+    return (max(w[0] for w in found), max(w[1] for w in found), any(w[2] for w in found))
+
+
+def _wait_command(wait: Wait) -> list[Any]:
+    replicas, ms, aof = wait
+    return ["WAITAOF", 1, replicas, ms] if aof else ["WAIT", replicas, ms]
+
+
+def _acked(reply: Any, wait: Wait) -> int | ReplyError:
+    """How many replicas acknowledged, or the server's refusal of the WAIT."""
+    if isinstance(reply, ReplyError):
+        return reply
+    if wait[2]:  # WAITAOF: [local fsynced (0/1), replicas fsynced]
+        return int(reply[1]) if int(reply[0]) >= 1 else 0
+    return int(reply)
+
+
+def _short(acked: int | ReplyError, wait: Wait) -> ReplicationError:
+    command = "WAITAOF" if wait[2] else "WAIT"
+    if isinstance(acked, ReplyError):  # WAITAOF before 7.2, or without appendonly
+        return ReplicationError(
+            f"written on the primary, but the server refused {command} ({acked}): the"
+            " message may exist, and may be lost if the primary fails now"
+        )
+    what = "fsynced" if wait[2] else "acknowledged"
+    return ReplicationError(
+        f"written on the primary, but only {acked} of {wait[0]} replicas {what} it within"
+        f" {wait[1]} ms: the message may exist, and may be lost if the primary fails now"
+    )
+
+
+class Waiting:
+    """A ``Pipeliner`` (or a cluster ``Router``) whose calls need replica acknowledgement:
+    one ``WAIT`` per round trip, not per call."""
+
+    def __init__(self, target: Any, wait: Wait) -> None:
+        self.target, self.wait = target, wait
+
+    async def __call__(self, *args: Any) -> Any:
+        """Send one command; its reply, once acknowledged."""
+        return (await self.target.submit((args,), False, self.wait))[0]
+
+    async def many(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send several commands; their replies, once acknowledged."""
+        return list(await self.target.submit(commands, False, self.wait))
+
+    async def each(self, *commands: Sequence[Any]) -> list[Any]:
+        """As ``many``, with error replies returned in their place."""
+        return list(await self.target.submit(commands, True, self.wait))
