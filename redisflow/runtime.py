@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 
 from . import partitions
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Guards
+from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate, Guards
 from .errors import AuthError, RedisflowError, ReplyError
 from .keys import sources_key
 from .metrics import Metrics
@@ -83,7 +83,7 @@ class Runtime:
             keys = await self._keys(handler)
             # Partitions share the handler's concurrency: each runs up to all of it, and
             # one gate bounds their sum.
-            gate = anyio.Semaphore(handler.options.concurrency) if len(keys) > 1 else None
+            gate = Gate(handler.options.concurrency) if len(keys) > 1 else None
             for key in keys:
                 consumer = CONSUMERS[handler.source.kind](handler, ctx, guards, key)
                 consumer.gate = gate

@@ -3,6 +3,7 @@ over the slots (and so the masters) of a cluster; proven on a real 3-master clus
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from redisflow import ConfigError, Flow, Message, partitions
+from redisflow.consumers import Gate
 from redisflow.keys import SLOTS, slot
 from redisflow.testing.cluster import RedisCluster
 from tests.support.flows import eventually, make_flow
@@ -232,3 +234,22 @@ async def test_redis_py_client_of_a_flow_on_a_cluster_is_a_cluster_client(
         assert await flow.redis.get(f"{ns}:7") == b"7"
     finally:
         await flow.aclose()
+
+
+async def test_the_shared_gate_keeps_its_slots_through_cancellations() -> None:
+    """The gate the partitions of a handler share: a waiter cancelled while it waits, or
+    right after it was handed a slot, does not take the slot with it."""
+    gate = Gate(1)
+    assert gate.take() and not gate.take()
+    waiting = [asyncio.ensure_future(gate.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # cancelled while waiting: skipped
+    await asyncio.sleep(0)
+    gate.release()  # handed to waiting[1]...
+    waiting[1].cancel()  # ...which is cancelled before it runs: passes it on
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert waiting[2].done() and not waiting[2].cancelled()
+    assert gate.free == 0
+    gate.release()
+    assert gate.free == 1 and gate.take()

@@ -13,7 +13,7 @@ from typing import Any
 from ..message import Kind
 from .base import Consumer
 from .channel import ChannelConsumer
-from .contract import Context, Stats
+from .contract import Context, Gate, Stats
 from .guards import Guards
 from .priority import PriorityConsumer
 from .pubsub import ChannelHub
@@ -33,6 +33,7 @@ __all__ = [
     "ChannelHub",
     "Consumer",
     "Context",
+    "Gate",
     "Guards",
     "Stats",
 ]

@@ -27,7 +27,7 @@ from ..connection import REDIS_ERRORS, Backoff
 from ..errors import AuthError, ReplyError
 from ..keys import Keys
 from ..message import Kind, Message
-from .contract import Context, Item, Stats
+from .contract import Context, Gate, Item, Stats
 from .guards import Guards, Skip
 from .reporting import Reporter
 from .verdicts import Verdicts
@@ -63,7 +63,7 @@ class Consumer(ABC, Generic[Item]):
         self.backoff = Backoff(str(self), ctx.config.give_up_after)
         self.link = ctx.connector.link(self.key, role=f"fetch:{self.key}")
         self.prefetch = max(ctx.config.prefetch, self.options.concurrency)
-        self.gate: anyio.Semaphore | None = None  # shared by the partitions of one handler
+        self.gate: Gate | None = None  # shared by the partitions of one handler
         self._dq: deque[Item] = deque()
         self._idle: list[asyncio.Future[None]] = []
         self._busy = 0
@@ -348,7 +348,8 @@ class Consumer(ABC, Generic[Item]):
                 await fut
                 continue
             item = dq.popleft()
-            if gate is not None:  # partitions of one handler share its concurrency
+            # partitions of one handler share its concurrency
+            if gate is not None and not gate.take():
                 await self._enter(gate, item)
             self._busy += 1
             try:
@@ -381,9 +382,9 @@ class Consumer(ABC, Generic[Item]):
                 if not self._busy and self._draining:
                     self._all_idle.set()
 
-    async def _enter(self, gate: anyio.Semaphore, item: Item) -> None:
+    async def _enter(self, gate: Gate, item: Item) -> None:
         try:
-            await gate.acquire()
+            await gate.wait()
         except BaseException:  # never started: handed back as unstarted
             self._dq.appendleft(item)
             raise
