@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cluster
+
 WORKLOADS = {
     "queue": "Queue drain: N pre-filled messages, msg/s",
     "stream": "Stream drain, consumer group + acks, msg/s",
@@ -22,6 +24,8 @@ WORKLOADS = {
     "latency": "Latency, one message in flight: publish -> handler start, p50 (p99) ms",
     "memory": "Memory: peak RSS of a worker draining a backlog, MB",
     "start": "Start: process spawn -> first handled message of a pre-filled queue, s",
+    "cluster": "Redis Cluster, 3 masters: partitioned queue and stream drains, N pre-filled "
+    "messages, 1 or 2 consumer processes; msg/s and the Redis CPU of each master per message",
 }
 # Units where a smaller figure is the better one (the --baseline verdicts).
 LOWER_IS_BETTER = {"ms", "s", "MB"}
@@ -41,6 +45,8 @@ class Row:
     target: tuple[str, float] | None = None
     baseline: str = ""  # a --baseline twin: the full sha of the redisflow/ it imports
     of: str = ""  # a twin: the label of the row it is the twin of (same workload)
+    partitions: int = 1  # cluster rows: the source's partitions
+    processes: int = 1  # cluster rows: consumer processes draining it together
 
 
 @dataclass
@@ -201,6 +207,9 @@ def table(outcomes: list[Outcome]) -> str:
         if not rows:
             continue
         lines += ["", f"### {title}", ""]
+        if workload == "cluster":
+            lines += cluster.table(rows, outcomes)
+            continue
         if compare:
             lines += [
                 "| framework | N | median | min - max | target | current / baseline | notes |",
@@ -250,7 +259,7 @@ def chart(outcomes: list[Outcome], info: dict[str, Any], path: Path) -> None:
     twins = sorted({o.row.baseline[:7] for o in outcomes if o.row.baseline})
     fig.suptitle(
         f"redisflow (blue), {''.join(f'redisflow@{t} (light blue), ' for t in twins)}"
-        f"peers (grey), hand-written redis-py (green); one process each\n"
+        f"peers (grey), hand-written redis-py (green); one process each (cluster: as labelled)\n"
         f"{info['machine'].split(',')[1].strip()}, {info['event loop']}, "
         f"Redis {info['redis-server']}, {info['date']}; median of runs, whiskers: min-max; "
         f"dashed: redisflow's target",

@@ -17,6 +17,10 @@ checkout (not whatever tree the venv's editable install points at), or, for the 
     python benchmarks/suite.py [--repeat 3] [--only queue,stream] [--frameworks redisflow,arq]
     python benchmarks/suite.py --frameworks redisflow --baseline main   # this tree vs main
     python benchmarks/suite.py --smoke    # redisflow only, small N, no files: what CI runs
+    python benchmarks/suite.py --only cluster   # partitioned drains on a 3-master cluster
+
+The ``cluster`` rows (``cluster.py``) run on a local 3-master Redis Cluster started for the
+run (only when such a row is selected), redisflow only, in 1 or 2 consumer processes each.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cluster
+from cluster import BenchCluster
 from report import WORKLOADS, Outcome, Row, describe, report
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +131,8 @@ ROWS = [
     Row("memory", "redis-py LPOP 500 batches", "redis-py", "memory_batch", "memory"),
     Row("start", "redisflow", "redisflow", "start", "start"),
     Row("start", "redis-py BLPOP loop", "redis-py", "start", "start"),
+    *(Row("cluster", cluster.label(kind, p, k), "redisflow", kind, partitions=p, processes=k)
+      for kind in ("queue", "stream") for p in cluster.PARTITIONS for k in cluster.PROCESSES),
 ]  # fmt: skip
 
 
@@ -277,9 +285,45 @@ def check_source(tree: Path) -> None:
 # -- running --------------------------------------------------------------------------------
 
 
-def run_one(python: str, row: Row, url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One measurement in a fresh process; raises RuntimeError with the reason on failure."""
+@dataclass
+class Servers:
+    """What the selected rows run against: the private Redis, the cluster (each only when a
+    selected row needs it)."""
+
+    redis: PrivateRedis | None = None
+    cluster: BenchCluster | None = None
+
+    @classmethod
+    def start(cls, rows: list[Row]) -> Servers:
+        servers = cls()
+        try:
+            if any(r.workload != "cluster" for r in rows):
+                servers.redis = PrivateRedis()
+            if any(r.workload == "cluster" for r in rows):
+                servers.cluster = BenchCluster(ROOT)
+        except BaseException:
+            servers.stop()
+            raise
+        return servers
+
+    def stop(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+def run_one(
+    python: str, row: Row, servers: Servers, n: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One measurement in a fresh process (a cluster row: in ``row.processes`` of them);
+    raises RuntimeError with the reason on failure."""
     assert row.case is not None
+    if row.workload == "cluster":
+        assert servers.cluster is not None
+        return cluster.measure(python, row, servers.cluster, n, args, child_env(source(row)))
+    assert servers.redis is not None
+    url = servers.redis.url
     cmd = [python, str(HERE / FRAMEWORKS[row.framework].module), "--case", row.case]
     cmd += ["--url", url, "--n", str(n), "--samples", str(args.samples)]
     cmd += ["--budget", str(args.budget)] + (["--uvloop"] if args.uvloop else [])
@@ -333,7 +377,7 @@ def order(outcomes: list[Outcome], rep: int) -> list[Outcome]:
 
 
 def run_all(
-    rows: list[Row], pythons: dict[str, str | None], url: str, args: argparse.Namespace
+    rows: list[Row], pythons: dict[str, str | None], servers: Servers, args: argparse.Namespace
 ) -> list[Outcome]:
     outcomes = [Outcome(row, size(row, args)) for row in rows]
     for rep in range(args.repeat):
@@ -346,7 +390,7 @@ def run_all(
                 continue
             t0 = time.perf_counter()
             try:
-                o.runs.append(run_one(python, o.row, url, o.n, args))
+                o.runs.append(run_one(python, o.row, servers, o.n, args))
             except RuntimeError as exc:
                 o.error = str(exc)
             took = time.perf_counter() - t0
@@ -464,6 +508,9 @@ def main() -> None:
     if bad:
         p.error(f"unknown workload or framework: {', '.join(bad)}")
     rows = [r for r in ROWS if r.workload in workloads and r.framework in names]
+    if args.smoke and not args.only:  # a few cluster rows: the machinery, in seconds
+        smoke = {cluster.label(*x) for x in cluster.SMOKE}
+        rows = [r for r in rows if r.workload != "cluster" or r.label in smoke]
     sha = ""
     if args.baseline:
         sha, tree = export_baseline(args.baseline)
@@ -473,14 +520,17 @@ def main() -> None:
     if "redisflow" in names:
         check_source(ROOT)
     problems: list[str] = []
-    pythons = {name: interpreter(name, problems) for name in names}
-    redis = PrivateRedis()
+    used = [name for name in names if any(r.framework == name for r in rows)]
+    pythons = {name: interpreter(name, problems) for name in used}
     started = time.perf_counter()
+    servers = Servers.start(rows)
     try:
         info = machine(pythons, args, sha)
-        outcomes = run_all(rows, pythons, redis.url, args)
+        if servers.cluster is not None:
+            info["redis cluster"] = servers.cluster.describe()
+        outcomes = run_all(rows, pythons, servers, args)
     finally:
-        redis.stop()
+        servers.stop()
     info["duration"] = f"{time.perf_counter() - started:.0f} s"
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["problems"] = problems
