@@ -133,14 +133,38 @@ async def test_a_killed_primary_without_wait_loses_at_most_the_last_moment(
         assert missing <= window[k], (k, sorted(missing - window[k])[:10])
 
 
+@pytest.mark.chaos
+async def test_one_replica_with_wait_refuses_writes_until_it_is_back(
+    redis_sentinel_factory: Callable[..., SentinelSetup], ns: str, figures: Callable[..., None]
+) -> None:
+    """With a single replica and ``wait_replicas=1``, a failover leaves the new primary
+    without a replica until the old one rejoins: producers get ReplicationError meanwhile
+    (nothing acknowledged is lost), then go on by themselves."""
+    setup = redis_sentinel_factory(replicas=1, sentinels=3)
+    sent, lost, _ = await _switch_under_load(setup, ns, "failover", 1, figures, within=40)
+    assert lost == {k: 0 for k in sent.acked}, lost
+    assert any("ReplicationError" in e for e in sent.errors), sent.errors[:3]
+
+
 async def _switch_under_load(
-    sentinel: SentinelSetup, ns: str, how: str, replicas: int, figures: Callable[..., None]
+    sentinel: SentinelSetup,
+    ns: str,
+    how: str,
+    replicas: int,
+    figures: Callable[..., None],
+    within: float = 20,
 ) -> tuple[Sent, dict[str, int], Any]:
     kinds = [k for k in ALL if k.durable and not k.at_most_once]
-    handled: dict[str, set[int]] = {str(k): set() for k in kinds}
+    handled: dict[str, dict[int, list[float]]] = {str(k): {} for k in kinds}
+    heard: list[float] = []
     consumer = make_flow(sentinel.url, ns)
     for kind in kinds:
         kind.on(consumer, _name(kind, ns), concurrency=8)(_numbers(handled[str(kind)]))
+
+    @consumer.on_channel(f"{ns}:live")
+    async def live(data: dict[str, Any]) -> None:
+        heard.append(time.monotonic())
+
     producer = Flow(sentinel.url, prefix=ns, wait_replicas=replicas, wait_timeout=1.0)
     sent = Sent(producer, ns, kinds)
     old = sentinel.primary()
@@ -158,29 +182,47 @@ async def _switch_under_load(
         acked_before = {k: len(v) for k, v in sent.acked_at.items()}
         await eventually(
             lambda: all(len(sent.acked_at[k]) > acked_before[k] + 20 for k in sent.acked_at),
-            within=20,
+            within=within,
             what="producing again after the switch",
         )
         resumed = time.monotonic() - began
+
+        async def publish() -> bool:
+            await producer.publish(f"{ns}:live", {"n": 0})
+            return bool(heard)
+
+        await eventually(publish, within=20, interval=0.1, what="a live message after it")
         sent.running = False
-        await until(lambda: all(sent.acked[k] <= handled[k] for k in handled), within=20)
-    sent.missing = {k: sent.acked[k] - handled[k] for k in handled}
+        await until(lambda: all(sent.acked[k] <= set(handled[k]) for k in handled), within=20)
+    sent.missing = {k: sent.acked[k] - set(handled[k]) for k in handled}
     lost = {k: len(v) for k, v in sent.missing.items()}
+    # consumers resumed: the first handling of a message acknowledged after the switch
+    new = began + switched
+    after = [
+        handled[k][n][0] for k, acked in sent.acked_at.items() for n, t in acked.items()
+        if t > new and n in handled[k]
+    ]  # fmt: skip
     figures(
         how=how,
         wait_replicas=replicas,
+        replicas=len(sentinel.servers) - 1,
         primary_switch_seconds=round(switched, 2),
         producing_again_seconds=round(resumed, 2),
+        consuming_again_seconds=round(min(after, default=began) - began, 2),
+        pubsub_again_seconds=round(heard[0] - began, 2),
         acknowledged={k: len(v) for k, v in sent.acked.items()},
         unacknowledged={k: len(v) for k, v in sent.failed.items()},
         lost=lost,
+        duplicated={k: sum(len(t) - 1 for t in v.values()) for k, v in handled.items()},
     )
     return sent, lost, old
 
 
-def _numbers(into: set[int]) -> Callable[[dict[str, Any]], Any]:
+def _numbers(into: dict[int, list[float]]) -> Callable[[dict[str, Any]], Any]:
+    """A handler recording when each number was handled (twice: a duplicate)."""
+
     async def handle(data: dict[str, Any]) -> None:
-        into.add(data["n"])
+        into.setdefault(data["n"], []).append(time.monotonic())
 
     return handle
 
