@@ -101,20 +101,36 @@ async def pubsub(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": CONCURRENCY}
 
 
-async def produce(run: Run) -> dict[str, Any]:
-    flow = Flow(run.url, prefix="bench")
+def _producer(run: Run, wait_replicas: int) -> Flow:
+    # wait_replicas only when asked: a --baseline tree may predate the option
+    options: dict[str, Any] = {"wait_replicas": wait_replicas} if wait_replicas else {}
+    return Flow(run.url, prefix="bench", **options)
+
+
+async def produce(run: Run, wait_replicas: int = 0) -> dict[str, Any]:
+    flow = _producer(run, wait_replicas)
     items = common.emails(run.n)
     result = await common.produce(lambda e: flow.enqueue("q", e), items)
     await flow.aclose()
     return result
 
 
-async def produce_concurrent(run: Run) -> dict[str, Any]:
-    flow = Flow(run.url, prefix="bench")
+async def produce_concurrent(run: Run, wait_replicas: int = 0) -> dict[str, Any]:
+    flow = _producer(run, wait_replicas)
     items = common.emails(run.n)
     result = await common.produce_concurrently(lambda e: flow.enqueue("q", e), items)
     await flow.aclose()
     return result
+
+
+async def produce_wait(run: Run) -> dict[str, Any]:
+    """``produce`` with ``wait_replicas=1``: each call returns once the replica has it."""
+    return await produce(run, wait_replicas=1)
+
+
+async def produce_concurrent_wait(run: Run) -> dict[str, Any]:
+    """``produce_concurrent`` with ``wait_replicas=1``: one WAIT per round trip."""
+    return await produce_concurrent(run, wait_replicas=1)
 
 
 async def latency(run: Run) -> dict[str, Any]:
@@ -168,6 +184,8 @@ CASES = {
     "pubsub": pubsub,
     "produce": produce,
     "produce_concurrent": produce_concurrent,
+    "produce_wait": produce_wait,
+    "produce_concurrent_wait": produce_concurrent_wait,
     "latency": latency,
     "memory": memory,
     "start": start,

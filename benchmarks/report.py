@@ -47,6 +47,7 @@ class Row:
     of: str = ""  # a twin: the label of the row it is the twin of (same workload)
     partitions: int = 1  # cluster rows: the source's partitions
     processes: int = 1  # cluster rows: consumer processes draining it together
+    replica: bool = False  # runs on a server with one replica attached (the WAIT rows)
 
 
 @dataclass

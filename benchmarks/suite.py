@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+import redis
 from cluster import BenchCluster
 from report import WORKLOADS, Outcome, Row, describe, report
 
@@ -108,6 +109,9 @@ ROWS = [
     Row("produce", "arq enqueue_job", "arq", "produce", "job"),
     Row("produce", "redis-py RPUSH", "redis-py", "produce", "slow"),
     Row("produce", "redis-py RPUSH 500 per call", "redis-py", "produce_batch"),
+    Row("produce", "redisflow enqueue, 1 replica", "redisflow", "produce", "slow", replica=True),
+    Row("produce", "redisflow enqueue, 1 replica, wait_replicas=1", "redisflow", "produce_wait",
+        "slow", replica=True),
     Row("produce_concurrent", "redisflow enqueue", "redisflow", "produce_concurrent",
         target=(">=", 100_000)),
     Row("produce_concurrent", "FastStream publish(list=)", "faststream", "produce_concurrent",
@@ -116,6 +120,10 @@ ROWS = [
     Row("produce_concurrent", "SAQ enqueue", "saq", "produce_concurrent", "job"),
     Row("produce_concurrent", "arq enqueue_job", "arq", "produce_concurrent", "job"),
     Row("produce_concurrent", "redis-py RPUSH", "redis-py", "produce_concurrent", "slow"),
+    Row("produce_concurrent", "redisflow enqueue, 1 replica", "redisflow", "produce_concurrent",
+        replica=True),
+    Row("produce_concurrent", "redisflow enqueue, 1 replica, wait_replicas=1", "redisflow",
+        "produce_concurrent_wait", replica=True),
     Row("latency", "redisflow queue", "redisflow", "latency", target=("<=", 0.3)),
     Row("latency", "FastStream list", "faststream", "latency"),
     Row("latency", "taskiq ListQueueBroker", "taskiq", "latency"),
@@ -149,12 +157,14 @@ class PrivateRedis:
     """A redis-server on a free loopback port, no persistence, in a temp dir (the cases
     refuse to flush any server whose dir lacks the ``rf-bench-`` prefix)."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica_of: PrivateRedis | None = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="rf-bench-")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
         args += ["no", "--dir", self.dir]
+        if replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of.port)]
         self.proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
         for _ in range(200):
             try:
@@ -292,25 +302,52 @@ class Servers:
 
     redis: PrivateRedis | None = None
     cluster: BenchCluster | None = None
+    replicated: tuple[PrivateRedis, PrivateRedis] | None = None  # a primary and its replica
 
     @classmethod
     def start(cls, rows: list[Row]) -> Servers:
         servers = cls()
         try:
-            if any(r.workload != "cluster" for r in rows):
+            if any(r.workload != "cluster" and not r.replica for r in rows):
                 servers.redis = PrivateRedis()
             if any(r.workload == "cluster" for r in rows):
                 servers.cluster = BenchCluster(ROOT)
+            if any(r.replica for r in rows):
+                primary = PrivateRedis()
+                servers.replicated = (primary, PrivateRedis(replica_of=primary))
+                wait_for_replica(primary)
         except BaseException:
             servers.stop()
             raise
         return servers
+
+    def url(self, row: Row) -> str:
+        """Where ``row`` runs."""
+        server = self.replicated[0] if row.replica and self.replicated else self.redis
+        assert server is not None
+        return server.url
 
     def stop(self) -> None:
         if self.redis is not None:
             self.redis.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        for server in self.replicated or ():
+            server.stop()
+
+
+def wait_for_replica(primary: PrivateRedis) -> None:
+    """Until the primary counts its replica as connected and in sync."""
+    client = redis.Redis(port=primary.port)
+    try:
+        for _ in range(200):
+            replica = client.info("replication").get("slave0")
+            if isinstance(replica, dict) and replica.get("state") == "online":
+                return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise SystemExit("the benchmark replica did not connect")
 
 
 def run_one(
@@ -322,8 +359,7 @@ def run_one(
     if row.workload == "cluster":
         assert servers.cluster is not None
         return cluster.measure(python, row, servers.cluster, n, args, child_env(source(row)))
-    assert servers.redis is not None
-    url = servers.redis.url
+    url = servers.url(row)
     cmd = [python, str(HERE / FRAMEWORKS[row.framework].module), "--case", row.case]
     cmd += ["--url", url, "--n", str(n), "--samples", str(args.samples)]
     cmd += ["--budget", str(args.budget)] + (["--uvloop"] if args.uvloop else [])

@@ -43,14 +43,14 @@ class Flow:
     options are those of ``FlowConfig``, which documents each one.
     """
 
-    publish = Forward(Client.publish, "client")
-    publish_many = Forward(Client.publish_many, "client")
-    enqueue = Forward(Client.enqueue, "client")
-    enqueue_many = Forward(Client.enqueue_many, "client")
-    enqueue_priority = Forward(Client.enqueue_priority, "client")
-    enqueue_priority_many = Forward(Client.enqueue_priority_many, "client")
-    append = Forward(Client.append, "client")
-    append_many = Forward(Client.append_many, "client")
+    publish = Forward(Client.publish, "_client.producers")
+    publish_many = Forward(Client.publish_many, "_client.producers")
+    enqueue = Forward(Client.enqueue, "_client.producers")
+    enqueue_many = Forward(Client.enqueue_many, "_client.producers")
+    enqueue_priority = Forward(Client.enqueue_priority, "_client.producers")
+    enqueue_priority_many = Forward(Client.enqueue_priority_many, "_client.producers")
+    append = Forward(Client.append, "_client.producers")
+    append_many = Forward(Client.append_many, "_client.producers")
     prune_indexes = Forward(Client.prune_indexes, "client")
     priority_stats = Forward(Client.priority_stats, "client")
     status = Forward(Client.status, "client")

@@ -64,7 +64,7 @@ def check_name(name: object, what: str = "name") -> str:
     """``name`` if redisflow can keep its auxiliary keys in its slot, else ConfigError."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the {what} must be a non-empty string, got {name!r}")
-    if hash_tag(name) == name and "}" in name:
+    if "}" in name and hash_tag(name) == name:
         raise ConfigError(
             f"the {what} {name!r} has a '}}' that does not close a hash tag: its auxiliary"
             " keys could not share its cluster slot (use a tag such as '{tenant}:jobs')"

@@ -107,6 +107,10 @@ class Layouts:
         """The key a message to ``name`` goes to: the partition of ``hash(by)``, else the
         next one round robin. A layout declared here is recorded in Redis first (and again
         if it was dropped), so consumers read every partition anyone sends to."""
+        if name not in self.declared and time.monotonic() - self._read_at <= LAYOUT_TTL:
+            stored = self._stored.get(name)
+            if stored is None or stored[0] == 1:  # the common case, without awaiting
+                return name
         partitions = await self.current(name)
         if name in self.declared and partitions not in await self.stored(name):
             await self.register(name, partitions)

@@ -139,13 +139,15 @@ class Producers:
         partition of a partitioned queue (the same key, the same partition)."""
         send = self._sender(wait_replicas)
         target = await self.layouts.pick(check_name(queue, "queue"), key or dedup_key)
-        keys = self._keys(target)
         msg_id, item = envelope.new_item(data, headers)
+        if dedup_key is None and notify is None and not delay:
+            await send("RPUSH", target, item)  # the hot path
+            if self.config.track:
+                await self._track("queue", queue, [msg_id])
+            return msg_id
+        keys = self._keys(target)
         if dedup_key is None and notify is None:
-            if delay:
-                await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), [item]), send)
-            else:
-                await send("RPUSH", target, item)
+            await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), [item]), send)
             await self._track("queue", queue, [msg_id])
             return msg_id
         if delay:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,10 +91,16 @@ class Sender:
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
 
-    async def __call__(self, *args: Any) -> Any:
-        """Send one command; its reply (an error reply is raised)."""
-        target = self.connector.target or await self.connector.ready()
-        return await target(*args)
+    def __call__(self, *args: Any) -> Awaitable[Any]:
+        """Send one command; its reply (an error reply is raised). Not a coroutine itself:
+        once connected it hands back the target's, one frame less per call."""
+        target = self.connector.target
+        if target is None:
+            return self._first(args)
+        return target(*args)
+
+    async def _first(self, args: tuple[Any, ...]) -> Any:
+        return await (await self.connector.ready())(*args)
 
     async def many(self, *commands: Sequence[Any]) -> list[Any]:
         """Send several commands back to back; their replies (the first error is raised)."""

@@ -147,7 +147,7 @@ class Pipeliner:
         packed, sent = _pack_units(units)
         if not sent:
             return []
-        wait = _strictest(unit[3] for unit in sent)
+        wait = _strictest([unit[3] for unit in sent if unit[3] is not None])
         if wait is not None:
             packed.append(pack([_wait_command(wait)]))
         if not link.connected:
@@ -194,7 +194,11 @@ def _settle(unit: Unit, replies: list[Any]) -> bool:
     _, fut, raw, _ = unit
     if fut.done():
         return True
-    error = next((r for r in replies if isinstance(r, ReplyError)), None)
+    error = None
+    for reply in replies:  # a loop, not next(genexpr): this runs once per call
+        if isinstance(reply, ReplyError):
+            error = reply
+            break
     if error is None:
         fut.set_result(replies)
     elif error.code in LOST_CODES:
@@ -208,6 +212,10 @@ def _settle(unit: Unit, replies: list[Any]) -> bool:
 
 def _pack_units(units: list[Unit]) -> tuple[list[bytes], list[Unit]]:
     """The units packed, and those sent: a caller's bad argument fails that caller only."""
+    try:  # all at once, the common case
+        return [pack([command for unit in units for command in unit[0]])], units
+    except TypeError:
+        pass
     packed: list[bytes] = []
     sent: list[Unit] = []
     for unit in units:
@@ -220,8 +228,7 @@ def _pack_units(units: list[Unit]) -> tuple[list[bytes], list[Unit]]:
     return packed, sent
 
 
-def _strictest(waits: Any) -> Wait | None:
-    found = [w for w in waits if w is not None]
+def _strictest(found: list[Wait]) -> Wait | None:
     if not found:
         return None
     return (max(w[0] for w in found), max(w[1] for w in found), any(w[2] for w in found))
