@@ -165,6 +165,12 @@ class Connector:
         """Whether the connector routes over a cluster (known once ``ready``)."""
         return self.router is not None
 
+    @property
+    def fails_over(self) -> bool:
+        """Whether a lost server is replaced by another (a cluster, a sentinel service):
+        loops then reconnect with a shorter backoff (known once ``ready``)."""
+        return self.router is not None or self.sentinels is not None
+
     async def ready(self) -> Pipeliner | Router:
         """Learn what the URL names (one server or a cluster node: ``INFO server``), check
         its version, and set up the connections (once; concurrent callers wait for it)."""

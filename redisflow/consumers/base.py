@@ -228,6 +228,8 @@ class Consumer(ABC, Generic[Item]):
         login fails at once."""
         refused = Backoff(f"{self}: Redis refuses the fetch", None, where="Redis")
         moving = Backoff(f"{self}: the cluster", None, where="the slot", cap=1.0)
+        if self.connector.fails_over:  # a lost node is soon replaced: look again soon
+            self.backoff.cap = 1.0
         while not self.stopping:
             try:
                 if not self._connected:
@@ -251,7 +253,10 @@ class Consumer(ABC, Generic[Item]):
                     if exc.code != "MOVED":
                         await moving.wait(exc)
                 elif self.recoverable(exc):
-                    log.warning("%s: %s; setting up again", self, exc)
+                    # the stream vanished (deleted, or its slot moved away): expected
+                    # in a cluster, where every resharding does it
+                    level = logging.INFO if self.connector.cluster else logging.WARNING
+                    log.log(level, "%s: %s; setting up again", self, exc)
                     await anyio.sleep(0.1)
                 else:
                     await refused.wait(exc)

@@ -101,6 +101,8 @@ class ChannelHub:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Subscribe (then report ready) and dispatch until cancelled."""
         await self._open()
+        if self.connector.fails_over:  # a lost node is soon replaced: look again soon
+            self.backoff.cap = 1.0
         task_status.started()
         try:
             while True:
