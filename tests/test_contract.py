@@ -964,11 +964,11 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(
     argv, env, log = worker_command(POISON_WORKER, tmp_path, url, ns, kind, name)
     deaths = 0
     dead_key = make_flow().keys(name).dead
-    with anyio.fail_after(60):
+    with anyio.fail_after(90):
         while not await r.xlen(dead_key):
             proc = await anyio.open_process(argv, env=env, stdout=None, stderr=None)
             try:
-                with anyio.move_on_after(8):  # each worker dies, or dead-letters the poison
+                with anyio.move_on_after(20):  # each worker dies, or dead-letters the poison
                     while proc.returncode is None and not await r.xlen(dead_key):  # noqa: ASYNC110
                         await anyio.sleep(0.1)
                 if proc.returncode is not None:
