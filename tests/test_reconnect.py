@@ -8,7 +8,9 @@ with ``appendfsync always``; ``persist=False`` restarts come back empty.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,7 +23,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redisflow import Flow, RedisflowError
+from redisflow.connection.link import Link
+from redisflow.connection.pipeliner import Pipeliner
+from redisflow.connection.url import parse_url
 from redisflow.consumers import Consumer
+from redisflow.errors import ConnectionLost
 from tests.support.servers import RedisProc, free_port, start_redis, stop_redis
 
 pytestmark = pytest.mark.anyio
@@ -484,3 +490,36 @@ async def test_recovery_logged_without_traffic(
         # And it did reconnect: a message sent now is handled.
         await retry_once(lambda: _send(flow, kind, name, 7))
         await eventually(lambda: 7 in seen, what="post-restart message handled")
+
+
+# -- a server that goes silent -----------------------------------------------------------
+
+
+async def test_a_silent_server_fails_a_round_trip_after_the_timeout() -> None:
+    """A server that stops answering mid-run (SIGSTOP: the socket stays open) fails the
+    round trip in flight after ``timeout``, not never; healthy round trips spanning many
+    timeouts are never cut; once the server answers again, calls go through."""
+    proc = start_redis()
+    assert proc.pid is not None
+    endpoint = parse_url(proc.url).endpoint()
+    pipe = Pipeliner(lambda: Link(endpoint), timeout=0.3, retry_for=0.2)
+    try:
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < 1.0:  # > 3 timeouts of lone calls, none cut
+            n += 1
+            assert await pipe("INCR", "silent:n") == n
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(ConnectionLost, match=r"no reply within 0\.3s"):
+                await pipe("INCR", "silent:n")
+            took = time.monotonic() - start
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert 0.3 <= took < 3.0, took
+        # the INCR sent to the stopped server ran when it woke: at-least-once, "maybe done"
+        assert await pipe("GET", "silent:n") in (str(n).encode(), str(n + 1).encode())
+    finally:
+        await pipe.aclose()
+        stop_redis(proc)

@@ -91,9 +91,10 @@ class _Protocol(asyncio.Protocol):
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = ConnectionLost(
-            "the server closed the connection" if exc is None else f"connection lost: {exc}"
-        )
+        if self.lost is None:  # else the link was dropped on purpose, for that reason
+            self.lost = ConnectionLost(
+                "the server closed the connection" if exc is None else f"connection lost: {exc}"
+            )
         for fut in (self.waiter, self.drained):
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -253,6 +254,14 @@ class Link:
         if waiter is None or waiter.done():
             waiter = proto.waiter = asyncio.get_running_loop().create_future()
         await waiter  # data arrived, or the connection was lost: the caller's gets() tells
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now: the read waiting on it fails with ``reason``."""
+        proto = self._proto
+        if proto is None or proto.transport is None or proto.lost is not None:
+            return
+        proto.lost = ConnectionLost(f"{self.endpoint}: {reason}")
+        proto.transport.abort()  # connection_lost wakes the waiting read, keeping the reason
 
     async def close(self) -> None:
         """Drop the connection (a reply not read yet is lost with it)."""
