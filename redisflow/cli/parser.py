@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
-from . import commands
+from . import commands, local
 from .run import run as run_command
 
 
@@ -93,6 +93,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("app", help="the flow to run, as MODULE:ATTRIBUTE (e.g. app:flow)")
     _options(run, *RUN)
     run.set_defaults(func=run_command, parser=run)
+
+    srv = sub.add_parser("server", help="run a local Redis-compatible server (development)")
+    srv.add_argument("--port", type=PORT, default=6379, help="port on 127.0.0.1 (default 6379)")
+    srv.add_argument("--dir", default=".redisflow", help="data directory (default .redisflow)")
+    srv.set_defaults(func=local.server, parser=srv)
 
     st = sub.add_parser("stats", help="queue depth, stream lag, counters and memory per handler")
     st.add_argument("app", nargs="?", metavar="MODULE:ATTR", help="its handlers (default: all)")

@@ -16,6 +16,7 @@ import anyio
 
 from ..app import Flow
 from ..errors import ConfigError, RedisflowError
+from .local import NoServer, start_default
 from .supervisor import ENV_URL, ENV_WORKER, Supervisor, serve
 
 log = logging.getLogger("redisflow")
@@ -98,8 +99,22 @@ def run(args: argparse.Namespace) -> int:
             override_concurrency(flow, args.concurrency)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    if args.workers is not None or args.reload:
-        return supervise(args)
+    try:  # only when no URL was given anywhere: a given URL is used as given
+        local = None if url or flow.config.url_given else start_default(flow.config.url)
+    except NoServer as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        if args.workers is not None or args.reload:
+            return supervise(args)
+        return run_one(args, flow)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def run_one(args: argparse.Namespace, flow: Flow) -> int:
+    """Run ``flow`` in this process until SIGINT/SIGTERM."""
     if not flow.handlers:
         log.warning("%s has no handlers; it will only wait for a signal", args.app)
     log.info(
