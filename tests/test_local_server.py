@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
+from redisflow import ConfigError, Flow
+from redisflow.connection import ServerInfo, check_version
 from redisflow.server import (
     MIN_VERSION,
     LocalServer,
@@ -218,3 +221,51 @@ def test_server_command_runs_in_the_foreground_until_sigterm(
             proc.stdout.close()
     assert code == 0
     assert any((tmp_path / "data").rglob("*.aof"))
+
+
+# -- the server's version, checked at connect --------------------------------------------------
+
+INFO = "# Server\r\n{fields}\r\nredis_mode:standalone\r\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ("redis_version:6.2.14", "Redis 6.2.14"),
+        ("redis_version:7.0.15", None),
+        ("server_name:valkey\r\nredis_version:7.2.4\r\nvalkey_version:9.1.2", None),
+        ("server_name:valkey\r\nredis_version:7.2.4\r\nvalkey_version:6.9.0", "Valkey 6.9.0"),
+        ("server_name:keydb\r\nredis_version:7.2.4", "Keydb 7.2.4"),
+    ],
+)
+def test_version_check_refuses_servers_older_than_7_0(fields: str, refused: str | None) -> None:
+    """What ``INFO server`` says decides (Valkey reports redis_version 7.2.4 whatever its
+    own version); the live path is covered by every test that connects."""
+    info = ServerInfo.parse(INFO.format(fields=fields).encode())
+    if refused is None:
+        check_version(info, "redis://h:1/0")
+        return
+    with pytest.raises(ConfigError, match=rf"^{refused} at redis://h:1/0: redisflow needs"):
+        check_version(info, "redis://h:1/0")
+
+
+@pytest.mark.anyio
+async def test_a_user_without_info_permission_still_connects(url: str) -> None:
+    """A restrictive ACL that refuses INFO: the check is skipped, not the connection."""
+    user = f"noinfo{os.getpid()}"
+    admin = RedisServer.external(url)
+    admin.call("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all", "-info")
+    try:
+        limited = url.replace("redis://", f"redis://{user}:secret@")
+        flow = Flow(limited, prefix=f"acl{os.getpid()}")
+        try:
+            msg_id = await flow.enqueue("acl-jobs", {"n": 1})
+            assert msg_id and flow.client.connector.info is None
+        finally:
+            await flow.aclose()
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            with admin.client(username=user, password="secret") as client:
+                client.info("server")
+    finally:
+        admin.call("ACL", "DELUSER", user)
+        admin.call("DEL", "acl-jobs")
