@@ -16,11 +16,11 @@ redisflow imports this package.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from . import logs
 from .parser import parser
 from .run import UsageError
 from .supervisor import ENV_WORKER
@@ -32,13 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``redisflow`` command; returns the exit code."""
     p = parser()
     args = p.parse_args(argv)
-    worker = os.environ.get(ENV_WORKER)
-    tag = f" [worker {worker}]" if worker else ""
-    logging.basicConfig(
-        level=getattr(args, "log_level", "WARNING"),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
-    )
+    level, fmt = getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text")
+    logs.configure(level, fmt, os.environ.get(ENV_WORKER))
     try:
         code: int = args.func(args)
     except UsageError as exc:
