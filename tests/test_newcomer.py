@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,41 @@ async def test_dlq_of_an_unregistered_source_lists_the_known_ones(
     )
     assert res.returncode == 0, res.stderr
     assert f"registered a source named '{ns}-order' (registered: {ns}-orders)" in res.stderr
+
+
+# -- the README's snippets, as copied -------------------------------------------------------
+
+
+def readme_block(first_line: str) -> str:
+    """The README's Python code block that starts with ``first_line``."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [b for b in blocks if b.startswith(first_line)]
+    assert len(found) == 1, f"{first_line!r}: {len(found)} blocks"
+    return found[0]
+
+
+def test_readme_test_example_passes_as_copied(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(readme_block("# app.py\n"))
+    (tmp_path / "test_app.py").write_text(readme_block("# test_app.py\n"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDISFLOW_")}
+    env["PYTHONPATH"] = str(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+
+
+def test_readme_sync_producer_recipe_runs(tmp_path: Path, redisflow_url: str) -> None:
+    recipe = readme_block("from anyio.from_thread import start_blocking_portal\n")
+    (tmp_path / "send.py").write_text(recipe)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDISFLOW_")}
+    env["REDISFLOW_URL"] = redisflow_url
+    res = subprocess.run(
+        [sys.executable, "send.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    with RedisServer.external(redisflow_url).client() as client:
+        (item,) = client.lrange("emails", 0, -1)
+    assert res.stdout.strip() in item.decode() and b'"subject":"hi"' in item
