@@ -4,13 +4,16 @@
     redisflow stats [MODULE:ATTR] [--watch [S]] [--json] depth, lag, counters per handler
     redisflow dlq list|show|replay|purge ...             the dead letters of a source
     redisflow publish|enqueue|append NAME JSON           send a message from the shell
+    redisflow check MODULE:ATTR                          connect, scripts, permissions
+    redisflow server [--port P] [--dir D]                a local server (development)
 
 Exit status: 0 on success; 1 when something failed at run time (Redis unreachable, no such
-dead letter, workers that keep failing at start); 2 for a usage error (a bad option or URL,
+dead letter, workers that keep failing at start, a problem found by ``check``); 2 for a usage error (a bad option or URL,
 a module that cannot be imported, an attribute that is not a Flow).
 
 ``parser.py`` defines the options, ``run.py`` runs flows (``supervisor.py``: N workers),
-``commands.py`` the commands that connect, ``render.py`` what they print. Nothing else in
+``commands.py`` the commands that connect, ``check.py`` the health check, ``local.py`` the
+local server, ``logs.py`` text or JSON logs, ``render.py`` what they print. Nothing else in
 redisflow imports this package.
 """
 
