@@ -8,8 +8,9 @@
     redisflow server [--port P] [--dir D]                a local server (development)
 
 Exit status: 0 on success; 1 when something failed at run time (Redis unreachable, no such
-dead letter, workers that keep failing at start, a problem found by ``check``); 2 for a usage error (a bad option or URL,
-a module that cannot be imported, an attribute that is not a Flow).
+dead letter, workers that keep failing at start, a problem found by ``check``); 2 for a
+usage error (a bad option or URL, a module that cannot be imported, an attribute that is
+not a Flow).
 
 ``parser.py`` defines the options, ``run.py`` runs flows (``supervisor.py``: N workers),
 ``commands.py`` the commands that connect, ``check.py`` the health check, ``local.py`` the

