@@ -150,8 +150,19 @@ def verdicts(rows: list[Outcome], outcomes: list[Outcome]) -> list[str]:
     return ["", text]
 
 
+#: Whether the target column grades the rows: not for --smoke, whose small N and single run
+#: say nothing about the targets (a smoke run only proves every workload still runs).
+GRADED = True
+
+
+def grade(on: bool) -> None:
+    """Grade the rows against their targets (``on``) or leave the target column empty."""
+    global GRADED
+    GRADED = on
+
+
 def verdict(o: Outcome, outcomes: list[Outcome]) -> str:
-    if o.row.target is None or not o.runs:
+    if not GRADED or o.row.target is None or not o.runs:
         return ""
     op, goal = o.row.target
     value = statistics.median(r["value"] for r in o.runs)

@@ -44,9 +44,13 @@ from typing import Any
 import cluster
 import redis
 from cluster import BenchCluster
-from report import WORKLOADS, Outcome, Row, describe, report
+from report import WORKLOADS, Outcome, Row, describe, grade, report
+
+from redisflow.server import find_binary
 
 HERE = Path(__file__).resolve().parent
+#: redis-server from PATH, else the embedded one of redisflow[server] (docs/server.md).
+SERVER = find_binary() or "redis-server"
 ROOT = HERE.parent  # the tree whose redisflow/ the rows (but --baseline twins) import
 VENVS = HERE / ".venvs"
 BASELINES = HERE / ".baseline"  # <full sha>/redisflow/: --baseline exports (gitignored)
@@ -165,7 +169,7 @@ class PrivateRedis:
         args += ["no", "--dir", self.dir]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of.port)]
-        self.proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([SERVER, *args], stdout=subprocess.DEVNULL)
         for _ in range(200):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as s:
@@ -445,7 +449,7 @@ def run_all(
 def machine(
     pythons: dict[str, str | None], args: argparse.Namespace, baseline: str
 ) -> dict[str, Any]:
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    server = subprocess.run([SERVER, "--version"], capture_output=True, text=True)
     git = subprocess.run(
         ["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True, text=True
     )
@@ -538,6 +542,7 @@ def main() -> None:
         args.samples = 200
         args.repeat, args.out, args.budget = 1, "", 5.0
         args.frameworks = args.frameworks or "redisflow"
+        grade(False)
     workloads = args.only.split(",") if args.only else list(WORKLOADS)
     names = args.frameworks.split(",") if args.frameworks else list(FRAMEWORKS)
     bad = [w for w in workloads if w not in WORKLOADS] + [f for f in names if f not in FRAMEWORKS]
@@ -562,6 +567,8 @@ def main() -> None:
     servers = Servers.start(rows)
     try:
         info = machine(pythons, args, sha)
+        if args.smoke:
+            info["targets"] = "not graded (a smoke run: small N, one run each)"
         if servers.cluster is not None:
             info["redis cluster"] = servers.cluster.describe()
         outcomes = run_all(rows, pythons, servers, args)

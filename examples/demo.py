@@ -1,48 +1,18 @@
 """``make demo``: run examples/app.py end to end and print what each handler did.
 
-Uses the Redis at $REDISFLOW_URL (else localhost:6379) when one answers; otherwise starts a
-private redis-server on a free port for the length of the demo.
+Runs against a private server started for the demo on a free port (``redis-server`` from
+PATH, else the embedded one of ``redisflow[server]``) and removed afterwards, so it never
+writes to your own Redis; set $REDISFLOW_URL to run it against a server of your choice.
 """
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def reachable(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def private_redis() -> tuple[subprocess.Popen[bytes], str, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="redisflow-demo-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not reachable(url):
-        if time.monotonic() > deadline:
-            raise SystemExit("could not start a private redis-server")
-        time.sleep(0.05)
-    return proc, url, workdir
+from redisflow.testing.servers import RedisServer, redis_server_binary
 
 
 async def main(url: str) -> None:
@@ -57,18 +27,20 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    url = os.environ.get("REDISFLOW_URL", "redis://localhost:6379/0")
-    proc = workdir = None
-    if not reachable(url):
-        wanted = url
-        proc, url, workdir = private_redis()
-        print(f"no Redis at {wanted}: started a private one at {url}")
+    url = os.environ.get("REDISFLOW_URL")
+    server = None
+    if url:
+        print(f"using the Redis at {url} ($REDISFLOW_URL)")
     else:
-        print(f"using the Redis at {url}")
+        try:
+            binary = redis_server_binary()
+        except RuntimeError as exc:
+            raise SystemExit(f"demo: {exc}") from None
+        server = RedisServer.start()
+        url = server.url
+        print(f"started a private server for the demo at {url} ({binary})")
     try:
         asyncio.run(main(url))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-            shutil.rmtree(workdir or "", ignore_errors=True)
+        if server is not None:
+            server.stop()

@@ -247,7 +247,7 @@ class Flow:
         self,
         stream: str,
         *,
-        group: str,
+        group: str | None = None,  # required: None is a ConfigError naming the function
         concurrency: int = 16,
         max_attempts: int = 5,
         retry_delay: float = 1.0,
@@ -270,9 +270,10 @@ class Flow:
     ) -> Callable[[F], F]:
         options.pop("self")
         if callable(name):  # @flow.on_queue without the parentheses
+            usage = f'@flow.on_{kind}("name"{", group=...)" if kind == "stream" else ")"}'
             raise ConfigError(
-                f"@flow.on_{kind} needs the name of its source: @flow.on_{kind}('emails'),"
-                f" not @flow.on_{kind} (on {getattr(name, '__qualname__', name)!r})"
+                f"handler {getattr(name, '__qualname__', name)!r}: @flow.on_{kind} needs the"
+                f" name of its source: write {usage}, not @flow.on_{kind}"
             )
 
         def register(fn: F) -> F:

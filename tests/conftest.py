@@ -38,7 +38,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.support.servers import RedisProc, redis_server_binary, start_redis, stop_redis
+from redisflow.testing import start_for
+from tests.support.servers import RedisProc, redis_server_binary, stop_redis
 from tests.support.workers import Workers
 
 _FIGURES: dict[str, dict[str, Any]] = {}
@@ -58,7 +59,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisProc]:
+def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisProc]:
     """The session's Redis: ``.url`` (``redis://127.0.0.1:P/0``), ``.port``, ``.pid``.
 
     With ``REDISFLOW_TEST_URL`` set, that server is used as-is (``.pid`` is None and
@@ -74,7 +75,7 @@ def redis_server() -> Iterator[RedisProc]:
             pid=None,
         )
         return
-    proc = start_redis()
+    proc = start_for(request)
     try:
         yield proc
     finally:
@@ -128,9 +129,9 @@ def topology_url(topology: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisProc]:
+def private_redis(request: pytest.FixtureRequest) -> Iterator[RedisProc]:
     """A redis-server of this test alone (it may be restarted, flooded or misconfigured)."""
-    proc = start_redis()
+    proc = start_for(request)
     try:
         yield proc
     finally:

@@ -5,7 +5,8 @@ Imports are read with ``ast`` (``TYPE_CHECKING`` imports count too), so a cycle 
 behind a lazy import. The layers, lowest first (a module may import only from its own layer
 or lower ones)::
 
-    errors, message, keys, config         the leaves
+    errors, message, keys, config,        the leaves
+    forwarding, server
     protocol/                             the wire format
     connection/                           links, auto-pipelining, URLs
     tracking, ratelimit, idempotency,     features over connections
@@ -28,7 +29,7 @@ from redisflow.config import FlowConfig, FlowOptions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "redisflow"
 LAYERS = [
-    {"errors", "message", "keys", "config", "forwarding"},
+    {"errors", "message", "keys", "config", "forwarding", "server"},
     {"protocol"},
     {"connection"},
     {

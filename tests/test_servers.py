@@ -73,6 +73,7 @@ def test_binary_resolution_and_its_errors(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     monkeypatch.delenv("REDISFLOW_REDIS_SERVER")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(servers, "_embedded_binary", lambda: None)  # redisflow[server] absent
     with pytest.raises(RuntimeError) as missing:
         redis_server_binary()
     for hint in ("Redis >= 7.0", "apt-get", "brew", "docker", "redisflow[server]",

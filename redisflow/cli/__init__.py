@@ -4,23 +4,27 @@
     redisflow stats [MODULE:ATTR] [--watch [S]] [--json] depth, lag, counters per handler
     redisflow dlq list|show|replay|purge ...             the dead letters of a source
     redisflow publish|enqueue|append NAME JSON           send a message from the shell
+    redisflow check MODULE:ATTR                          connect, scripts, permissions
+    redisflow server [--port P] [--dir D]                a local server (development)
 
 Exit status: 0 on success; 1 when something failed at run time (Redis unreachable, no such
-dead letter, workers that keep failing at start); 2 for a usage error (a bad option or URL,
-a module that cannot be imported, an attribute that is not a Flow).
+dead letter, workers that keep failing at start, a problem found by ``check``); 2 for a
+usage error (a bad option or URL, a module that cannot be imported, an attribute that is
+not a Flow).
 
 ``parser.py`` defines the options, ``run.py`` runs flows (``supervisor.py``: N workers),
-``commands.py`` the commands that connect, ``render.py`` what they print. Nothing else in
+``commands.py`` the commands that connect, ``check.py`` the health check, ``local.py`` the
+local server, ``logs.py`` text or JSON logs, ``render.py`` what they print. Nothing else in
 redisflow imports this package.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from . import logs
 from .parser import parser
 from .run import UsageError
 from .supervisor import ENV_WORKER
@@ -32,13 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``redisflow`` command; returns the exit code."""
     p = parser()
     args = p.parse_args(argv)
-    worker = os.environ.get(ENV_WORKER)
-    tag = f" [worker {worker}]" if worker else ""
-    logging.basicConfig(
-        level=getattr(args, "log_level", "WARNING"),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
-    )
+    level, fmt = getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text")
+    logs.configure(level, fmt, os.environ.get(ENV_WORKER))
     try:
         code: int = args.func(args)
     except UsageError as exc:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, NoReturn
 
 from .. import __version__
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
-from . import commands
+from . import check, commands, local
 from .run import run as run_command
 
 
@@ -46,19 +47,59 @@ CONNECTION = (
     ("--url", dict(help="Redis URL (default: the app's, $REDISFLOW_URL, redis://localhost:6379)")),
     ("--prefix", dict(help="key prefix of the flows (default: the app's, else rf)")),
 )
-RUN = (
-    ("--url", dict(help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
-    ("--log-level", dict(default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                         type=str.upper, help="logging level (default INFO)")),
-    ("--concurrency", dict(type=POSITIVE, metavar="N", help="override each handler's concurrency")),
-    ("--give-up-after", dict(type=SECONDS, metavar="SECONDS",
-                             help="exit 1 when Redis is unreachable this long (0: never)")),
-    ("--workers", dict(type=POSITIVE, metavar="N", help="run N supervised worker processes")),
-    ("--metrics-port", dict(type=PORT, metavar="PORT",
-                            help="serve Prometheus metrics (worker i of --workers: PORT+i)")),
-    ("--reload", dict(action="store_true", help="restart workers when a .py file changes")),
-    ("--reload-dir", dict(action="append", metavar="DIR", help="watch DIR (default: current)")),
-)  # fmt: skip
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FACTORY = ("--factory", dict(action="store_true", help="ATTR is a function returning the Flow"))
+
+
+def _choice(*choices: str) -> Any:
+    """An argparse type: one of ``choices`` (any case). A type rather than ``choices=``:
+    argparse checks a default taken from the environment through its type only."""
+
+    def parse(text: str) -> str:
+        for choice in choices:
+            if text.lower() == choice.lower():
+                return choice
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+
+    return parse
+
+
+def env(option: str, default: str | None = None) -> str | None:
+    """The default of ``run``'s ``--option``: ``$REDISFLOW_OPTION`` (``--log-level``:
+    ``$REDISFLOW_LOG_LEVEL``), checked and converted by the option's type."""
+    return os.environ.get("REDISFLOW_" + option.upper().replace("-", "_"), default)
+
+
+def _run_options() -> tuple[tuple[str, dict[str, Any]], ...]:
+    reload = (env("reload") or "").lower() in ("1", "true", "yes")
+    return (
+        ("--url", dict(help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
+        ("--log-level", dict(default=env("log-level", "INFO"), type=_choice(*LEVELS),
+                             metavar="|".join(LEVELS), help="logging level (default INFO)")),
+        ("--log-format", dict(default=env("log-format", "text"), type=_choice("text", "json"),
+                              metavar="text|json", help="json: one JSON object per line")),
+        ("--concurrency", dict(type=POSITIVE, metavar="N", default=env("concurrency"),
+                               help="override each handler's concurrency")),
+        ("--give-up-after", dict(type=SECONDS, metavar="SECONDS", default=env("give-up-after"),
+                                 help="exit 1 when Redis is unreachable this long (0: never)")),
+        ("--workers", dict(type=POSITIVE, metavar="N", default=env("workers"),
+                           help="run N supervised worker processes")),
+        ("--metrics-port", dict(type=PORT, metavar="PORT", default=env("metrics-port"),
+                                help="serve Prometheus metrics (worker i of --workers: PORT+i)")),
+        ("--reload", dict(action="store_true", default=reload,
+                          help="restart workers when a .py file changes")),
+        ("--reload-dir", dict(action="append", metavar="DIR", help="watch DIR (default: current)")),
+        FACTORY,
+    )  # fmt: skip
+
+
+RUN_EPILOG = (
+    "Each option but --url and --reload-dir also reads $REDISFLOW_<OPTION> (e.g. "
+    "REDISFLOW_WORKERS=4, REDISFLOW_LOG_LEVEL=DEBUG, REDISFLOW_RELOAD=1); the command line "
+    "wins. The URL comes from --url, else the flow's (Flow(url), else $REDISFLOW_URL); with "
+    "none configured and nothing at localhost:6379, the embedded server of redisflow[server] "
+    "is started."
+)
 FILTERS = (
     ("--handler", dict(help="only dead letters of this handler (its qualname)")),
     ("--error", dict(metavar="TEXT", help="only those whose error contains TEXT")),
@@ -89,10 +130,21 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     app = ("--app", dict(metavar="MODULE:ATTR", help="take URL, prefix and kinds from a flow"))
 
-    run = sub.add_parser("run", help="run the handlers of a flow until SIGINT/SIGTERM")
-    run.add_argument("app", help="the flow to run, as MODULE:ATTRIBUTE (e.g. app:flow)")
-    _options(run, *RUN)
+    run = sub.add_parser("run", help="run the handlers of a flow until SIGINT/SIGTERM",
+                         epilog=RUN_EPILOG)  # fmt: skip
+    run.add_argument("app", help="the flow to run: MODULE:ATTR (e.g. app:flow; ATTR: flow)")
+    _options(run, *_run_options())
     run.set_defaults(func=run_command, parser=run)
+
+    chk = sub.add_parser("check", help="connect, load the scripts, check the permissions")
+    chk.add_argument("app", help="the flow to check: MODULE:ATTR (e.g. app:flow)")
+    _options(chk, CONNECTION[0], FACTORY)
+    chk.set_defaults(func=check.check, parser=chk)
+
+    srv = sub.add_parser("server", help="run a local Redis-compatible server (development)")
+    srv.add_argument("--port", type=PORT, default=6379, help="port on 127.0.0.1 (default 6379)")
+    srv.add_argument("--dir", default=".redisflow", help="data directory (default .redisflow)")
+    srv.set_defaults(func=local.server, parser=srv)
 
     st = sub.add_parser("stats", help="queue depth, stream lag, counters and memory per handler")
     st.add_argument("app", nargs="?", metavar="MODULE:ATTR", help="its handlers (default: all)")

@@ -16,6 +16,7 @@ import anyio
 
 from ..app import Flow
 from ..errors import ConfigError, RedisflowError
+from .local import NoServer, start_default
 from .supervisor import ENV_URL, ENV_WORKER, Supervisor, serve
 
 log = logging.getLogger("redisflow")
@@ -25,8 +26,9 @@ class UsageError(Exception):
     """Raised when the command line names something that cannot be used."""
 
 
-def load_flow(spec: str) -> Flow:
-    """Import ``module:attribute`` (attribute defaults to ``flow``) and return the Flow."""
+def load_flow(spec: str, *, factory: bool = False) -> Flow:
+    """Import ``module:attribute`` (attribute defaults to ``flow``) and return the Flow;
+    with ``factory``, the attribute is a function called without arguments to make it."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "flow"
     if module_name.endswith(".py"):
@@ -52,8 +54,14 @@ def load_flow(spec: str) -> Flow:
         if not hasattr(obj, part):
             raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    if factory:
+        if not callable(obj):
+            raise UsageError(f"--factory: {spec!r} is a {type(obj).__name__}, not a function")
+        obj = obj()
     if not isinstance(obj, Flow):
-        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not a redisflow.Flow")
+        made = " returned" if factory else " is"
+        hint = "" if factory or not callable(obj) else " (a function that makes one? --factory)"
+        raise UsageError(f"{spec!r}{made} a {type(obj).__name__}, not a redisflow.Flow{hint}")
     return obj
 
 
@@ -83,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     """``redisflow run``."""
     if args.reload_dir and not args.reload:
         raise UsageError("--reload-dir needs --reload")
-    flow = load_flow(args.app)  # in a supervisor too: a usage error is reported at once
+    if os.environ.get(ENV_WORKER) is not None:  # $REDISFLOW_WORKERS... are the supervisor's
+        args.workers, args.reload = None, False
+    flow = load_flow(args.app, factory=args.factory)  # in a supervisor too: usage errors now
     changes: dict[str, Any] = {}
     url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line
     if url:
@@ -98,8 +108,22 @@ def run(args: argparse.Namespace) -> int:
             override_concurrency(flow, args.concurrency)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    if args.workers is not None or args.reload:
-        return supervise(args)
+    try:  # only when no URL was given anywhere: a given URL is used as given
+        local = None if url or flow.config.url_given else start_default(flow.config.url)
+    except NoServer as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        if args.workers is not None or args.reload:
+            return supervise(args)
+        return run_one(args, flow)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def run_one(args: argparse.Namespace, flow: Flow) -> int:
+    """Run ``flow`` in this process until SIGINT/SIGTERM."""
     if not flow.handlers:
         log.warning("%s has no handlers; it will only wait for a signal", args.app)
     log.info(
@@ -129,7 +153,9 @@ def supervise(args: argparse.Namespace) -> int:
         for d in dirs:
             if not d.is_dir():
                 raise UsageError(f"--reload-dir {d}: not a directory")
-    command = [sys.executable, "-m", "redisflow", "run", args.app, "--log-level", args.log_level]
+    command = [sys.executable, "-m", "redisflow", "run", args.app]
+    command += ["--log-level", args.log_level, "--log-format", args.log_format]
+    command += ["--factory"] if args.factory else []
     for option in ("concurrency", "give_up_after", "metrics_port"):
         value = getattr(args, option)
         if value is not None:

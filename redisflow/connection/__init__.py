@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConnectionLost, RedisflowError, ReplyError
+from ..errors import ConfigError, ConnectionLost, ReplyError
 from ..protocol.replies import info
 from ..protocol.scripts import Call
 from .backoff import Backoff
@@ -54,6 +54,7 @@ __all__ = [
     "ServerInfo",
     "ServerSpec",
     "WaitingSender",
+    "check_version",
     "pack",
     "parse_url",
     "redact",
@@ -80,6 +81,16 @@ class ServerInfo:
 
     def __str__(self) -> str:
         return f"{self.name.capitalize()} {'.'.join(map(str, self.version))}"
+
+
+def check_version(info: ServerInfo, where: str) -> None:
+    """Refuse a server older than Redis or Valkey 7.0 (``ConfigError``: waiting would not
+    help), naming what it is."""
+    if info.name not in ("redis", "valkey") or info.version[:2] < MIN_VERSION:
+        raise ConfigError(
+            f"{info} at {where}: redisflow needs Redis or Valkey 7.0 or newer"
+            " (docs/server.md has ways to get one)"
+        )
 
 
 class Sender:
@@ -194,13 +205,17 @@ class Connector:
         try:
             await link.open()
             self.info = ServerInfo.parse(await link.call("INFO", "server"))
+        except ReplyError as exc:
+            if exc.code != "NOPERM":
+                raise
+            # An ACL without INFO: not ours to refuse. The version goes unchecked (an old
+            # server fails at its first 7.0 command) and a cluster needs a cluster URL.
+            self.info = None
         finally:
             await link.close()
-        if self.info.version[:2] < MIN_VERSION:
-            raise RedisflowError(
-                f"{self.info} at {self.display}: redisflow needs Redis or Valkey 7.0 or newer"
-            )
-        if self.spec.mode == "cluster" or self.info.mode == "cluster":
+        if self.info is not None:
+            check_version(self.info, self.display)
+        if self.spec.mode == "cluster" or (self.info is not None and self.info.mode == "cluster"):
             self.router = Router(self.spec, name=self.name, timeout=self.timeout)
             await self.router.refresh()
             self.target = self.router

@@ -253,8 +253,7 @@ class Consumer(ABC, Generic[Item]):
                     if exc.code != "MOVED":
                         await moving.wait(exc)
                 elif self.recoverable(exc):
-                    # the stream vanished (deleted, or its slot moved away): expected
-                    # in a cluster, where every resharding does it
+                    # the stream vanished (deleted, its slot moved): a cluster's resharding
                     level = logging.INFO if self.connector.cluster else logging.WARNING
                     log.log(level, "%s: %s; setting up again", self, exc)
                     await anyio.sleep(0.1)
@@ -336,6 +335,11 @@ class Consumer(ABC, Generic[Item]):
         """Messages held by this consumer: queued locally or in a handler."""
         return len(self._dq) + self._busy
 
+    def handled(self, item: Item) -> None:
+        """``done``, logged at DEBUG (``--log-level DEBUG``: each message's verdict)."""
+        self.done(item)
+        log.debug("%s: message %s handled", self, self.message(item, None).id)
+
     async def _work(self) -> None:
         dq = self._dq
         idle = self._idle
@@ -346,6 +350,7 @@ class Consumer(ABC, Generic[Item]):
         timeout = self.options.timeout
         guards = self.guards if self.guards.active else None
         gate = self.gate
+        done = self.handled if log.isEnabledFor(logging.DEBUG) else self.done
         while not self._draining:
             if not dq:
                 fut = loop.create_future()
@@ -376,7 +381,7 @@ class Consumer(ABC, Generic[Item]):
                     await self.verdicts.failed(item, exc)
                 else:
                     self.stats.processed += 1
-                    self.done(item)
+                    done(item)
             except BaseException:
                 self._unfinished.append(item)
                 raise

@@ -75,7 +75,9 @@ class Verdicts(Generic[Item]):
         """Decide what happens to ``item`` after ``exc``, and record it."""
         consumer = self.consumer
         failure = Failure.of(exc)
+        msg_id = consumer.message(item, None).id
         if failure.defer:
+            log.debug("%s: message %s deferred: %s", consumer, msg_id, failure.error)
             await self.settle(item, failure, 0, final=False)
             return
         options = consumer.options
@@ -84,25 +86,24 @@ class Verdicts(Generic[Item]):
         attempt = consumer.attempt(item)
         final = failure.decode or failure.reject or attempt >= options.max_attempts
         delay = None if final else self.delay(attempt, failure.retry_delay)
-        msg_id = consumer.message(item, None).id
         fields = consumer_fields(consumer, msg_id, attempt)
-        if final:
-            reason = (
-                "rejected"
-                if failure.reject
-                else "undecodable"
-                if failure.decode
-                else (f"attempt {attempt}/{options.max_attempts} failed")
-            )
+        # Each line says what happens next: a retry (when, which attempt) or the dead letters.
+        if failure.reject or failure.decode:  # no retry was ever going to happen
             log.warning(
-                "%s: message %s %s: %s -> dead letters %s", consumer, msg_id, reason,
-                failure.error[:500], consumer.keys.dead,
-                exc_info=exc if not (failure.reject or failure.decode) else None, extra=fields,
+                "%s: message %s %s -> dead letters %s", consumer, msg_id,
+                failure.error[:500] if failure.reject else f"undecodable: {failure.error[:500]}",
+                consumer.keys.dead, extra=fields,
+            )  # fmt: skip
+        elif final:
+            log.warning(
+                "%s: message %s failed: %s; dead-lettered to %s after %d attempt%s", consumer,
+                msg_id, failure.error[:500], consumer.keys.dead, attempt, "s" * (attempt != 1),
+                exc_info=exc, extra=fields,
             )  # fmt: skip
         else:
             log.warning(
-                "%s: message %s attempt %d/%d failed: %s; retrying in %.1fs", consumer, msg_id,
-                attempt, options.max_attempts, failure.error, delay, extra=fields,
+                "%s: message %s failed: %s; retrying in %.1f s (attempt %d/%d)", consumer,
+                msg_id, failure.error, delay, attempt + 1, options.max_attempts, extra=fields,
             )  # fmt: skip
         failure.retry_delay = delay
         await self.settle(item, failure, attempt, final)

@@ -23,7 +23,7 @@ empties the database before each test. ``redisflow_cluster``, ``redis_cluster_fa
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -32,7 +32,7 @@ from ..app import Flow
 from .cluster import RedisCluster
 from .fixtures import redis_cluster_factory, redis_sentinel_factory, redisflow_cluster
 from .sentinel import SentinelSetup
-from .servers import RedisServer
+from .servers import RedisServer, redis_server_binary
 
 __all__ = [
     "RedisCluster",
@@ -42,6 +42,7 @@ __all__ = [
     "redis_sentinel_factory",
     "redisflow_cluster",
     "run_flow",
+    "start_for",
 ]
 
 
@@ -58,14 +59,28 @@ async def run_flow(flow: Flow, *, url: str | None = None) -> AsyncIterator[Flow]
         await flow.aclose()
 
 
+def start_for(request: pytest.FixtureRequest, extra_args: Sequence[str] = ()) -> RedisServer:
+    """Start a private server for a fixture. When there is no server to start, fail with how
+    to get one and stop the session there: every later test would fail the same way, and
+    one message (per xdist worker) says it better than hundreds."""
+    try:
+        redis_server_binary()
+    except RuntimeError as exc:
+        missing = str(exc)
+    else:
+        return RedisServer.start(extra_args)
+    request.session.shouldstop = "no Redis server to start (see the error above)"
+    pytest.fail(missing, pytrace=False)
+
+
 @pytest.fixture(scope="session")
-def redisflow_server() -> Iterator[RedisServer]:
+def redisflow_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A Redis for the test session: private (started here) or ``$REDISFLOW_TEST_URL``."""
     external = os.environ.get("REDISFLOW_TEST_URL")
     if external:
         yield RedisServer.external(external)
         return
-    server = RedisServer.start()
+    server = start_for(request)
     try:
         yield server
     finally:

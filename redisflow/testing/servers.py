@@ -23,9 +23,7 @@ Usage::
 from __future__ import annotations
 
 import atexit
-import functools
 import os
-import re
 import shutil
 import signal
 import socket
@@ -40,6 +38,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from ..server import INSTALL_HINT, MIN_VERSION, binary_version, embedded_binary
+
 __all__ = [
     "HOST",
     "MIN_VERSION",
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-MIN_VERSION = (7, 0, 0)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 #: A cluster node also listens on port + 10,000 (the cluster bus), so 16379 is the bus of a
@@ -59,11 +58,8 @@ FORBIDDEN_PORTS = frozenset({6379, 16379})
 BUS_OFFSET = 10_000
 
 _INSTALL_HINT = (
-    "Redis >= 7.0 is needed: install it (`apt-get install redis-server`, "
-    "`brew install redis`, or run `docker run -p 6380:6379 redis:7` and set "
-    "REDISFLOW_TEST_URL=redis://127.0.0.1:6380/0), `pip install 'redisflow[server]'` for an "
-    "embedded server, or set REDISFLOW_REDIS_SERVER to a redis-server executable, or "
-    "REDISFLOW_TEST_URL to use a running server."
+    f"{INSTALL_HINT}; or set REDISFLOW_REDIS_SERVER to a redis-server executable, or "
+    "REDISFLOW_TEST_URL to use a running server (e.g. redis://127.0.0.1:6380/0)."
 )
 
 
@@ -82,11 +78,8 @@ def _stop_leftovers() -> None:
 
 
 def _embedded_binary() -> str | None:
-    """The redis-server shipped by an optional Python package (``redisflow[server]``).
-
-    Hook for the embedded-server extra: returns None until that package exists.
-    """
-    return None
+    """The server shipped by an optional Python package (``redisflow[server]``)."""
+    return embedded_binary()
 
 
 def redis_server_binary() -> str:
@@ -113,23 +106,10 @@ def redis_server_binary() -> str:
     return binary
 
 
-@functools.cache
-def _version_of(binary: str) -> tuple[int, int, int]:
-    out = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, check=False, timeout=10
-    ).stdout
-    # "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=..."
-    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
-    if match is None:
-        raise RuntimeError(f"cannot read the version of {binary}: {out.strip()!r}")
-    major, minor, patch = (int(g) for g in match.groups())
-    return major, minor, patch
-
-
 def redis_server_version(binary: str | None = None) -> tuple[int, int, int]:
     """The ``(major, minor, patch)`` version of ``binary`` (default: the one we would run),
     from ``redis-server --version``."""
-    return _version_of(binary if binary is not None else redis_server_binary())
+    return binary_version(binary if binary is not None else redis_server_binary())
 
 
 # -- ports -------------------------------------------------------------------------------
