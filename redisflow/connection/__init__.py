@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConnectionLost, RedisflowError, ReplyError
-from ..protocol.replies import info
+from ..errors import ConnectionLost, PermissionDenied, RedisflowError, ReplyError
+from ..protocol.replies import info, pairs, text
 from ..protocol.scripts import Call
 from .backoff import Backoff
 from .cluster import RoutedLink, Router
@@ -77,6 +77,14 @@ class ServerInfo:
         version = tuple(int(p) for p in text.split(".") if p.isdigit())
         mode = fields.get("server_mode") or fields.get("redis_mode", "standalone")
         return cls(fields.get("server_name", "redis"), version, mode)
+
+    @classmethod
+    def hello(cls, reply: list[Any]) -> ServerInfo:
+        """From a ``HELLO`` reply: what a user without ``INFO`` (a ``-@dangerous`` one) may
+        still ask."""
+        fields = {text(k): text(v) for k, v in pairs(reply) if isinstance(v, bytes)}
+        version = tuple(int(p) for p in fields.get("version", "0").split(".") if p.isdigit())
+        return cls(fields.get("server", "redis"), version, fields.get("mode", "standalone"))
 
     def __str__(self) -> str:
         return f"{self.name.capitalize()} {'.'.join(map(str, self.version))}"
@@ -193,7 +201,10 @@ class Connector:
         link = Link(self.endpoint, name=f"{self.name}:hello")
         try:
             await link.open()
-            self.info = ServerInfo.parse(await link.call("INFO", "server"))
+            try:
+                self.info = ServerInfo.parse(await link.call("INFO", "server"))
+            except PermissionDenied:
+                self.info = ServerInfo.hello(await link.call("HELLO"))
         finally:
             await link.close()
         if self.info.version[:2] < MIN_VERSION:

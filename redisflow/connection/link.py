@@ -34,9 +34,35 @@ def reply_error(message: str) -> ReplyError:
     code = message.split(" ", 1)[0]
     if code in ("WRONGPASS", "NOAUTH") or message.startswith("ERR AUTH"):
         return AuthError(message)
-    if code == "NOPERM":
+    if code == "NOPERM" or "user executing the script can't run" in message:
         return PermissionDenied(message)
     return ReplyError(message)
+
+
+def denied(error: PermissionDenied, command: Sequence[Any]) -> PermissionDenied:
+    """``error`` with what was refused and the ACL rule that would allow it (errors path
+    only: the command is known where the reply is handed to its caller)."""
+    message = str(error)
+    if "the ACL user needs" in message:
+        return error
+    name = _text(command[0]).upper() if command else "?"
+    script = name in ("EVALSHA", "EVAL")
+    keys = [_text(k) for k in (command[3 : 3 + int(command[2])] if script else command[1:2])]
+    what = f"a script on {', '.join(keys)}" if script else " ".join([name, *keys])
+    if "key" in message and keys:
+        rule = f"a key pattern matching {keys[0]} (~{keys[0]})"
+    elif script:  # a command inside the script is refused
+        rule = "the commands its feature runs"
+    else:
+        rule = f"+{name.lower()}"
+    return PermissionDenied(
+        f"{message} ({what}: the ACL user needs {rule}; docs/security.md lists the rules of"
+        " each feature)"
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def pack(commands: Iterable[Sequence[Any]]) -> bytes:
@@ -224,7 +250,10 @@ class Link:
     async def call(self, *args: Any) -> Any:
         """Send one command and read its reply."""
         await self.send(args)
-        return await self.read()
+        try:
+            return await self.read()
+        except PermissionDenied as exc:
+            raise denied(exc, args) from None
 
     async def replies(self) -> AsyncIterator[list[Any]]:
         """Every reply as it arrives, a socket read's worth at a time (for Pub/Sub)."""
