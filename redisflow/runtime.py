@@ -27,6 +27,7 @@ from .errors import AuthError, RedisflowError, ReplyError
 from .keys import sources_key
 from .metrics import Metrics
 from .ops.stats import source_member
+from .protocol.replies import text
 
 if TYPE_CHECKING:
     from .client import Client
@@ -89,6 +90,7 @@ class Runtime:
                 consumer.gate = gate
                 self.consumers.append(consumer)
         await self._register(connector)
+        await self._check_eviction(connector)
         if metrics is not None:
             metrics.watch(self.consumers)
             metrics.serve()
@@ -159,6 +161,25 @@ class Runtime:
             await connector.send("SADD", sources_key(self.config.prefix), *members)
         except ReplyError as exc:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
+
+    async def _check_eviction(self, connector: Connector) -> None:
+        """Warn once when Redis may evict keys (``maxmemory-policy`` other than
+        ``noeviction``): a full Redis would then drop queued messages silently. A user
+        without ``CONFIG GET`` (the usual ACL) is not told: noted at DEBUG."""
+        if not any(h.source.kind != "channel" for h in self.handlers):
+            return
+        try:
+            replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")
+        except REDIS_ERRORS as exc:
+            log.debug("maxmemory-policy not checked (%s)", exc)
+            return
+        policies = {text(reply[1]) for reply in replies if len(reply) == 2}
+        for policy in sorted(policies - {"noeviction"}):
+            log.warning(
+                "Redis at %s has maxmemory-policy %s: when full it evicts keys, queued"
+                " messages included, silently; set noeviction (a full Redis then refuses"
+                " new messages and workers go on draining)", connector.display, policy,
+            )  # fmt: skip
 
     async def _wait_for_redis(self, connector: Connector) -> None:
         """PING until Redis answers; log once while waiting; fail after ``give_up_after``.

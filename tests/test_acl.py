@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from redisflow import Flow, PermissionDenied, Reject
 from tests.support.flows import eventually, make_flow
 from tests.test_cli import cli, env_for, wait_for, write
-
-pytestmark = pytest.mark.anyio
 
 # The rules of docs/security.md, "Least privilege" (keys and channels are added per test).
 CONNECT = "+ping +hello +client|id +client|setname"
@@ -47,6 +46,7 @@ async def users(r: aioredis.Redis, url: str, ns: str) -> AsyncIterator[Callable[
         await r.execute_command("ACL", "DELUSER", user)
 
 
+@pytest.mark.anyio
 async def test_every_feature_under_its_minimal_acl(
     users: Callable[..., str], url: str, ns: str, tmp_path: Path
 ) -> None:
@@ -123,13 +123,16 @@ async def events(n: int) -> None:
 """
 
 
-async def test_an_app_user_without_unblock_and_info_stops_gracefully(
-    users: Callable[..., str], ns: str, r: aioredis.Redis, tmp_path: Path
+def test_an_app_user_without_unblock_and_info_stops_gracefully(
+    url: str, ns: str, tmp_path: Path
 ) -> None:
     """``+@all -@dangerous`` lacks ``CLIENT UNBLOCK`` and ``INFO``: SIGTERM still lets the
     running handler finish and exits 0 within the block timeout (no ExceptionGroup), and
     ``redisflow stats`` works without the server's memory figure."""
-    url = await users("app", "+@all -@dangerous ~* &*")
+    r = redis.Redis.from_url(url)
+    user = f"{ns}-app"
+    r.execute_command("ACL", "SETUSER", user, "on", ">pw", "+@all", "-@dangerous", "~*", "&*")
+    url = url.replace("redis://", f"redis://{user}:pw@")
     queue, started, done = f"{ns}:jobs", f"{ns}:started", f"{ns}:done"
     source = SLOW_APP.format(ns=ns, queue=queue, started=started, done=done, stream=f"{ns}:s")
     write(tmp_path, "slow_app", source)
@@ -141,27 +144,31 @@ async def test_an_app_user_without_unblock_and_info_stops_gracefully(
         )  # fmt: skip
     try:
         wait_for(lambda: log.read_text().count(" -> ") == 2, 30, "started")
-        await r.rpush(queue, "1")
-        await eventually(lambda: r.llen(started), within=10, what="the handler runs")
+        r.rpush(queue, "1")
+        wait_for(lambda: bool(r.llen(started)), 10, "the handler runs")
         stopping = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, log.read_text()
         took = time.monotonic() - stopping
+        done_items = r.lrange(done, 0, -1)
+        res = cli(tmp_path, "stats", "slow_app:flow", "--url", url)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        r.execute_command("ACL", "DELUSER", user)
+        r.close()
     text = log.read_text()
-    assert await r.lrange(done, 0, -1) == [b"1"], text  # the handler finished
+    assert done_items == [b"1"], text  # the handler finished
     assert "ExceptionGroup" not in text and "Traceback" not in text, text
     assert "cannot unblock the fetch" in text
     assert took < 2 + 3, took  # the block timeout bounds the stop (+ start-up slack)
-    res = cli(tmp_path, "stats", "slow_app:flow", "--url", url)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("redisflow stats") and "used memory" not in res.stdout
     assert queue in res.stdout
 
 
+@pytest.mark.anyio
 async def test_a_refusal_names_the_key_or_command_and_the_rule(
     users: Callable[..., str], ns: str
 ) -> None:

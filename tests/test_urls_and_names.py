@@ -152,4 +152,3 @@ def test_stats_watch_into_a_closed_pipe_ends_quietly(tmp_path: Path, url: str) -
     with proc.stderr:
         err = proc.stderr.read().decode()
     assert "Traceback" not in err and "Broken pipe" not in err, err
-

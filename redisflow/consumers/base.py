@@ -159,8 +159,13 @@ class Consumer(ABC, Generic[Item]):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Set up, report ready, consume until stopped, drain, release."""
-        await self.connect()
-        self._connected = True
+        try:
+            await self.connect()
+            self._connected = True
+        except ReplyError as exc:  # a full Redis refuses a new group or lease: start anyway,
+            if exc.code != "OOM":  # the fetch loop sets up again once there is room
+                raise
+            log.warning("%s: Redis is full (%s); setting up when it has room", self, exc)
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.maintain)
