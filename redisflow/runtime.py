@@ -186,6 +186,22 @@ class Runtime:
         Refused credentials fail at once."""
         limit = self.config.give_up_after
         backoff = Backoff("start", limit, where=f"Redis at {connector.display}")
+        # A server that accepts connections and never answers must not stretch the wait past
+        # the limit by a connect timeout per attempt: the whole wait is bounded.
+        failures: list[BaseException] = []
+        with anyio.move_on_after(limit if limit is not None else float("inf")) as bound:
+            await self._ping_until_ok(connector, backoff, failures)
+        if bound.cancelled_caught:
+            why = failures[-1] if failures else "no answer"
+            raise RedisflowError(
+                f"cannot reach Redis at {connector.display}: {why}"
+                f" (waited {limit:g}s, give_up_after)"
+            )
+
+    async def _ping_until_ok(
+        self, connector: Connector, backoff: Backoff, failures: list[BaseException]
+    ) -> None:
+        limit = self.config.give_up_after
         while True:
             try:
                 await connector.send("PING")
@@ -194,6 +210,7 @@ class Runtime:
                     f"Redis at {connector.display} refused the credentials: {exc}"
                 ) from None
             except START_ERRORS as exc:
+                failures.append(exc)
                 try:
                     await backoff.wait(exc, starting=True)
                 except RedisflowError:

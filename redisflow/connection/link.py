@@ -15,6 +15,7 @@ outage (docs/design.md, "Errors").
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -49,10 +50,13 @@ def denied(error: PermissionDenied, command: Sequence[Any]) -> PermissionDenied:
     script = name in ("EVALSHA", "EVAL")
     keys = [_text(k) for k in (command[3 : 3 + int(command[2])] if script else command[1:2])]
     what = f"a script on {', '.join(keys)}" if script else " ".join([name, *keys])
-    if "key" in message and keys:
+    named = re.search(r"run the '([^']+)' command", message)
+    if named:  # Redis names the refused command (``client|unblock``: a subcommand)
+        rule = f"+{named.group(1)}"
+    elif "key" in message and keys:
         rule = f"a key pattern matching {keys[0]} (~{keys[0]})"
-    elif script:  # a command inside the script is refused
-        rule = "the commands its feature runs"
+    elif script:  # a command inside the script is refused: ACL LOG names it
+        rule = "the commands its feature runs (ACL LOG names the one refused)"
     else:
         rule = f"+{name.lower()}"
     return PermissionDenied(
