@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -184,3 +185,24 @@ async def test_a_refusal_names_the_key_or_command_and_the_rule(
         assert "+config" in str(refused.value)
     finally:
         await flow.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_permission_revoked_mid_run_stops_the_flow_at_once(
+    users: Callable[..., str], ns: str, r: aioredis.Redis
+) -> None:
+    """The worker's user loses access to its queue: the fetch fails with PermissionDenied
+    and the flow stops, instead of retrying forever."""
+    url = await users("revoked", f"{WORKER} ~{ns}:* ~{ns}q")
+    flow = make_flow(url, ns)
+
+    @flow.on_queue(f"{ns}q")
+    async def handle(n: int) -> None:
+        pass
+
+    started = time.monotonic()
+    with pytest.raises(PermissionDenied):
+        async with flow:
+            await r.execute_command("ACL", "SETUSER", f"{ns}-revoked", "resetkeys", f"~{ns}:*")
+            await anyio.sleep(10)
+    assert time.monotonic() - started < 5

@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import AuthError, ReplyError
+from ..errors import AuthError, PermissionDenied, ReplyError
 from ..keys import Keys
 from ..message import Kind, Message
 from .contract import Context, Gate, Item, Stats
@@ -230,7 +230,7 @@ class Consumer(ABC, Generic[Item]):
         """Run ``fetch_loop``, connecting again when the connection is lost or the source's
         slot moved (a cluster: the link then opens on the new owner). An error reply is
         logged once and retried with backoff (a fetch must not kill the worker); a refused
-        login fails at once."""
+        login or permission (NOPERM) fails at once: no retry cures it."""
         refused = Backoff(f"{self}: Redis refuses the fetch", None, where="Redis")
         moving = Backoff(f"{self}: the cluster", None, where="the slot", cap=1.0)
         if self.connector.fails_over:  # a lost node is soon replaced: look again soon
@@ -244,7 +244,7 @@ class Consumer(ABC, Generic[Item]):
                     refused.ok()
                     moving.ok()
                 await self.fetch_loop()
-            except AuthError:
+            except (AuthError, PermissionDenied):  # no reconnect cures a refusal
                 raise
             except REDIS_ERRORS as exc:
                 self._connected = False
