@@ -144,7 +144,7 @@ async def test_fuzzed_items_are_each_handled_or_dead_lettered(
 
         await eventually(settled, within=30, what="each handled or dead-lettered")
         assert b"last" in handled
-    assert len(handled) + await flow.dlq(name).count() == sent + 1
+        assert len(handled) + await flow.dlq(name).count() == sent + 1
 
 
 async def test_fuzzed_channel_messages_keep_the_subscription(
