@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Iterator
 
+import anyio
 import pytest
 import redis
 from redis.exceptions import ResponseError
@@ -54,19 +55,27 @@ async def test_a_worker_starts_on_a_full_redis_and_drains_it(
     server, client = full
     flow = make_flow(server.url, ns, tick=0.1, report_interval=0.2)
     handled = {"jobs": 0, "events": 0}
+    gate = anyio.Event()  # nothing is acked (nothing freed) until the lease is checked
 
     @flow.on_queue("jobs", concurrency=64)
     async def job(payload: dict[str, object]) -> None:
+        await gate.wait()
         handled["jobs"] += 1
         if payload["n"] == 0:
             raise Reject("the first one is refused")
 
     @flow.on_stream("events", group="g", concurrency=64)
     async def event(payload: dict[str, object]) -> None:
+        await gate.wait()
         handled["events"] += 1
 
     caplog.set_level(logging.WARNING, "redisflow")
     async with flow:
+        leases = flow.keys("jobs").leases
+        await eventually(lambda: client.zcard(leases) == 1, what="a lease on a full Redis")
+        with pytest.raises(ResponseError, match="maxmemory"):
+            client.set("probe", "still full")
+        gate.set()
         await eventually(
             lambda: handled == {"jobs": N, "events": N}, within=60, what=f"drained: {handled}"
         )

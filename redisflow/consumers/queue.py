@@ -123,15 +123,7 @@ class QueueConsumer(Consumer[QueueItem]):
 
     async def connect(self) -> None:
         await self.link.open(self.scripts)
-        try:
-            await self._maintain_once()  # hold a lease before leasing any message
-        except ReplyError as exc:
-            if exc.code != "OOM":
-                raise
-            # A full Redis refuses the lease (ZADD) but not the fetch, which moves items and
-            # frees memory as they are acked: drain without a lease (a peer may deliver our
-            # batch again once our lease looks expired: at-least-once) rather than deadlock.
-            log.warning("%s: Redis is full (%s); draining without a lease", self, exc)
+        await self._maintain_once()  # hold a lease before leasing any message (a full Redis too)
         await self._recover_own()
 
     async def _recover_own(self) -> None:
