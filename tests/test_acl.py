@@ -58,7 +58,8 @@ async def test_every_feature_under_its_minimal_acl(
     keys = f"~{ns}:* ~{q} ~{pq} ~{s}"
     channels = f"&{ch} &{pattern}"  # the pattern itself, literally
     worker = make_flow(await users("worker", f"{WORKER} {SUBSCRIBER} {keys} {channels}"), ns)
-    producer = Flow(await users("producer", f"{PRODUCER} {keys} &{ch} &{ns}.news.x"), prefix=ns)
+    producing = await users("producer", f"{PRODUCER} {keys} &{ch} &{ns}.news.x")
+    producer = Flow(producing, prefix=ns)
     seen: list[str] = []
 
     @worker.on_queue(q, max_attempts=1)
@@ -102,6 +103,12 @@ async def test_every_feature_under_its_minimal_acl(
     assert rows[q]["counters"]["processed"] == 2 and rows[q]["dead_letters"] == 1, rows
     res = cli(tmp_path, "dlq", "list", q, "--kind", "queue", "--url", reader, "--prefix", ns)
     assert res.returncode == 0 and "to the dead letters" in res.stdout, res.stderr + res.stdout
+    for action in (["replay"], ["purge", "--all"]):  # as a producer
+        res = cli(tmp_path, "dlq", action[0], q, "--kind", "queue", *action[1:],
+                  "--url", producing, "--prefix", ns)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    res = cli(tmp_path, "dlq", "list", q, "--kind", "queue", "--url", reader, "--prefix", ns)
+    assert "0 dead letters" in res.stdout, res.stdout
 
 
 SLOW_APP = """\
