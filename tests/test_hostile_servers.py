@@ -113,9 +113,11 @@ def test_refused_credentials_or_permissions_at_start_are_fatal_at_once(
 
 
 @pytest.mark.anyio
-async def test_a_primary_demoted_to_a_replica_is_waited_for(ns: str) -> None:
-    """``REPLICAOF`` under a running worker: READONLY is an outage, not a failure; once the
-    server is a primary again the worker goes on."""
+async def test_a_primary_demoted_to_a_replica_is_waited_for(
+    ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``REPLICAOF`` under a running worker: READONLY (and UNBLOCKED for the blocked fetch)
+    is an outage, not a failure; once the server is a primary again the worker goes on."""
     primary, other = start_redis(), start_redis()
     try:
         flow = make_flow(primary.url, ns, give_up_after=None)
@@ -136,6 +138,8 @@ async def test_a_primary_demoted_to_a_replica_is_waited_for(ns: str) -> None:
             await r.rpush(f"{ns}:q", b"2")
             await eventually(lambda: seen == [1, 2], within=20, what="consumed again")
         await r.aclose()
+        logged = " ".join(record.getMessage() for record in caplog.records)
+        assert "lost Redis" in logged and "reconnected after" in logged, logged
     finally:
         stop_redis(primary)
         stop_redis(other)

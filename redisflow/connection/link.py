@@ -246,7 +246,9 @@ class Link:
         """The next reply; an error reply is raised (a ``LOST_CODES`` one as ConnectionLost)."""
         reply = await self.reply()
         if isinstance(reply, ReplyError):
-            if reply.code in LOST_CODES:
+            # A primary demoted to a replica wakes its blocked clients with UNBLOCKED
+            # ("instance state changed"): an outage, as READONLY is.
+            if reply.code in LOST_CODES or "state changed" in str(reply):
                 raise ConnectionLost(f"{self.endpoint}: {reply}")
             raise reply
         return reply
