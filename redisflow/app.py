@@ -191,10 +191,10 @@ class Flow:
         track: bool | None = None,
     ) -> Callable[[F], F]:
         """Handle the messages of a Pub/Sub channel. ``pattern``: whether ``channel`` is a
-        glob (``orders.*``, PSUBSCRIBE) or a literal name; by default a name with ``*``,
-        ``?`` or ``[`` is a pattern. At-most-once: messages published while the flow is down
-        are gone; a failing message is retried in memory up to ``max_attempts``, then
-        dead-lettered."""
+        glob (``orders.*``, PSUBSCRIBE) or a literal name; by default a name with ``*`` or
+        ``?`` is a pattern (``news[1]`` is literal: say ``pattern=True``). At-most-once:
+        messages published while the flow is down are gone; a failing message is retried
+        in memory up to ``max_attempts``, then dead-lettered."""
         options = dict(locals())
         return self._decorator("channel", options.pop("channel"), None, options)
 

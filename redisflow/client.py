@@ -8,7 +8,7 @@ cluster, partitioned or not. A ``Flow`` holds one and offers its methods as its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, overload
 
 from .config import FlowConfig, RateLimit
@@ -146,11 +146,12 @@ class Client:
         """
         return Limiter(self.connector, self.keys(name), rate)
 
-    async def memory(self, *names: str) -> dict[str, Any]:
+    async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """Redis's ``used_memory``, and the type, length and bytes of every key redisflow
-        keeps for the sources ``names``, every partition (see ``redisflow.memory``)."""
+        keeps for the sources ``names``, every partition (see ``redisflow.memory``); the
+        ``channels`` among them are no keys (a user may lack access to a key of that name)."""
         keys = [key for name in names for key in await self.layouts.all_keys(name)]
-        return await measure(self.connector, self.config.prefix, keys)
+        return await measure(self.connector, self.config.prefix, keys, channels=set(channels))
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

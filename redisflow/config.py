@@ -133,7 +133,9 @@ class FlowConfig:
         if options.get("name") is None:
             options.pop("name", None)
         try:
-            return cls(url=url or os.environ.get(URL_ENV) or DEFAULT_URL, **options)
+            if url is None:  # '' is a mistake to report, not a reason to use the default
+                url = os.environ.get(URL_ENV) or DEFAULT_URL
+            return cls(url=url, **options)
         except TypeError as exc:  # an unknown option
             raise ConfigError(str(exc).replace("FlowConfig.__init__()", "Flow()")) from None
 

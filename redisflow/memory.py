@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .errors import PermissionDenied
 from .keys import Keys
 from .protocol.replies import LENGTH, info
 
@@ -12,7 +13,9 @@ if TYPE_CHECKING:
     from .connection import Connector
 
 
-async def measure(connector: Connector, prefix: str, names: Iterable[str]) -> dict[str, Any]:
+async def measure(
+    connector: Connector, prefix: str, names: Iterable[str], *, channels: Collection[str] = ()
+) -> dict[str, Any]:
     """Redis's ``used_memory`` (summed over the masters of a cluster), and the type, length
     and bytes (MEMORY USAGE) of every key redisflow keeps for the sources ``names``: the
     queues and streams themselves, delayed sets, dead letters, counters and stream indexes
@@ -22,12 +25,14 @@ async def measure(connector: Connector, prefix: str, names: Iterable[str]) -> di
     send = connector.send
     registries = [Keys(prefix, name).indexes for name in sources]
     indexed = await send.many(*(("SMEMBERS", key) for key in registries)) if registries else []
-    used = sum(
-        int(info(r).get("used_memory", 0)) for r in await connector.on_masters("INFO", "memory")
-    )
+    try:
+        replies = await connector.on_masters("INFO", "memory")
+        used: int | None = sum(int(info(r).get("used_memory", 0)) for r in replies)
+    except PermissionDenied:  # a user without INFO (+@all -@dangerous): no server figure
+        used = None
     candidates: list[str] = []
     for name, index_keys in zip(sources, indexed, strict=True):
-        candidates += Keys(prefix, name).owned
+        candidates += [k for k in Keys(prefix, name).owned if k not in channels]
         candidates += [key.decode() for key in index_keys]
     types = await send.many(*(("TYPE", key) for key in candidates)) if candidates else []
     present = [(k, t.decode()) for k, t in zip(candidates, types, strict=True) if t != b"none"]

@@ -27,6 +27,7 @@ from .errors import AuthError, RedisflowError, ReplyError
 from .keys import sources_key
 from .metrics import Metrics
 from .ops.stats import source_member
+from .protocol.replies import text
 
 if TYPE_CHECKING:
     from .client import Client
@@ -89,6 +90,7 @@ class Runtime:
                 consumer.gate = gate
                 self.consumers.append(consumer)
         await self._register(connector)
+        await self._check_eviction(connector)
         if metrics is not None:
             metrics.watch(self.consumers)
             metrics.serve()
@@ -160,11 +162,46 @@ class Runtime:
         except ReplyError as exc:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 
+    async def _check_eviction(self, connector: Connector) -> None:
+        """Warn once when Redis may evict keys (``maxmemory-policy`` other than
+        ``noeviction``): a full Redis would then drop queued messages silently. A user
+        without ``CONFIG GET`` (the usual ACL) is not told: noted at DEBUG."""
+        if not any(h.source.kind != "channel" for h in self.handlers):
+            return
+        try:
+            replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")
+        except REDIS_ERRORS as exc:
+            log.debug("maxmemory-policy not checked (%s)", exc)
+            return
+        policies = {text(reply[1]) for reply in replies if len(reply) == 2}
+        for policy in sorted(policies - {"noeviction"}):
+            log.warning(
+                "Redis at %s has maxmemory-policy %s: when full it evicts keys, queued"
+                " messages included, silently; set noeviction (a full Redis then refuses"
+                " new messages and workers go on draining)", connector.display, policy,
+            )  # fmt: skip
+
     async def _wait_for_redis(self, connector: Connector) -> None:
         """PING until Redis answers; log once while waiting; fail after ``give_up_after``.
         Refused credentials fail at once."""
         limit = self.config.give_up_after
         backoff = Backoff("start", limit, where=f"Redis at {connector.display}")
+        # A server that accepts connections and never answers must not stretch the wait past
+        # the limit by a connect timeout per attempt: the whole wait is bounded.
+        failures: list[BaseException] = []
+        with anyio.move_on_after(limit if limit is not None else float("inf")) as bound:
+            await self._ping_until_ok(connector, backoff, failures)
+        if bound.cancelled_caught:
+            why = failures[-1] if failures else "no answer"
+            raise RedisflowError(
+                f"cannot reach Redis at {connector.display}: {why}"
+                f" (waited {limit:g}s, give_up_after)"
+            )
+
+    async def _ping_until_ok(
+        self, connector: Connector, backoff: Backoff, failures: list[BaseException]
+    ) -> None:
+        limit = self.config.give_up_after
         while True:
             try:
                 await connector.send("PING")
@@ -173,6 +210,7 @@ class Runtime:
                     f"Redis at {connector.display} refused the credentials: {exc}"
                 ) from None
             except START_ERRORS as exc:
+                failures.append(exc)
                 try:
                     await backoff.wait(exc, starting=True)
                 except RedisflowError:

@@ -62,6 +62,8 @@ def connected(args: argparse.Namespace, action: Action) -> int:
         code: int = anyio.run(main)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    except BrokenPipeError:  # our stdout was closed (`| head`), not Redis: main ends quietly
+        raise
     except CONNECTION_ERRORS as exc:
         return fail(f"cannot reach Redis at {redact(client.config.url)}: {exc}")
     except ReplyError as exc:

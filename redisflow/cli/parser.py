@@ -8,6 +8,8 @@ import sys
 from typing import Any, NoReturn
 
 from .. import __version__
+from ..connection import parse_url
+from ..errors import ConfigError
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
 from . import check, commands, local
@@ -39,12 +41,22 @@ def _number(kind: type[float], what: str, low: float, high: float | None = None)
     return parse
 
 
+def _url(text: str) -> str:
+    """An argparse type: a Redis URL that parses (``--url ''`` or one slash is an error,
+    never a fall back to localhost)."""
+    try:
+        parse_url(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 SECONDS = _number(float, "a number of seconds >= 0", 0)
 POSITIVE = _number(int, "an integer >= 1", 1)
 PORT = _number(int, "a TCP port from 1 to 65535", 1, 65535)
 LEVEL = _number(int, f"a priority from 0 to {MAX_PRIORITY}", 0, MAX_PRIORITY)
 CONNECTION = (
-    ("--url", dict(help="Redis URL (default: the app's, $REDISFLOW_URL, redis://localhost:6379)")),
+    ("--url", dict(type=_url, help="Redis URL (default: the app's, $REDISFLOW_URL, localhost)")),
     ("--prefix", dict(help="key prefix of the flows (default: the app's, else rf)")),
 )
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -73,7 +85,7 @@ def env(option: str, default: str | None = None) -> str | None:
 def _run_options() -> tuple[tuple[str, dict[str, Any]], ...]:
     reload = (env("reload") or "").lower() in ("1", "true", "yes")
     return (
-        ("--url", dict(help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
+        ("--url", dict(type=_url, help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
         ("--log-level", dict(default=env("log-level", "INFO"), type=_choice(*LEVELS),
                              metavar="|".join(LEVELS), help="logging level (default INFO)")),
         ("--log-format", dict(default=env("log-format", "text"), type=_choice("text", "json"),

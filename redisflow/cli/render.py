@@ -62,10 +62,9 @@ def cells(row: Row) -> list[str]:
 def title(snapshot: Snapshot, url: str) -> str:
     """The line above the table: where, when, how much memory."""
     at = snapshot.taken_at.astimezone().strftime("%H:%M:%S")
-    return (
-        f"redisflow stats  {url}  prefix {snapshot.prefix}  "
-        f"used memory {human_bytes(snapshot.used_memory)}  {at}"
-    )
+    used = snapshot.used_memory
+    memory = "" if used is None else f"used memory {human_bytes(used)}  "  # None: no INFO
+    return f"redisflow stats  {url}  prefix {snapshot.prefix}  {memory}{at}"
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
@@ -169,11 +168,14 @@ async def show(
     out = out or sys.stdout
     if every is not None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_show, client, handlers, url, as_json, every, out)
-                async for _ in signals:
-                    break
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_show, client, handlers, url, as_json, every, out)
+                    async for _ in signals:
+                        break
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # the one task failed (a closed pipe, Redis
+                raise group.exceptions[0] from None  # gone): the caller reports it as is
         return
     await _show(client, handlers, url, as_json, every, out)
 

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, ConnectionLost, ReplyError
-from ..protocol.replies import info
+from ..errors import ConfigError, ConnectionLost, PermissionDenied, ReplyError
+from ..protocol.replies import info, pairs, text
 from ..protocol.scripts import Call
 from .backoff import Backoff
 from .cluster import RoutedLink, Router
@@ -78,6 +78,14 @@ class ServerInfo:
         version = tuple(int(p) for p in text.split(".") if p.isdigit())
         mode = fields.get("server_mode") or fields.get("redis_mode", "standalone")
         return cls(fields.get("server_name", "redis"), version, mode)
+
+    @classmethod
+    def hello(cls, reply: list[Any]) -> ServerInfo:
+        """From a ``HELLO`` reply: what a user without ``INFO`` (a ``-@dangerous`` one) may
+        still ask."""
+        fields = {text(k): text(v) for k, v in pairs(reply) if isinstance(v, bytes)}
+        version = tuple(int(p) for p in fields.get("version", "0").split(".") if p.isdigit())
+        return cls(fields.get("server", "redis"), version, fields.get("mode", "standalone"))
 
     def __str__(self) -> str:
         return f"{self.name.capitalize()} {'.'.join(map(str, self.version))}"
@@ -204,13 +212,13 @@ class Connector:
         link = Link(self.endpoint, name=f"{self.name}:hello")
         try:
             await link.open()
-            self.info = ServerInfo.parse(await link.call("INFO", "server"))
-        except ReplyError as exc:
-            if exc.code != "NOPERM":
-                raise
-            # An ACL without INFO: not ours to refuse. The version goes unchecked (an old
-            # server fails at its first 7.0 command) and a cluster needs a cluster URL.
-            self.info = None
+            try:
+                self.info = ServerInfo.parse(await link.call("INFO", "server"))
+            except PermissionDenied:  # an ACL without INFO (-@dangerous): HELLO tells too
+                try:
+                    self.info = ServerInfo.hello(await link.call("HELLO"))
+                except PermissionDenied:  # nor HELLO: not ours to refuse; the version goes
+                    self.info = None  # unchecked, and a cluster needs a cluster URL
         finally:
             await link.close()
         if self.info is not None:

@@ -7,9 +7,14 @@ import random
 
 import anyio
 
-from ..errors import RedisflowError
+from ..errors import RedisflowError, ReplyError
 
 log = logging.getLogger("redisflow")
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether Redis answered with an error (a full Redis, say) rather than not at all."""
+    return isinstance(exc, ReplyError)
 
 
 class Backoff:
@@ -37,7 +42,7 @@ class Backoff:
         now = anyio.current_time()
         if self.failures == 0:
             self.since = now
-            verb = "waiting for" if starting else "lost"
+            verb = "waiting for" if starting else "refused by" if refused(exc) else "lost"
             log.warning(
                 "%s: %s %s (%s); reconnecting", self.what, verb, self.where,
                 exc or type(exc).__name__,

@@ -15,6 +15,7 @@ outage (docs/design.md, "Errors").
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -34,9 +35,38 @@ def reply_error(message: str) -> ReplyError:
     code = message.split(" ", 1)[0]
     if code in ("WRONGPASS", "NOAUTH") or message.startswith("ERR AUTH"):
         return AuthError(message)
-    if code == "NOPERM":
+    if code == "NOPERM" or "user executing the script can't run" in message:
         return PermissionDenied(message)
     return ReplyError(message)
+
+
+def denied(error: PermissionDenied, command: Sequence[Any]) -> PermissionDenied:
+    """``error`` with what was refused and the ACL rule that would allow it (errors path
+    only: the command is known where the reply is handed to its caller)."""
+    message = str(error)
+    if "the ACL user needs" in message:
+        return error
+    name = _text(command[0]).upper() if command else "?"
+    script = name in ("EVALSHA", "EVAL")
+    keys = [_text(k) for k in (command[3 : 3 + int(command[2])] if script else command[1:2])]
+    what = f"a script on {', '.join(keys)}" if script else " ".join([name, *keys])
+    named = re.search(r"run the '([^']+)' command", message)
+    if named:  # Redis names the refused command (``client|unblock``: a subcommand)
+        rule = f"+{named.group(1)}"
+    elif "key" in message and keys:
+        rule = f"a key pattern matching {keys[0]} (~{keys[0]})"
+    elif script:  # a command inside the script is refused: ACL LOG names it
+        rule = "the commands its feature runs (ACL LOG names the one refused)"
+    else:
+        rule = f"+{name.lower()}"
+    return PermissionDenied(
+        f"{message} ({what}: the ACL user needs {rule}; docs/security.md lists the rules of"
+        " each feature)"
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def pack(commands: Iterable[Sequence[Any]]) -> bytes:
@@ -217,7 +247,9 @@ class Link:
         """The next reply; an error reply is raised (a ``LOST_CODES`` one as ConnectionLost)."""
         reply = await self.reply()
         if isinstance(reply, ReplyError):
-            if reply.code in LOST_CODES:
+            # A primary demoted to a replica wakes its blocked clients with UNBLOCKED
+            # ("instance state changed"): an outage, as READONLY is.
+            if reply.code in LOST_CODES or "state changed" in str(reply):
                 raise ConnectionLost(f"{self.endpoint}: {reply}")
             raise reply
         return reply
@@ -225,7 +257,10 @@ class Link:
     async def call(self, *args: Any) -> Any:
         """Send one command and read its reply."""
         await self.send(args)
-        return await self.read()
+        try:
+            return await self.read()
+        except PermissionDenied as exc:
+            raise denied(exc, args) from None
 
     async def replies(self) -> AsyncIterator[list[Any]]:
         """Every reply as it arrives, a socket read's worth at a time (for Pub/Sub)."""

@@ -21,8 +21,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConnectionLost, ReplicationError, ReplyError
-from .link import LOST_CODES, Link, pack
+from ..errors import ConnectionLost, PermissionDenied, ReplicationError, ReplyError
+from .link import LOST_CODES, Link, denied, pack
 
 #: Replica acknowledgement a write asks for: replicas, timeout ms, and the AOF fsync too.
 Wait = tuple[int, int, bool]
@@ -216,7 +216,7 @@ class Pipeliner:
 def _settle(unit: Unit, replies: list[Any]) -> bool:
     """Hand ``replies`` to the caller of ``unit``; False if it must be sent again (its
     server could not serve it: ``READONLY``, ``LOADING``)."""
-    _, fut, raw, _ = unit
+    commands, fut, raw, _ = unit
     if fut.done():
         return True
     error = None
@@ -230,6 +230,8 @@ def _settle(unit: Unit, replies: list[Any]) -> bool:
         return False
     elif raw:
         fut.set_result(replies)
+    elif isinstance(error, PermissionDenied):  # say what was refused, and the rule
+        fut.set_exception(denied(error, commands[replies.index(error)]))
     else:
         fut.set_exception(error)
     return True

@@ -1,15 +1,13 @@
 """What every consumer shares: a fixed pool of worker coroutines fed from a deque, the
 prefetch window and acks, reconnection, and the two-phase shutdown.
 
-A kind (``queue``, ``priority``, ``stream``, ``channel``) implements the abstract methods of
-``Consumer``: the Redis side (``connect``, ``fetch_loop``, ``flush_acks``, ``release``,
-``idle``), how to read one of its items (``decode``, ``message``, ``attempt``, ``raw``),
-and the settle calls (``done``, ``retry``, ``bury``). The hot path is ``_work``: no task,
-lock or context manager per message; a worker validates just before calling its handler
-(docs/design.md, "The hot path"). Failures go to ``verdicts.py``; idempotency, rate limits,
-status tracking and timing wrap the call only when a handler asks for them (``guards.py``).
+A kind implements the abstract methods of ``Consumer``: the Redis side (``connect``,
+``fetch_loop``, ``flush_acks``, ``release``, ``idle``), reading an item (``decode``,
+``message``, ``attempt``, ``raw``) and settling it (``done``, ``retry``, ``bury``). The hot
+path is ``_work``: no task, lock or context manager per message (docs/design.md, "The hot
+path"). Failures go to ``verdicts.py``; idempotency, rate limits, tracking and timing wrap
+the call only when a handler asks for them (``guards.py``).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +22,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import AuthError, ReplyError
+from ..errors import AuthError, PermissionDenied, ReplyError
 from ..keys import Keys
 from ..message import Kind, Message
 from .contract import Context, Gate, Item, Stats
@@ -159,12 +157,18 @@ class Consumer(ABC, Generic[Item]):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Set up, report ready, consume until stopped, drain, release."""
-        await self.connect()
-        self._connected = True
+        try:
+            await self.connect()
+            self._connected = True
+        except ReplyError as exc:  # a full Redis refuses a new group or lease: start anyway,
+            if exc.code != "OOM":  # the fetch loop sets up again once there is room
+                raise
+            log.warning("%s: Redis is full (%s); setting up when it has room", self, exc)
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.maintain)
-                outer.start_soon(self.reporter.loop, self.config.report_interval, self._gauges)
+                gauges = lambda: (self.stats, self.backlog)  # noqa: E731
+                outer.start_soon(self.reporter.loop, self.config.report_interval, gauges)
                 async with anyio.create_task_group() as workers:
                     for _ in range(self.options.concurrency):
                         workers.start_soon(self._work)
@@ -191,9 +195,6 @@ class Consumer(ABC, Generic[Item]):
         with contextlib.suppress(Exception), anyio.move_on_after(2):
             await self.reporter.report(self.stats, self.backlog, final=True)
         await self.link.close()
-
-    def _gauges(self) -> tuple[Stats, int]:
-        return self.stats, self.backlog
 
     def stop(self) -> None:
         """Stop fetching; in-flight handlers go on for the grace period."""
@@ -225,7 +226,7 @@ class Consumer(ABC, Generic[Item]):
         """Run ``fetch_loop``, connecting again when the connection is lost or the source's
         slot moved (a cluster: the link then opens on the new owner). An error reply is
         logged once and retried with backoff (a fetch must not kill the worker); a refused
-        login fails at once."""
+        login or permission (NOPERM) fails at once: no retry cures it."""
         refused = Backoff(f"{self}: Redis refuses the fetch", None, where="Redis")
         moving = Backoff(f"{self}: the cluster", None, where="the slot", cap=1.0)
         if self.connector.fails_over:  # a lost node is soon replaced: look again soon
@@ -239,7 +240,7 @@ class Consumer(ABC, Generic[Item]):
                     refused.ok()
                     moving.ok()
                 await self.fetch_loop()
-            except AuthError:
+            except (AuthError, PermissionDenied):  # no reconnect cures a refusal
                 raise
             except REDIS_ERRORS as exc:
                 self._connected = False
@@ -331,8 +332,7 @@ class Consumer(ABC, Generic[Item]):
                 wake -= 1
 
     @property
-    def backlog(self) -> int:
-        """Messages held by this consumer: queued locally or in a handler."""
+    def backlog(self) -> int:  # held here: queued locally or in a handler
         return len(self._dq) + self._busy
 
     def handled(self, item: Item) -> None:

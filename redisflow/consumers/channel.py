@@ -25,7 +25,9 @@ from .guards import Guards
 if TYPE_CHECKING:
     from ..handler import Handler
 
-GLOB_CHARS = frozenset("*?[")
+#: A `[` alone (`news[1]`) is not enough: brackets are common in literal names, and a
+#: class needs `pattern=True` (docs/security.md, "Least privilege").
+GLOB_CHARS = frozenset("*?")
 
 
 def is_pattern(channel: str) -> bool:

@@ -123,7 +123,7 @@ class QueueConsumer(Consumer[QueueItem]):
 
     async def connect(self) -> None:
         await self.link.open(self.scripts)
-        await self._maintain_once()  # hold a lease before leasing any message
+        await self._maintain_once()  # hold a lease before leasing any message (a full Redis too)
         await self._recover_own()
 
     async def _recover_own(self) -> None:
@@ -217,11 +217,14 @@ class QueueConsumer(Consumer[QueueItem]):
             while True:
                 try:
                     wait = await self._maintain_once()
+                    if failing:
+                        log.warning("%s: maintenance goes through again", self)
                     failing = False
                 except REDIS_ERRORS as exc:
-                    if isinstance(exc, ReplyError) and not failing:
+                    if isinstance(exc, ReplyError) and not failing:  # once per outage
                         log.warning("%s: maintenance refused (%s); will try again", self, exc)
-                    failing, wait = True, self.config.tick
+                    failing = failing or isinstance(exc, ReplyError)
+                    wait = self.config.tick
                 except Exception:  # a bug here must not stop the handlers: log, go on
                     log.exception("%s: maintenance failed", self)
                     wait = self.config.tick

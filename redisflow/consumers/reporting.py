@@ -56,8 +56,10 @@ class Reporter:
             await anyio.sleep(interval)
             try:
                 await self.report(*gauges())
+                if failing:
+                    log.warning("%s: counters reported again", self.handler)
                 failing = False
             except REDIS_ERRORS as exc:
-                if not failing and isinstance(exc, ReplyError):
+                if not failing and isinstance(exc, ReplyError):  # once per outage
                     log.warning("%s: counters not reported (%s); will try again", self.handler, exc)
-                failing = True
+                failing = failing or isinstance(exc, ReplyError)

@@ -62,11 +62,12 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The rows of one reading, with Redis's ``used_memory``."""
+    """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
+    run ``INFO``)."""
 
     prefix: str
     taken_at: datetime
-    used_memory: int
+    used_memory: int | None
     rows: list[Row]
 
     def to_json(self) -> dict[str, Any]:
@@ -129,18 +130,23 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     reads: dict[str, _Reads] = {}
 
     async def read_memory() -> None:
-        memory.update(await client.memory(*names))
+        channels = [name for name in names if kinds[name] == "channel"]
+        memory.update(await client.memory(*names, channels=channels))
 
     async def read_sources() -> None:
-        physical = await _read(client, [key for name in names for key in parts[name]])
+        channels = {name for name in names if kinds[name] == "channel"}
+        physical = await _read(client, [key for name in names for key in parts[name]], channels)
         for name in names:  # a partitioned source: the sum of its partitions
             reads[name] = _Reads(name, "none")
             for key in parts[name]:
                 reads[name].add(physical[key])
 
-    async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
-        tg.start_soon(read_memory)
-        tg.start_soon(read_sources)
+    try:
+        async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
+            tg.start_soon(read_memory)
+            tg.start_soon(read_sources)
+    except BaseExceptionGroup as group:  # both fail alike (Redis gone, NOPERM): raise one
+        raise group.exceptions[0] from None
     rows: list[Row] = []
     for name in names:
         size = 0
@@ -154,7 +160,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
             )
         entries = [(s, h) for s, h in targets if s.name == name]
         rows += reads[name].rows(entries, size)
-    return Snapshot(client.config.prefix, datetime.now(UTC), int(memory["used_memory"]), rows)
+    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows)
 
 
 class _Reads:
@@ -247,13 +253,14 @@ class _Reads:
         return dict(found) if found else dict.fromkeys(STAT_FIELDS, 0)
 
 
-async def _read(client: Client, names: list[str]) -> dict[str, _Reads]:
+async def _read(client: Client, names: list[str], channels: set[str]) -> dict[str, _Reads]:
     send = client.connector.send
     first: list[tuple[Any, ...]] = []
     for name in names:
         keys = client.keys(name)
         first += [
-            ("TYPE", name),
+            # A channel is no key: PING keeps the reply's place (the user may lack ~NAME).
+            ("PING", "none") if name in channels else ("TYPE", name),
             ("HGETALL", keys.stats),
             ("HGETALL", keys.inflight),
             ("ZCARD", keys.delayed),

@@ -6,6 +6,11 @@
 -- Delayed members of a priority queue are '<priority>:<item>'.
 -- Returns {ms until the next delayed message or -1, moved, dead worker ids...}.
 local now = now_ms()
+-- A full Redis (maxmemory, noeviction) refuses a script's first write that may grow memory,
+-- not the ones after a first write (docs/design.md, "Out of memory"): this write, which
+-- changes nothing, lets the lease through, so a worker draining a full Redis stays
+-- recoverable by its peers if it dies.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(-inf')
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2])
 local zset = ARGV[1] == 'zset'
 local bad = check_type(KEYS[1], zset and 'zset' or 'list')

@@ -1,0 +1,111 @@
+"""Secrets: a password in the URL, in any of its forms, never shows in a start line, a
+``stats`` header, an error or a log; ``--workers`` hands the URL to its workers without
+putting it on their command lines (which ``ps`` shows to every user of the machine)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from redisflow.cli import main
+from redisflow.connection import redact
+from tests.support.servers import RedisProc, start_redis, stop_redis
+from tests.test_cli import cli, env_for, ready_pids, stop, wait_for, write
+
+SECRET = "Sup3rSecret"
+APP = """\
+from redisflow import Flow
+flow = Flow()
+
+@flow.on_queue("q")
+async def handle(n: int) -> None:
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}@h:1/0",
+        f"redis://user:{SECRET}@h:1/0",
+        f"rediss://h:1/0?password={SECRET}&client_name=x",
+        f"redis://h:1/0?username=u&password={SECRET}",
+        f"unix://:{SECRET}@/tmp/r.sock?db=1",
+        f"redis+sentinel://:{SECRET}@h:1,h:2/mymaster?sentinel_password={SECRET}",
+        f"redis+cluster://u:{SECRET}@h:1,h:2",
+    ],
+)
+def test_redact_hides_every_form(url: str) -> None:
+    shown = redact(url)
+    assert SECRET not in shown and "***" in shown, shown
+
+
+@pytest.fixture
+def server() -> Iterator[RedisProc]:
+    """A private server whose default user needs ``SECRET``."""
+    proc = start_redis()
+    try:
+        client = proc.client()
+        client.config_set("requirepass", SECRET)
+        client.close()
+        yield proc
+    finally:
+        stop_redis(proc)
+
+
+def test_no_password_in_output_or_in_the_workers_command_lines(
+    server: RedisProc, tmp_path: Path
+) -> None:
+    """``?password=`` in ``--url``: not in ``stats``, not in an error (a wrong one), not in
+    ``run``'s logs; with ``--workers 2``, not in ``/proc/<pid>/cmdline`` of a worker."""
+    url = f"redis://127.0.0.1:{server.port}/0?password={SECRET}"
+    write(tmp_path, "secret_app", APP)
+    res = cli(tmp_path, "stats", "--url", url)
+    assert res.returncode == 0 and "password=***" in res.stdout, res.stderr
+    wrong = url.replace(SECRET, SECRET + "x")
+    res = cli(tmp_path, "enqueue", "q", "1", "--url", wrong)
+    assert res.returncode == 1 and "WRONGPASS" in res.stderr
+    assert SECRET not in res.stderr + res.stdout
+    res = cli(tmp_path, "run", "secret_app:flow", "--url", wrong)
+    assert res.returncode == 1 and "password=***" in res.stderr, res.stderr
+    assert SECRET not in res.stderr + res.stdout
+
+    log = tmp_path / "workers.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "redisflow", "run", "secret_app:flow", "--workers", "2",
+             "--url", url],
+            cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: len(ready_pids(log)) == 2 or proc.poll() is not None, 30, "ready")
+        pids = ready_pids(log)
+        assert len(pids) == 2, log.read_text()
+        for pid in pids:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            assert "secret_app:flow" in cmdline and SECRET not in cmdline, cmdline
+            assert "--url" not in cmdline, cmdline
+        assert stop(proc, log) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "password=***" in text and SECRET not in text, text
+
+
+@pytest.mark.parametrize(
+    "url", [f"redis://:{SECRET}@h:99999/0", f"redis://:{SECRET}@h/abc", f"http://u:{SECRET}@h"]
+)
+def test_a_usage_error_does_not_show_the_password(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["enqueue", "q", "1", "--url", url])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert SECRET not in err and "***" in err, err
