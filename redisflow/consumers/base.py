@@ -8,6 +8,7 @@ path is ``_work``: no task, lock or context manager per message (docs/design.md,
 path"). Failures go to ``verdicts.py``; idempotency, rate limits, tracking and timing wrap
 the call only when a handler asks for them (``guards.py``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -223,10 +224,9 @@ class Consumer(ABC, Generic[Item]):
         workers.cancel()
 
     async def fetch(self) -> None:
-        """Run ``fetch_loop``, connecting again when the connection is lost or the source's
-        slot moved (a cluster: the link then opens on the new owner). An error reply is
-        logged once and retried with backoff (a fetch must not kill the worker); a refused
-        login or permission (NOPERM) fails at once: no retry cures it."""
+        """Run ``fetch_loop``, connecting again when the connection is lost or the slot
+        moved (to the new owner). An error reply is logged once and retried with backoff (a
+        fetch must not kill the worker); a refused login or NOPERM fails at once."""
         refused = Backoff(f"{self}: Redis refuses the fetch", None, where="Redis")
         moving = Backoff(f"{self}: the cluster", None, where="the slot", cap=1.0)
         if self.connector.fails_over:  # a lost node is soon replaced: look again soon
