@@ -10,7 +10,9 @@ Run with ``make chaos`` (``pytest -m chaos``); figures are printed at the end.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import threading
 import time
 import zlib
@@ -456,17 +458,21 @@ def routing_keys(count: int) -> list[str]:
 
 def fault(cluster: RedisCluster, how: str, wait: int, victim: ClusterNode, slot_: int) -> float:
     """Kill ``victim`` (and restart it once its replica took over when ``wait``: the new
-    master needs a replica to acknowledge again), or fail it over gracefully; when its
-    replica took over (``time.monotonic()``)."""
+    master needs a replica to acknowledge again), freeze it (SIGSTOP: its sockets stay
+    open, nothing answers), or fail it over gracefully; when its replica took over
+    (``time.monotonic()``)."""
     (replica,) = cluster.replicas(victim)
     if how == "kill":
         cluster.kill(victim)
+    elif how == "freeze":
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGSTOP)
     else:
         cluster.failover(replica)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if cluster.owner(slot_) is replica:
+            if cluster.owner(slot_, asked=replica) is replica:  # (not the frozen one)
                 break
         except Exception:  # a node still failing over
             pass
@@ -479,7 +485,9 @@ def fault(cluster: RedisCluster, how: str, wait: int, victim: ClusterNode, slot_
     return taken_over
 
 
-@pytest.mark.parametrize(("how", "wait"), [("kill", 0), ("kill", 1), ("failover", 0)])
+@pytest.mark.parametrize(
+    ("how", "wait"), [("kill", 0), ("kill", 1), ("freeze", 0), ("failover", 0)]
+)
 async def test_a_master_killed_under_load_fails_over_and_the_flow_resumes(
     redis_cluster_factory: Factory, figures: Callable[..., None], ns: str, how: str, wait: int
 ) -> None:
@@ -491,10 +499,14 @@ async def test_a_master_killed_under_load_fails_over_and_the_flow_resumes(
     is lost with it: the loss is measured, not asserted. With ``wait_replicas=1`` nothing
     acknowledged is lost: the promoted replica has no replica of its own, so sends to it
     fail (unacknowledged) until the killed node is restarted and rejoins as its replica.
+    ``freeze``: the master is stopped (SIGSTOP) and never answers again: its links stay
+    open, so the producer's round trip times out (10 s) and the fetch link is dropped by
+    its watchdog (block_timeout + 10 s); both then follow the slot to the promoted replica.
     ``failover``: a graceful ``CLUSTER FAILOVER`` (the replica catches up first), nothing
     lost even without ``WAIT``. The resume time runs from the fault to the first handling
     of a message sent to partition 0 after it (one only the new owner could serve)."""
-    count, chunk, after = 3, 10, 2.0
+    count, chunk = 3, 10
+    after = 14.0 if how == "freeze" else 2.0  # a frozen node is given up after ~10.5 s
     cluster = redis_cluster_factory(masters=3, replicas=1, node_timeout_ms=2000)
     url = cluster.seed_url
     name = f"{ns}:queue"
@@ -548,6 +560,8 @@ async def test_a_master_killed_under_load_fails_over_and_the_flow_resumes(
             await until(lambda: all(k in handled for k in acked), within=15, interval=0.1)
     finally:
         await producer.aclose()
+        if how == "freeze" and victim.pid is not None:
+            os.kill(victim.pid, signal.SIGCONT)  # for the cluster's own stop
 
     lost = sorted(k for k in acked if k not in handled)
     after_failover = [k for k, t in acked.items() if t > taken_over]
@@ -568,8 +582,8 @@ async def test_a_master_killed_under_load_fails_over_and_the_flow_resumes(
         duplicated=sum(len(times) - 1 for times in handled.values()),
         rejoined_seconds=round(rejoined - killed, 2),
     )
-    assert cluster.owner(victim_slot) is replica
-    assert victim.running == (how == "failover" or wait > 0)
+    assert cluster.owner(victim_slot, asked=replica) is replica
+    assert victim.running == (how in ("failover", "freeze") or wait > 0)
     if wait or how == "failover":
         assert lost == [], f"acknowledged and lost: {lost[:10]}"
     assert resumed, "nothing sent to the failed-over partition after the kill was handled"

@@ -523,3 +523,36 @@ async def test_a_silent_server_fails_a_round_trip_after_the_timeout() -> None:
     finally:
         await pipe.aclose()
         stop_redis(proc)
+
+
+async def test_a_blocked_read_on_a_silent_server_is_dropped() -> None:
+    """A fetch link waiting in a blocking command on a server that stopped answering
+    (SIGSTOP) is dropped once ``block + margin`` has passed: its read fails with
+    ConnectionLost (its loop then connects again) instead of waiting forever; a blocking
+    command answered in time is never cut."""
+    proc = start_redis()
+    assert proc.pid is not None
+    link = Link(parse_url(proc.url).endpoint())
+    await link.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(link.watch, 0.3, 0.3)
+            for _ in range(3):  # 0.3 s blocks, watched every 0.15 s: none cut
+                await link.send(["BLPOP", "silent:nothing", 0.3])
+                assert await link.read() is None
+            await link.send(["BLPOP", "silent:nothing", 0.3])
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                with pytest.raises(ConnectionLost, match=r"no reply within 0\.6s"):
+                    await link.read()
+                took = time.monotonic() - start
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            tg.cancel_scope.cancel()
+        assert 0.5 <= took < 3.0, took
+        await link.open()  # the loop's reconnect: the server answers again
+        assert await link.call("PING") == b"PONG"
+    finally:
+        await link.close()
+        stop_redis(proc)

@@ -148,6 +148,7 @@ class Link:
         self.client_id: int | None = None
         self._proto: _Protocol | None = None
         self._reader: Any = None
+        self.waiting_since: float | None = None  # loop time a read started waiting for data
 
     def __repr__(self) -> str:
         return f"Link({self.endpoint}, {self.name!r}, id={self.client_id})"
@@ -286,9 +287,27 @@ class Link:
         if proto.lost is not None:
             raise proto.lost
         waiter = proto.waiter
+        loop = asyncio.get_running_loop()
         if waiter is None or waiter.done():
-            waiter = proto.waiter = asyncio.get_running_loop().create_future()
-        await waiter  # data arrived, or the connection was lost: the caller's gets() tells
+            waiter = proto.waiter = loop.create_future()
+        self.waiting_since = loop.time()
+        try:
+            await waiter  # data arrived, or the connection was lost: the caller's gets() tells
+        finally:
+            self.waiting_since = None
+
+    async def watch(self, block: float, margin: float = 10.0) -> None:
+        """Drop this link whenever a read has waited ``block + margin`` seconds (it fails
+        with ``ConnectionLost``, and its loop connects again): a server that stopped
+        answering (SIGSTOP, a hung host) keeps its socket open, so TCP keepalive never
+        tells. For a link whose commands block at most ``block``: not a Pub/Sub one."""
+        limit = block + margin
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(limit / 4)
+            since = self.waiting_since
+            if since is not None and loop.time() - since > limit:
+                self.abort(f"no reply within {limit:g}s")
 
     def abort(self, reason: str) -> None:
         """Drop the connection now: the read waiting on it fails with ``reason``."""

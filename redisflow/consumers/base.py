@@ -4,9 +4,9 @@ prefetch window and acks, reconnection, and the two-phase shutdown.
 A kind implements the abstract methods of ``Consumer``: the Redis side (``connect``,
 ``fetch_loop``, ``flush_acks``, ``release``, ``idle``), reading an item (``decode``,
 ``message``, ``attempt``, ``raw``) and settling it (``done``, ``retry``, ``bury``). The hot
-path is ``_work``: no task, lock or context manager per message (docs/design.md, "The hot
-path"). Failures go to ``verdicts.py``; idempotency, rate limits, tracking and timing wrap
-the call only when a handler asks for them (``guards.py``).
+path is ``_work``: no task, lock or context manager per message (docs/design.md,
+"The hot path"). Failures go to ``verdicts.py``; idempotency, rate limits, tracking and
+timing wrap the call only when a handler asks for them (``guards.py``).
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ class Consumer(ABC, Generic[Item]):
                 outer.start_soon(self.maintain)
                 gauges = lambda: (self.stats, self.backlog)  # noqa: E731
                 outer.start_soon(self.reporter.loop, self.config.report_interval, gauges)
+                outer.start_soon(self.link.watch, self.config.block_timeout)  # a hung server
                 async with anyio.create_task_group() as workers:
                     for _ in range(self.options.concurrency):
                         workers.start_soon(self._work)
@@ -190,8 +191,7 @@ class Consumer(ABC, Generic[Item]):
             with anyio.fail_after(10):
                 await self.release(started, unstarted)
         except Exception as exc:  # the messages stay leased; a peer recovers them
-            left = len(started) + len(unstarted)
-            if left:
+            if left := len(started) + len(unstarted):
                 log.warning("%s: could not hand back %d messages: %r", self, left, exc)
         with contextlib.suppress(Exception), anyio.move_on_after(2):
             await self.reporter.report(self.stats, self.backlog, final=True)
