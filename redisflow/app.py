@@ -331,7 +331,9 @@ class Flow:
 
     async def start(self) -> None:
         """Connect, start every consumer, and return once all are ready (subscribed, group
-        created, lease taken). Errors during start-up are raised here."""
+        created, lease taken). Errors during start-up are raised here. Call ``stop`` from
+        the same task: the consumers run in a task group entered here (``async with flow``
+        does both)."""
         if self._runtime is not None:
             raise RedisflowError("this flow is already running")
         runtime = self._runtime = Runtime(
