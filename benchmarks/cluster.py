@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -359,20 +358,7 @@ def main() -> None:
     args = p.parse_args()
     common.guard(args.url, flush=False)  # one of the suite's servers; the parent flushes
 
-    async def guarded() -> dict[str, Any]:
-        try:
-            return await consume(args)
-        except BaseException:  # exit now: the flow's cleanup after a failure may hang
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)
-
-    if args.uvloop:
-        import uvloop
-
-        result = uvloop.run(guarded())
-    else:
-        result = asyncio.run(guarded())
+    result = common.run_guarded(lambda: consume(args), uvloop=args.uvloop)
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)  # done: skip the teardown of whatever the flow left running
 

@@ -418,6 +418,25 @@ def guard(url: str, flush: bool = True) -> None:
     client.close()
 
 
+def run_guarded(case: Callable[[], Awaitable[dict[str, Any]]], *, uvloop: bool) -> dict[str, Any]:
+    """Run ``case()`` on a fresh event loop (uvloop's if asked); on any failure print the
+    traceback and exit 1 at once: a framework's cleanup after a failure may hang."""
+
+    async def guarded() -> dict[str, Any]:
+        try:
+            return await case()
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+    if uvloop:
+        import uvloop as loops
+
+        return loops.run(guarded())
+    return asyncio.run(guarded())
+
+
 def main(cases: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]]) -> None:
     """Run one case of a framework module and print its result."""
     main_at = time.time()
@@ -435,20 +454,7 @@ def main(cases: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]]) -> None:
     if not run.fill:
         guard(run.url, flush=run.t0 is None)
 
-    async def guarded() -> dict[str, Any]:
-        try:
-            return await cases[run.case](run)
-        except BaseException:  # exit now: a framework's cleanup after a failure may hang
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)
-
-    if args.uvloop:
-        import uvloop
-
-        result = uvloop.run(guarded())
-    else:
-        result = asyncio.run(guarded())
+    result = run_guarded(lambda: cases[run.case](run), uvloop=args.uvloop)
     if not run.fill:
         print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)  # done: skip the teardown of whatever the framework left running

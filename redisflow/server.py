@@ -34,6 +34,8 @@ __all__ = [
     "embedded_binary",
     "find_binary",
     "server_args",
+    "spawn",
+    "terminate",
 ]
 
 MIN_VERSION = (7, 0, 0)
@@ -104,6 +106,33 @@ def server_args(binary: str, *, port: int, data_dir: Path, host: str = "127.0.0.
     ]  # fmt: skip
 
 
+def spawn(args: list[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a server process in a session of its own (Ctrl-C in the terminal reaches the
+    parent, which stops it in order), its output appended to ``log_path``."""
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop exactly this process: SIGTERM (a server flushes its AOF), SIGKILL if it hangs.
+    Idempotent."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def answers(host: str, port: int, timeout: float = 0.5) -> bool:
     """Whether a Redis-like server answers PING at ``host:port`` (``+PONG``, or an error
     such as ``-NOAUTH``: something Redis-like is there, and it is not ours to replace)."""
@@ -140,14 +169,7 @@ class LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = server_args(self.binary, port=self.port, data_dir=self.data_dir.resolve(),
                            host=self.host)  # fmt: skip
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C goes to us; we stop it after the flow
-            )
+        self.proc = spawn(args, self.log_path)  # Ctrl-C goes to us; we stop it after the flow
         deadline = time.monotonic() + timeout
         while not answers(self.host, self.port, timeout=0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -158,12 +180,5 @@ class LocalServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop exactly this process: SIGTERM (it flushes its AOF), SIGKILL if it hangs."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        if self.proc is not None:
+            terminate(self.proc, timeout)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -38,7 +37,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from ..server import INSTALL_HINT, MIN_VERSION, binary_version, embedded_binary
+from ..server import INSTALL_HINT, MIN_VERSION, binary_version, embedded_binary, spawn, terminate
 
 __all__ = [
     "HOST",
@@ -259,15 +258,7 @@ class RedisServer:
             "--dir", str(self.data_dir),
             *self.args,  # later options override the defaults above
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,  # Ctrl-C in the terminal goes to pytest, not here
-            )
+        self._proc = spawn(args, self.log_path, cwd=self.data_dir)  # Ctrl-C: pytest only
         self.pid = self._proc.pid
         _live[self.pid] = self
         self._wait_ready(timeout)
@@ -340,13 +331,7 @@ class RedisServer:
         """
         proc = self._proc
         if proc is not None:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=timeout)
+            terminate(proc, timeout)
             _live.pop(proc.pid, None)
         if remove_dir is None:
             remove_dir = self.owns_dir
