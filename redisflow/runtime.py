@@ -304,8 +304,19 @@ async def until_signal(
 
 
 def single(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The one exception inside nested single-member groups, else the group itself."""
-    only: BaseException = group
-    while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
-        only = only.exceptions[0]
-    return only
+    """The one exception inside nested single-member groups; one ``RedisflowError`` naming
+    each failure when every one is a ``RedisflowError`` (several consumers gave up on the
+    same outage); else the group itself (a bug somewhere: keep every traceback)."""
+    leaves = _leaves(group)
+    if len(leaves) == 1:
+        return leaves[0]
+    if all(isinstance(exc, RedisflowError) for exc in leaves):
+        return RedisflowError("\n".join(dict.fromkeys(str(exc) for exc in leaves)))
+    return group
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found

@@ -384,18 +384,26 @@ async def test_start_waits_for_a_redis_that_comes_up_late(ns: str) -> None:
 
 
 async def test_outage_longer_than_give_up_after_fails_the_flow(server: Server, ns: str) -> None:
-    """A Redis that never comes back makes ``run`` fail (so the worker exits non-zero)."""
+    """A Redis that never comes back makes ``run`` fail (so the worker exits non-zero):
+    with two handlers giving up on the same outage, one ``RedisflowError`` names both (not
+    an ExceptionGroup, which the command line would print as a traceback)."""
     flow = Flow(server.url, prefix=ns, block_timeout=0.5, give_up_after=1.0)
 
     @flow.on_queue(f"{ns}:q")
     async def handle(n: int) -> None:
         pass
 
-    with anyio.fail_after(20), pytest.raises(RedisflowError, match="giving up"):
+    @flow.on_stream(f"{ns}:s", group="g")
+    async def handle_entry(n: int) -> None:
+        pass
+
+    with anyio.fail_after(20), pytest.raises(RedisflowError, match="giving up") as failure:
         async with flow:
             await anyio.to_thread.run_sync(server.stop)
             await anyio.sleep(15)
             pytest.fail("the flow kept running without Redis")
+    assert type(failure.value) is RedisflowError
+    assert f"{ns}:q" in str(failure.value) and f"{ns}:s" in str(failure.value), failure.value
 
 
 # -- logging ---------------------------------------------------------------------------------

@@ -135,24 +135,10 @@ def run_one(args: argparse.Namespace, flow: Flow) -> int:
     except RedisflowError as exc:
         log.error("%s", exc)
         return 1
-    except BaseExceptionGroup as group:  # several consumers gave up at once: one line each
-        failures = _leaves(group)
-        if not all(isinstance(exc, RedisflowError) for exc in failures):
-            raise
-        for message in dict.fromkeys(str(exc) for exc in failures):
-            log.error("%s", message)
-        return 1
     except KeyboardInterrupt:
         pass
     log.info("redisflow %s: stopped", args.app)
     return 0
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return found
 
 
 def supervise(args: argparse.Namespace) -> int:
