@@ -1,11 +1,14 @@
 """TLS end to end: a private server that also listens with TLS (a self-signed certificate
 made with ``openssl`` for 127.0.0.1), and a flow on ``rediss://`` that produces and consumes
 every reliable kind and a channel through it. Connections read into one buffer of their own
-(docs/design.md, "Connections"); the TLS layer fills it in slices."""
+(docs/design.md, "Connections"); the TLS layer fills it in slices. Closing a link to a frozen
+server still closes its socket."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -13,6 +16,8 @@ import anyio
 import pytest
 
 from redisflow import Flow
+from redisflow.connection.link import Link
+from redisflow.connection.url import parse_url
 from redisflow.errors import ConnectionLost
 from tests.support.flows import eventually
 from tests.support.kinds import RELIABLE, Kind
@@ -100,3 +105,37 @@ async def test_an_untrusted_certificate_is_refused(tls_server: tuple[RedisProc, 
             await flow.enqueue("q", {"n": 1})
     finally:
         await flow.aclose()
+
+
+def _sockets() -> set[str]:
+    """The sockets this process has open (``socket:[inode]``)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed already
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+async def test_closing_a_link_to_a_frozen_server_closes_its_socket(
+    tls_server: tuple[RedisProc, str],
+) -> None:
+    """A TLS close waits for the server's answer to its close_notify; a frozen server never
+    answers. The close still ends with the socket closed (bounded wait, then abort), so no
+    socket outlives the link (an unclosed transport once the loop ends)."""
+    proc, url = tls_server
+    assert proc.pid is not None
+    before = _sockets()
+    link = Link(parse_url(url).endpoint())
+    await link.open()
+    assert await link.call("PING") == b"PONG"
+    assert len(_sockets() - before) == 1
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        await link.close()
+        assert _sockets() - before == set()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)

@@ -101,6 +101,9 @@ def pack(commands: Iterable[Sequence[Any]]) -> bytes:
 #: by mremap and frees by munmap, three syscalls per reply (-13% on one-by-one sends).
 READ_SIZE = 128 * 1024
 
+#: Seconds a closing link waits for its socket to close before aborting it.
+CLOSE_TIMEOUT = 1.0
+
 
 class _Protocol(asyncio.BufferedProtocol):
     """Feeds received bytes to the reader and wakes the one reader waiting for them."""
@@ -113,6 +116,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.waiter: asyncio.Future[None] | None = None
         self.lost: ConnectionLost | None = None
         self.drained: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] | None = None  # a close waiting for the socket
+        self.gone = False  # connection_lost was called: the socket is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -136,7 +141,8 @@ class _Protocol(asyncio.BufferedProtocol):
             self.lost = ConnectionLost(
                 "the server closed the connection" if exc is None else f"connection lost: {exc}"
             )
-        for fut in (self.waiter, self.drained):
+        self.gone = True
+        for fut in (self.waiter, self.drained, self.closed):
             if fut is not None and not fut.done():
                 fut.set_result(None)
         self.waiter = self.drained = None
@@ -329,13 +335,31 @@ class Link:
         proto.transport.abort()  # connection_lost wakes the waiting read, keeping the reason
 
     async def close(self) -> None:
-        """Drop the connection (a reply not read yet is lost with it)."""
+        """Drop the connection (a reply not read yet is lost with it) and wait until its
+        socket is closed: at most ``CLOSE_TIMEOUT``, then abort. A TLS close waits for the
+        server's answer to its close_notify; a frozen server never gives it, and a loop
+        ending meanwhile would leave the socket open (docs/design.md, "Connections")."""
         proto, self._proto = self._proto, None
         self.client_id = None
-        if proto is not None and proto.transport is not None:
-            proto.transport.close()
-            if proto.lost is None:
-                proto.lost = ConnectionLost(f"{self.endpoint}: the link was closed")
+        if proto is None or proto.transport is None:
+            return
+        transport = proto.transport
+        transport.close()  # writes still buffered are sent first
+        if proto.lost is None:
+            proto.lost = ConnectionLost(f"{self.endpoint}: the link was closed")
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # the close; the abort, if the server did not answer in time
+            if proto.gone:
+                return
+            proto.closed = loop.create_future()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await proto.closed
+            except TimeoutError:
+                pass
+            finally:
+                if not proto.gone:  # timed out or cancelled: wait no more for the server
+                    transport.abort()
 
 
 def _keepalive(transport: asyncio.BaseTransport | None) -> None:
