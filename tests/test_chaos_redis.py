@@ -217,8 +217,9 @@ async def test_worker_exits_nonzero_when_redis_never_comes_back(
     workers: Callable[..., Workers], figures: Callable[..., None], ns: str
 ) -> None:
     """With ``--give-up-after 3``, a worker whose Redis goes away for good logs that it
-    gives up and exits 1 about 3 s later (plus the attempts to hand its messages back and
-    report its counters: up to ~7 s), instead of waiting forever."""
+    gives up and exits 1 about 3 s later, instead of waiting forever: after giving up, one
+    try of at most 1 s to hand its messages back, and no final report (each took up to 5 s
+    and 2 s of retries before: exit after 9.8-10.2 s)."""
     proc = start_redis()
     try:
         pool = workers(proc.url, ns, flow=dict(block_timeout=0.5))
@@ -243,5 +244,5 @@ async def test_worker_exits_nonzero_when_redis_never_comes_back(
     assert code == 1, out
     assert "giving up" in out and "give_up_after=3" in out, out
     assert "Traceback" not in out, out  # one line per consumer that gave up, no traceback
-    assert waited >= 3 - 0.5, f"gave up after {waited:.1f}s"
+    assert 3 - 0.5 <= waited < 3 + 4, f"gave up after {waited:.1f}s"
     figures(exit_code=code, exited_after_seconds=round(waited, 1), give_up_after=3)

@@ -36,6 +36,7 @@ class Backoff:
         self.what, self.limit, self.where, self.base, self.cap = what, limit, where, base, cap
         self.failures = 0
         self.since = 0.0
+        self.gave_up = False  # the outage outlasted ``limit``: Redis is taken for gone
 
     async def wait(self, exc: BaseException, *, starting: bool = False) -> None:
         """Sleep before the next attempt; the first failure of an outage is logged."""
@@ -48,6 +49,7 @@ class Backoff:
                 exc or type(exc).__name__,
             )  # fmt: skip
         elif self.limit is not None and now - self.since >= self.limit:
+            self.gave_up = True
             raise RedisflowError(
                 f"{self.what}: {self.where} unreachable for {now - self.since:.0f}s, giving up"
                 f" (give_up_after={self.limit:g}): {exc}"

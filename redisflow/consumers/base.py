@@ -185,15 +185,15 @@ class Consumer(ABC, Generic[Item]):
                 await self._release_all()
 
     async def _release_all(self) -> None:
-        started, unstarted = self._unfinished, list(self._dq)
+        started, unstarted, gone = self._unfinished, list(self._dq), self.backoff.gave_up
         self._dq.clear()
-        try:
-            with anyio.fail_after(10):
+        try:  # after giving up on Redis: one short try, and no final report
+            with anyio.fail_after(1 if gone else 10):
                 await self.release(started, unstarted)
         except Exception as exc:  # the messages stay leased; a peer recovers them
             if left := len(started) + len(unstarted):
                 log.warning("%s: could not hand back %d messages: %r", self, left, exc)
-        with contextlib.suppress(Exception), anyio.move_on_after(2):
+        with contextlib.suppress(Exception), anyio.move_on_after(0 if gone else 2):
             await self.reporter.report(self.stats, self.backlog, final=True)
         await self.link.close()
 
