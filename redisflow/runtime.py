@@ -185,42 +185,27 @@ class Runtime:
         """PING until Redis answers; log once while waiting; fail after ``give_up_after``.
         Refused credentials fail at once."""
         limit = self.config.give_up_after
-        backoff = Backoff("start", limit, where=f"Redis at {connector.display}")
-        # A server that accepts connections and never answers must not stretch the wait past
-        # the limit by a connect timeout per attempt: the whole wait is bounded.
-        failures: list[BaseException] = []
-        with anyio.move_on_after(limit if limit is not None else float("inf")) as bound:
-            await self._ping_until_ok(connector, backoff, failures)
-        if bound.cancelled_caught:
-            why = failures[-1] if failures else "no answer"
-            raise RedisflowError(
-                f"cannot reach Redis at {connector.display}: {why}"
-                f" (waited {limit:g}s, give_up_after)"
-            )
-
-    async def _ping_until_ok(
-        self, connector: Connector, backoff: Backoff, failures: list[BaseException]
-    ) -> None:
-        limit = self.config.give_up_after
-        while True:
-            try:
-                await connector.send("PING")
-            except AuthError as exc:
-                raise RedisflowError(
-                    f"Redis at {connector.display} refused the credentials: {exc}"
-                ) from None
-            except START_ERRORS as exc:
-                failures.append(exc)
+        backoff = Backoff("start", None, where=f"Redis at {connector.display}")
+        why: BaseException | str = "no answer"
+        # The whole wait is bounded here, not by the backoff: a server that accepts
+        # connections and never answers would stretch it by a connect timeout per attempt.
+        with anyio.move_on_after(float("inf") if limit is None else limit):
+            while True:
                 try:
-                    await backoff.wait(exc, starting=True)
-                except RedisflowError:
+                    await connector.send("PING")
+                except AuthError as exc:
                     raise RedisflowError(
-                        f"cannot reach Redis at {connector.display}: {exc}"
-                        f" (waited {limit:g}s, give_up_after)"
-                    ) from exc
-            else:
-                backoff.ok()
-                return
+                        f"Redis at {connector.display} refused the credentials: {exc}"
+                    ) from None
+                except START_ERRORS as exc:
+                    why = exc
+                    await backoff.wait(exc, starting=True)
+                else:
+                    backoff.ok()
+                    return
+        raise RedisflowError(
+            f"cannot reach Redis at {connector.display}: {why} (waited {limit:g}s, give_up_after)"
+        )
 
     async def _helper(
         self, run: Callable[..., Any], *, task_status: anyio.abc.TaskStatus[None]

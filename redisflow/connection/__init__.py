@@ -213,14 +213,14 @@ class Connector:
         try:
             await link.open()
             try:
-                self.info = ServerInfo.parse(await link.call("INFO", "server"))
+                info = ServerInfo.parse(await link.call("INFO", "server"))
             except PermissionDenied:  # an ACL without INFO (-@dangerous): HELLO tells too
-                self.info = ServerInfo.hello(await link.call("HELLO"))  # any user may
+                info = ServerInfo.hello(await link.call("HELLO"))  # any user may
         finally:
             await link.close()
-        if self.info is not None:
-            check_version(self.info, self.display)
-        if self.spec.mode == "cluster" or (self.info is not None and self.info.mode == "cluster"):
+        self.info = info
+        check_version(info, self.display)
+        if self.spec.mode == "cluster" or info.mode == "cluster":
             self.router = Router(self.spec, name=self.name, timeout=self.timeout)
             await self.router.refresh()
             self.target = self.router
