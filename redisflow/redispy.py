@@ -27,7 +27,7 @@ def redis_py_client(connector: Connector, url: str) -> Redis | RedisCluster:
 
         assert spec.service is not None  # parse_url requires one
         tls: dict[str, Any] = {"ssl": True} if spec.tls is not None else {}
-        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             [(a.host, a.port) for a in spec.addresses],
             sentinel_kwargs={
                 "username": spec.sentinel_username,
