@@ -13,16 +13,19 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     DecodeError,
+    Defer,
     PermissionDenied,
     RedisflowError,
     Reject,
     ReplicationError,
     ReplyError,
     Retry,
+    Skip,
 )
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus
 from .message import Kind, Message, Source
+from .middleware import Middleware, Outgoing
 from .ops.deadletters import DeadLetter, DeadLetters
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "DecodeError",
+    "Defer",
     "Flow",
     "FlowConfig",
     "HandlerOptions",
@@ -40,6 +44,8 @@ __all__ = [
     "Limiter",
     "Message",
     "MessageStatus",
+    "Middleware",
+    "Outgoing",
     "PermissionDenied",
     "RateLimit",
     "RedisflowError",
@@ -47,6 +53,7 @@ __all__ = [
     "ReplicationError",
     "ReplyError",
     "Retry",
+    "Skip",
     "Source",
 ]
 __version__ = "0.2.0"

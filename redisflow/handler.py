@@ -52,7 +52,6 @@ class Handler:
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
-        options.check(where)
         try:
             signature = inspect.signature(fn)
             hints = typing.get_type_hints(fn, include_extras=True)

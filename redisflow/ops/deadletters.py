@@ -29,6 +29,7 @@ import orjson
 from ..errors import ConfigError
 from ..features import compound
 from ..message import KINDS, Kind
+from ..middleware import Outgoing
 from ..protocol import envelope, scripts
 from ..protocol.priority import MAX_PRIORITY, check_priority
 from ..protocol.replies import mapping
@@ -301,29 +302,57 @@ class DeadLetters:
     async def _replay(
         self, part: str, batch: builtins.list[DeadLetter], priority: int | None
     ) -> int:
-        letters: builtins.list[tuple[str, bytes, int | str]] = []
-        for dead in batch:
+        if self.client.produce_chain is None:
+            return await self._write(
+                part, [(dead, dead.data, dead.headers) for dead in batch], priority
+            )
+        done = 0
+        for dead in batch:  # one letter per call: its write happens inside the chain
+
+            async def send(out: Outgoing, dead: DeadLetter = dead) -> int:
+                return await self._write(part, [(dead, out.payload, out.headers)], priority)
+
+            headers = {k: v for k, v in (dead.headers or {}).items() if k != "channel"}
+            out = Outgoing(
+                self.kind, self.name, dead.data, headers, reason="replay", id=dead.message_id
+            )
+            done += int(await self.client.send_outgoing(out, send) or 0)
+        return done
+
+    async def _write(
+        self,
+        part: str,
+        letters: builtins.list[tuple[DeadLetter, bytes, dict[str, str] | None]],
+        priority: int | None,
+    ) -> int:
+        """Send ``letters`` (each with the payload and headers to write) back and delete
+        them, in one script call; how many this call replayed."""
+        args: builtins.list[tuple[str, bytes, int | str]] = []
+        for dead, data, headers in letters:
+            if headers:
+                headers = {k: v for k, v in headers.items() if k != "channel"} or None
             if self.kind in ("queue", "priority"):
                 item = envelope.envelope(
-                    dead.data, dead.message_id or envelope.new_id(), headers=dead.headers
+                    data, dead.message_id or envelope.new_id(), headers=headers or None
                 )
                 level = priority if priority is not None else min(dead.priority or 0, MAX_PRIORITY)
-                letters.append((dead.id, item, level))
-            elif self.kind == "channel" and dead.headers:
-                headers = {k: v for k, v in dead.headers.items() if k != "channel"}
-                item = envelope.envelope(dead.data, dead.message_id, headers=headers or None)
-                letters.append((dead.id, item, dead.channel or self.name))
+                args.append((dead.id, item, level))
+            elif self.kind == "stream":
+                args.append((dead.id, data, orjson.dumps(headers).decode() if headers else ""))
+            elif headers:  # a channel message with headers: in its envelope
+                item = envelope.envelope(data, dead.message_id, headers=headers)
+                args.append((dead.id, item, dead.channel or self.name))
             else:
-                letters.append((dead.id, dead.data, dead.channel or self.name))
+                args.append((dead.id, data, dead.channel or self.name))
         keys, kind = self.client.keys(part), str(self.kind)
         target = keys.dead if self.kind == "channel" else part
-        if self.kind == "channel" and all(dead.channel == self.name for dead in batch):
+        if self.kind == "channel" and all(dead.channel == self.name for dead, _, _ in letters):
             # An exact channel (a pattern's letters come from other channels: classic).
             command, inline = await compound.publish_command(
                 self.client.connector, self.client.config.sharded_pubsub, self.name, None, keys.dead
             )
             kind = "schannel" if command == "SPUBLISH" and inline else kind
-        call = scripts.dlq_replay(keys.dead, target, keys.seq, keys.wake, kind, letters)
+        call = scripts.dlq_replay(keys.dead, target, keys.seq, keys.wake, kind, args)
         replayed: int = await self.client.connector.run(call)
         return replayed
 
