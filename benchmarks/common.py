@@ -101,6 +101,15 @@ class Tally:
         if self.count == self.target:
             self.done.set()
 
+    def hit_many(self, n: int) -> None:
+        """Called by a batch handler once per batch of ``n`` messages, after validation."""
+        self.last = time.perf_counter()
+        if not self.count:
+            self.first = self.last
+        self.count += n
+        if self.count >= self.target and not self.done.is_set():
+            self.done.set()
+
     async def wait(self, stall: float = 30.0) -> None:
         """Wait for ``target`` messages; fail if none arrives for ``stall`` seconds."""
         seen = -1

@@ -20,6 +20,7 @@ with common.timed_import("redisflow"):
 common.expect_source(redisflow)  # this checkout or the --baseline export, not the venv's
 
 CONCURRENCY = "16 (default)"
+BATCH = 500  # a batch handler's batch=
 
 
 async def fill(flow: Flow, kind: str, items: list[Email]) -> None:
@@ -34,9 +35,16 @@ async def fill(flow: Flow, kind: str, items: list[Email]) -> None:
 
 
 def consumer(url: str, kind: str, tally: Tally, *, suspend: bool = False, **options: Any) -> Flow:
-    """A flow with one handler on ``q`` that counts what it handles."""
+    """A flow with one handler on ``q`` that counts what it handles (a batch handler,
+    taking ``list[Email]``, with ``batch=``)."""
     flow = Flow(url, prefix="bench")
-    if suspend:
+    if options.get("batch"):
+
+        async def handle_batch(emails: list[Email]) -> None:
+            tally.hit_many(len(emails))
+
+        handle: Any = handle_batch
+    elif suspend:
 
         async def handle(email: Email) -> None:
             await asyncio.sleep(0)
@@ -82,6 +90,19 @@ async def stream(run: Run) -> dict[str, Any]:
 
 async def priority(run: Run) -> dict[str, Any]:
     return await _drain(run, "priority")
+
+
+async def queue_batch(run: Run) -> dict[str, Any]:
+    """A batch handler: ``@flow.on_queue("q", batch=500)``, ``list[Email]`` per call."""
+    return await _drain(run, "queue", batch=BATCH)
+
+
+async def stream_batch(run: Run) -> dict[str, Any]:
+    return await _drain(run, "stream", batch=BATCH)
+
+
+async def priority_batch(run: Run) -> dict[str, Any]:
+    return await _drain(run, "priority", batch=BATCH)
 
 
 async def pubsub(run: Run) -> dict[str, Any]:
@@ -181,6 +202,9 @@ CASES = {
     "queue_amo": queue_amo,
     "stream": stream,
     "priority": priority,
+    "queue_batch": queue_batch,
+    "stream_batch": stream_batch,
+    "priority_batch": priority_batch,
     "pubsub": pubsub,
     "produce": produce,
     "produce_concurrent": produce_concurrent,

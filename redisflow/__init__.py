@@ -7,9 +7,10 @@ payloads validated by pydantic from the handler's type hints.
 
 from .app import Flow
 from .client import Client
-from .config import FlowConfig, HandlerOptions, RateLimit
+from .config import FlowConfig, GroupLimits, HandlerOptions, RateLimit
 from .errors import (
     AuthError,
+    BatchFailed,
     ConfigError,
     ConnectionLost,
     DecodeError,
@@ -24,12 +25,13 @@ from .errors import (
 )
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus
-from .message import Kind, Message, Source
+from .message import Kind, Message, MessageBatch, Source
 from .middleware import Middleware, Outgoing
 from .ops.deadletters import DeadLetter, DeadLetters
 
 __all__ = [
     "AuthError",
+    "BatchFailed",
     "Client",
     "ConfigError",
     "ConnectionLost",
@@ -39,10 +41,12 @@ __all__ = [
     "Defer",
     "Flow",
     "FlowConfig",
+    "GroupLimits",
     "HandlerOptions",
     "Kind",
     "Limiter",
     "Message",
+    "MessageBatch",
     "MessageStatus",
     "Middleware",
     "Outgoing",

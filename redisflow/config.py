@@ -208,6 +208,40 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupLimits:
+    """What each fair group of a queue may use, across every worker and process.
+
+    ``concurrency``: at most that many messages of one group leased (being handled) at once
+    (None: no limit). ``rate_limit``: at most ``limit`` messages of one group started per
+    ``per`` seconds in any window (a sliding log; its ``key`` and ``burst`` must be None:
+    the group is the key). ``GroupLimits()`` sets no limit: the groups are only served
+    round robin.
+    """
+
+    concurrency: int | None = None
+    rate_limit: RateLimit | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and (not _int(self.concurrency) or self.concurrency < 1):
+            raise ConfigError(
+                f"GroupLimits: concurrency must be an int >= 1 or None, got {self.concurrency!r}"
+            )
+        rate = self.rate_limit
+        if rate is not None:
+            if not isinstance(rate, RateLimit):
+                raise ConfigError(f"GroupLimits: rate_limit must be a RateLimit, got {rate!r}")
+            if rate.key is not None or rate.burst is not None:
+                raise ConfigError(
+                    "GroupLimits: the rate limit applies per group (give neither key= nor burst=)"
+                )
+
+
+#: The largest ``batch`` of a batch handler, and the default ``batch_wait``.
+MAX_BATCH = 10_000
+DEFAULT_BATCH_WAIT = 0.05
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerOptions:
     """The delivery options of one handler, each documented here once (the ``on_*``
     decorators take them as keywords: ``ChannelOptions``, ``QueueOptions``,
@@ -225,7 +259,11 @@ class HandlerOptions:
     channel; the decorator decides from the name when it is not given. ``partitions``
     (queues, priority queues, streams): spread the source over that many keys, and so over
     the masters of a cluster (``redisflow.features.partitions``); ``concurrency`` is shared
-    by them.
+    by them. ``batch`` (queues, priority queues, streams): the handler takes a list of up to
+    that many payloads (and a list of Messages), waiting at most ``batch_wait`` seconds
+    (default 0.05) after the first for the batch to fill; ``concurrency`` then counts
+    batches. ``groups`` (queues, priority queues): fair groups (``enqueue(..., group=)``)
+    served round robin, each within the ``GroupLimits`` given.
     """
 
     concurrency: int = 16
@@ -240,6 +278,9 @@ class HandlerOptions:
     track: bool | None = None
     pattern: bool | None = None
     partitions: int = 1
+    batch: int | None = None
+    batch_wait: float | None = None
+    groups: GroupLimits | None = None
 
     def __post_init__(self) -> None:
         if not _int(self.concurrency) or self.concurrency < 1:
@@ -264,6 +305,23 @@ class HandlerOptions:
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
         if isinstance(self.partitions, bool) or not _int(self.partitions):
             raise ConfigError(f"partitions must be an int, got {self.partitions!r}")
+        self._check_batch_and_groups()
+
+    def _check_batch_and_groups(self) -> None:
+        if self.batch is not None and (not _int(self.batch) or not 1 <= self.batch <= MAX_BATCH):
+            raise ConfigError(f"batch must be an int from 1 to {MAX_BATCH}, got {self.batch!r}")
+        if self.batch_wait is not None:
+            if self.batch is None:
+                raise ConfigError("batch_wait needs batch= (the most messages per call)")
+            if not _number(self.batch_wait) or self.batch_wait < 0:
+                raise ConfigError(f"batch_wait must be >= 0 seconds, got {self.batch_wait!r}")
+        if self.groups is not None and not isinstance(self.groups, GroupLimits):
+            raise ConfigError(f"groups must be a GroupLimits, got {self.groups!r}")
+
+    @property
+    def fill_wait(self) -> float:
+        """How long a batch handler waits for its batch to fill after the first message."""
+        return DEFAULT_BATCH_WAIT if self.batch_wait is None else self.batch_wait
 
     @classmethod
     def build(cls, kind: str, options: dict[str, Any]) -> HandlerOptions:
@@ -305,12 +363,15 @@ class StreamOptions(_Options, total=False):
     idempotency_ttl: float
     rate_limit: RateLimit | None
     partitions: int
+    batch: int | None
+    batch_wait: float | None
 
 
 class QueueOptions(StreamOptions, total=False):
     """The keyword options of ``Flow.on_queue`` and ``Flow.on_priority``."""
 
     at_most_once: bool
+    groups: GroupLimits | None
 
 
 KIND_OPTIONS: dict[str, type[_Options]] = {

@@ -11,10 +11,17 @@ treat them differently (docs/design.md, "Errors"):
   except for the redirections a cluster router follows.
 
 ``Retry``, ``Reject``, ``Skip`` and ``Defer`` are not failures but signals: a handler (or a
-middleware) raises them to steer what happens to its message.
+middleware) raises them to steer what happens to its message; a batch handler raises
+``BatchFailed`` to give some of its messages such a verdict and acknowledge the rest.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .message import Message
 
 
 class RedisflowError(Exception):
@@ -96,3 +103,29 @@ class Defer(HandlerSignal):
         super().__init__(reason)
         self.delay = delay
         self.reason = reason
+
+
+class BatchFailed(HandlerSignal):
+    """Raised by a batch handler to fail some of its messages and acknowledge the others.
+
+    ``failures`` maps an index in the lists the handler got to what happens to that message:
+    ``Retry``, ``Reject``, ``Defer``, ``Skip``, or any other exception (a failed attempt:
+    retried, or dead-lettered after ``max_attempts``). A message whose index is not there
+    is acknowledged. ``raise BatchFailed({3: ValueError("bad row"), 7: Reject("dup")})``.
+
+    Middleware sees it with ``resolved``: (message, exception) pairs, filled in by the
+    framework, which are what count (a middleware that builds one for messages it kept
+    from the handler uses ``BatchFailed.of``).
+    """
+
+    def __init__(self, failures: Mapping[int, BaseException]) -> None:
+        super().__init__(f"{len(failures)} messages of the batch failed")
+        self.failures = dict(failures)
+        self.resolved: list[tuple[Message[Any], BaseException]] = []
+
+    @classmethod
+    def of(cls, resolved: list[tuple[Message[Any], BaseException]]) -> BatchFailed:
+        """One that names the messages themselves (for middleware)."""
+        failed = cls({})
+        failed.resolved = list(resolved)
+        return failed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,13 +24,29 @@ def _is_message(annotation: Any) -> bool:
     return annotation is Message or typing.get_origin(annotation) is Message
 
 
+#: What a batch handler's parameters may be annotated with: ``list[T]`` and its kin.
+_LISTS = (list, collections.abc.Sequence, collections.abc.Iterable, collections.abc.Collection)
+
+
+def _element(annotation: Any) -> Any:
+    """The element type of a list annotation (``list[Event]`` -> ``Event``), else None."""
+    if annotation in _LISTS:
+        return Any
+    if typing.get_origin(annotation) in _LISTS:
+        args = typing.get_args(annotation)
+        return args[0] if args else Any
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Handler:
     """A registered handler, frozen at decoration time.
 
     ``invoke(value, message)`` calls the function with the payload and/or the Message in the
-    order its signature asks; ``validate_json``/``validate_python`` turn bytes or a field
-    map into the payload, built once from the payload parameter's type.
+    order its signature asks; ``adapter`` turns bytes or a field map into the payload, built
+    once from the payload parameter's type. A batch handler (``options.batch``) takes
+    ``list[T]`` and ``list[Message[T]]``: ``adapter`` validates one ``T``, and ``invoke``
+    gets the two lists.
     """
 
     fn: HandlerFunc
@@ -57,6 +74,9 @@ class Handler:
             hints = typing.get_type_hints(fn, include_extras=True)
         except (NameError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot read its signature: {exc}") from None
+        batch = options.batch is not None
+        if batch:
+            hints = _batch_hints(where, signature, hints)
         payload_type, order, deps = _parameters(where, signature, hints)
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(payload_type)
@@ -81,6 +101,37 @@ class Handler:
             )
         bound = partial(self.fn, **{name: resources[kind] for name, kind in self.deps})
         return _invoker(bound, self.order)
+
+
+def _batch_hints(where: str, signature: inspect.Signature, hints: dict[str, Any]) -> dict[str, Any]:
+    """A batch handler's hints with its lists unwrapped (``list[Event]`` -> ``Event``,
+    ``list[Message[Event]]`` -> ``Message[Event]``), so that its parameters sort as a
+    plain handler's; ConfigError for a payload or Message parameter that is not a list."""
+    unwrapped = dict(hints)
+    payload = message = False
+    for param in signature.parameters.values():
+        if param.kind is param.KEYWORD_ONLY:
+            continue
+        annotation = hints.get(param.name, inspect.Parameter.empty)
+        element = _element(annotation)
+        if _is_message(annotation):
+            raise ConfigError(
+                f"{where}: a batch handler takes list[Message], not Message"
+                f" (parameter {param.name!r})"
+            )
+        if element is not None and _is_message(element) and not message:
+            message = True
+            unwrapped[param.name] = element
+        elif not payload:
+            payload = True
+            if element is not None:
+                unwrapped[param.name] = element
+            elif annotation is not inspect.Parameter.empty:
+                raise ConfigError(
+                    f"{where}: a batch handler takes its payloads as list[...]: parameter"
+                    f" {param.name!r} is annotated {annotation!r}"
+                )
+    return unwrapped
 
 
 def _parameters(

@@ -55,3 +55,40 @@ class Message(Generic[T]):
             return datetime.fromtimestamp(ms / 1000, UTC)
         except (OverflowError, OSError, ValueError):
             return None
+
+
+@dataclass(slots=True)
+class MessageBatch(Message[list[T]]):
+    """What the consume chain of a batch handler passes through its middleware: one call
+    per batch. ``messages`` are the batch's messages (each with its own id, attempt and
+    headers); ``payload`` is the list of their payloads, in the same order. The fields of
+    ``Message`` describe the batch as a whole: ``id`` is the first message's, ``attempt``
+    the highest, ``enqueued_at`` the oldest; ``headers`` is empty and ``raw`` is ``b""``.
+    A middleware that acts per message (a span per message, a check per key) iterates
+    ``messages``; one that keeps some from the handler passes ``subset(kept)`` on.
+    """
+
+    messages: list[Message[T]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, messages: list[Message[T]], source: Source) -> MessageBatch[T]:
+        """The batch of ``messages`` (not empty) from ``source``."""
+        times = [m.enqueued_at for m in messages if m.enqueued_at is not None]
+        return cls(
+            messages[0].id,
+            source,
+            max(m.attempt for m in messages),
+            min(times) if times else None,
+            {},
+            b"",
+            [m.payload for m in messages],  # type: ignore[misc]
+            messages,
+        )
+
+    def subset(self, kept: list[Message[T]]) -> MessageBatch[T]:
+        """A batch of some of these messages (``kept``, not empty), for the rest of the
+        chain."""
+        return MessageBatch.of(kept, self.source)
+
+    def __len__(self) -> int:
+        return len(self.messages)

@@ -17,16 +17,22 @@ The first registered is the outermost, on both sides. Chains are built once (per
 per flow) and an empty chain costs nothing: the consumer calls the handler directly and a
 producer sends directly. The built-in extras (idempotency, rate limits, status tracking,
 Prometheus timing) are consume middleware the flow adds inside the user's, per handler.
+
+A batch handler's chain is called once per batch, with a ``MessageBatch`` (a ``Message``
+whose ``messages`` are the batch's); ``each`` helps a middleware that decides per message.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
-    from .message import Kind, Message
+    from .message import Kind, Message, MessageBatch
+
+T = TypeVar("T")
 
 ConsumeNext = Callable[["Message[Any]"], Awaitable[Any]]
 ProduceNext = Callable[["Outgoing"], Awaitable[Any]]
@@ -147,3 +153,23 @@ def _produce_step(produce: Callable[..., Awaitable[Any]], call_next: ProduceNext
         return produce(out, call_next)
 
     return step
+
+
+async def each(
+    batch: MessageBatch[Any], check: Callable[[Message[Any]], Awaitable[T]]
+) -> tuple[list[tuple[Message[Any], T]], list[tuple[Message[Any], BaseException]]]:
+    """Run ``check`` on every message of ``batch`` at once (so their Redis calls share round
+    trips): the messages it passed, with what it returned, and those it raised for (a
+    ``Skip``, a ``Defer``, an error: what the message's verdict will be)."""
+    messages = batch.messages
+    results = await asyncio.gather(*(check(m) for m in messages), return_exceptions=True)
+    passed: list[tuple[Message[Any], T]] = []
+    failed: list[tuple[Message[Any], BaseException]] = []
+    for msg, result in zip(messages, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):  # cancelled: not a verdict
+                raise result
+            failed.append((msg, result))
+        else:
+            passed.append((msg, result))
+    return passed, failed

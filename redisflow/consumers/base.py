@@ -27,9 +27,10 @@ from ..connection import REDIS_ERRORS, Backoff
 from ..errors import AuthError, PermissionDenied, ReplyError, Skip
 from ..features.tracking import Tracking
 from ..keys import Keys
-from ..message import Kind, Message
+from ..message import Kind, Message, MessageBatch
 from ..middleware import consume_chain
 from .acks import Window
+from .batches import Batching
 from .contract import Context, Gate, Item, Stats
 from .reporting import Reporter
 from .verdicts import Verdicts
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 
-class Consumer(Window, ABC, Generic[Item]):
+class Consumer(Window, Batching[Item], ABC, Generic[Item]):
     """The runtime of one handler: fetch loop, worker pool, verdicts, shutdown."""
 
     kind: ClassVar[Kind]
@@ -73,7 +74,10 @@ class Consumer(Window, ABC, Generic[Item]):
         self.stopping = False
         self.backoff = Backoff(str(self), ctx.config.give_up_after)
         self.link = ctx.connector.link(self.key, role=f"fetch:{self.key}")
-        self.prefetch = max(ctx.config.prefetch, self.options.concurrency)
+        # A batch handler runs ``concurrency`` batches at once: hold enough to fill them.
+        self.prefetch = max(
+            ctx.config.prefetch, self.options.concurrency * (self.options.batch or 1)
+        )
         self.gate: Gate | None = None  # shared by the partitions of one handler
         self._dq: deque[Item] = deque()
         self._idle: list[asyncio.Future[None]] = []
@@ -82,6 +86,8 @@ class Consumer(Window, ABC, Generic[Item]):
         self._unfinished: list[Item] = []
         self._all_idle = anyio.Event()
         self._connected = False
+        self._filler: asyncio.Future[None] | None = None
+        self._first_at = 0.0
 
     def __str__(self) -> str:
         at = "" if self.key == self.handler.source.name else f" at {self.key}"
@@ -147,6 +153,8 @@ class Consumer(Window, ABC, Generic[Item]):
 
     async def call(self, msg: Message[Any]) -> Any:
         """The innermost step of the consume chain: the handler, within its ``timeout``."""
+        if isinstance(msg, MessageBatch):
+            return await self.call_batch(msg)
         timeout = self.options.timeout
         if timeout is None:
             return await self.invoke(msg.payload, msg)
@@ -183,8 +191,9 @@ class Consumer(Window, ABC, Generic[Item]):
                 outer.start_soon(self.reporter.loop, self.config.report_interval, gauges)
                 outer.start_soon(self.link.watch, self.config.block_timeout)  # a hung server
                 async with anyio.create_task_group() as workers:
+                    work = self._work if self.options.batch is None else self._work_batches
                     for _ in range(self.options.concurrency):
-                        workers.start_soon(self._work)
+                        workers.start_soon(work)
                     task_status.started()
                     try:
                         await self.fetch()
@@ -226,6 +235,7 @@ class Consumer(Window, ABC, Generic[Item]):
             if not fut.done():
                 fut.set_result(None)
         self._idle.clear()
+        self.wake_filler()
         with anyio.move_on_after(self.config.grace_period, shield=True):
             while self._busy:
                 self._all_idle = anyio.Event()
@@ -279,6 +289,9 @@ class Consumer(Window, ABC, Generic[Item]):
         dq = self._dq
         before = len(dq)
         dq.extend(items)
+        if self.options.batch is not None:
+            self.fed(before)
+            return
         wake = len(dq) - before
         idle = self._idle
         while wake and idle:

@@ -21,7 +21,7 @@ import anyio
 import orjson
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import DecodeError, Defer, Reject, ReplyError, Retry
+from ..errors import DecodeError, Defer, HandlerSignal, Reject, ReplyError, Retry
 from ..protocol.envelope import now_ms
 
 if TYPE_CHECKING:
@@ -70,42 +70,92 @@ class Verdicts(Generic[Item]):
     consumer: Settling[Item]
     _refused: Backoff | None = field(default=None)
 
-    async def failed(self, item: Item, exc: Exception) -> None:
+    async def failed(self, item: Item, exc: BaseException) -> None:
         """Decide what happens to ``item`` after ``exc``, and record it."""
+        failure, attempt, final = self.decide(item, exc)
+        self._log(item, failure, attempt, final, exc)
+        await self.settle(item, failure, attempt, final)
+
+    async def failed_many(self, failures: list[tuple[Item, BaseException]], size: int) -> None:
+        """``failed`` for messages of one batch of ``size``: undecodable ones are logged
+        one by one, the others in one line; the verdicts are recorded concurrently (so
+        they share round trips)."""
         consumer = self.consumer
+        decided = []
+        counts = {"retried": 0, "dead": 0, "deferred": 0}
+        first: tuple[Failure, BaseException] | None = None
+        for item, exc in failures:
+            failure, attempt, final = self.decide(item, exc)
+            decided.append((item, failure, attempt, final))
+            if failure.decode:
+                self._log(item, failure, attempt, final, exc)
+                continue
+            counts["deferred" if failure.defer else "dead" if final else "retried"] += 1
+            first = first or (failure, exc)
+            if log.isEnabledFor(logging.DEBUG):
+                self._log(item, failure, attempt, final, exc, logging.DEBUG)
+        if first is not None:
+            failure, exc = first
+            what = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n)
+            level = logging.DEBUG if counts["deferred"] == sum(counts.values()) else logging.WARNING
+            log.log(
+                level, "%s: %d of a batch of %d failed (%s): %s", consumer,
+                sum(counts.values()), size, what, failure.error[:500],
+                exc_info=None if isinstance(exc, HandlerSignal) else exc,
+            )  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            for item, failure, attempt, final in decided:
+                tg.start_soon(self.settle, item, failure, attempt, final)
+
+    def decide(self, item: Item, exc: BaseException) -> tuple[Failure, int, bool]:
+        """What ``exc`` means for ``item``: the failure, its attempt, and whether it is
+        final (dead letters); a deferral has attempt 0 and is not final."""
         failure = Failure.of(exc)
+        if failure.defer:
+            return failure, 0, False
+        options = self.consumer.options
+        if isinstance(exc, TimeoutError) and options.timeout is not None:
+            failure.error = f"handler timed out after {options.timeout}s"
+        attempt = self.consumer.attempt(item)
+        final = failure.decode or failure.reject or attempt >= options.max_attempts
+        failure.retry_delay = None if final else self.delay(attempt, failure.retry_delay)
+        return failure, attempt, final
+
+    def _log(
+        self,
+        item: Item,
+        failure: Failure,
+        attempt: int,
+        final: bool,
+        exc: BaseException,
+        level: int = logging.WARNING,
+    ) -> None:
+        # Each line says what happens next: a retry (when, which attempt) or the dead letters.
+        consumer = self.consumer
         msg_id = consumer.message(item, None).id
         if failure.defer:
             log.debug("%s: message %s deferred: %s", consumer, msg_id, failure.error)
-            await self.settle(item, failure, 0, final=False)
             return
         options = consumer.options
-        if isinstance(exc, TimeoutError) and options.timeout is not None:
-            failure.error = f"handler timed out after {options.timeout}s"
-        attempt = consumer.attempt(item)
-        final = failure.decode or failure.reject or attempt >= options.max_attempts
-        delay = None if final else self.delay(attempt, failure.retry_delay)
         fields = consumer_fields(consumer, msg_id, attempt)
-        # Each line says what happens next: a retry (when, which attempt) or the dead letters.
         if failure.reject or failure.decode:  # no retry was ever going to happen
-            log.warning(
-                "%s: message %s %s -> dead letters %s", consumer, msg_id,
+            log.log(
+                level, "%s: message %s %s -> dead letters %s", consumer, msg_id,
                 failure.error[:500] if failure.reject else f"undecodable: {failure.error[:500]}",
                 consumer.keys.dead, extra=fields,
             )  # fmt: skip
         elif final:
-            log.warning(
-                "%s: message %s failed: %s; dead-lettered to %s after %d attempt%s", consumer,
-                msg_id, failure.error[:500], consumer.keys.dead, attempt, "s" * (attempt != 1),
-                exc_info=exc, extra=fields,
+            log.log(
+                level, "%s: message %s failed: %s; dead-lettered to %s after %d attempt%s",
+                consumer, msg_id, failure.error[:500], consumer.keys.dead, attempt,
+                "s" * (attempt != 1), exc_info=exc, extra=fields,
             )  # fmt: skip
         else:
-            log.warning(
-                "%s: message %s failed: %s; retrying in %.1f s (attempt %d/%d)", consumer,
-                msg_id, failure.error, delay, attempt + 1, options.max_attempts, extra=fields,
+            log.log(
+                level, "%s: message %s failed: %s; retrying in %.1f s (attempt %d/%d)",
+                consumer, msg_id, failure.error, failure.retry_delay or 0.0, attempt + 1,
+                options.max_attempts, extra=fields,
             )  # fmt: skip
-        failure.retry_delay = delay
-        await self.settle(item, failure, attempt, final)
 
     async def settle(self, item: Item, failure: Failure, attempt: int, final: bool) -> None:
         """Record a verdict: dead letter, retry, or deferral; shielded from cancellation."""

@@ -10,17 +10,24 @@ about as long as that job, not as long as the claim could last. Success marks th
 a failure drops the claim, so the retry runs again. A worker killed mid-handler leaves only
 its claim, which expires after ``claim`` seconds: the key is never marked done for work that
 did not finish.
+
+A batch handler's batch is checked message by message: duplicates already done are
+skipped, those claimed elsewhere deferred, and the rest go on to the handler together;
+each is marked done, or its claim dropped, by its own outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Defer, Skip
+from ..errors import BatchFailed, Defer, Skip
+from ..message import MessageBatch
+from ..middleware import each
 from ..protocol import scripts
 
 if TYPE_CHECKING:
@@ -79,6 +86,8 @@ class Idempotency:
     async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
         """Run the rest of the chain once per key and window (raises Skip or Defer
         instead)."""
+        if isinstance(msg, MessageBatch):
+            return await self._consume_batch(msg, call_next)
         record = self.record(msg.payload)
         token = await self.claim(record)
         try:
@@ -92,3 +101,46 @@ class Idempotency:
             log.warning("idempotency record of %s not written (%r); its claim expires"
                         " instead", msg.id, exc)  # fmt: skip
         return result
+
+    async def _consume_batch(self, batch: MessageBatch[Any], call_next: ConsumeNext) -> Any:
+        """``consume`` for a batch: each message claimed on its own; the handler gets those
+        claimed, the others are skipped or deferred (``BatchFailed``)."""
+
+        async def claim(msg: Message[Any]) -> tuple[str, str]:
+            record = self.record(msg.payload)
+            return record, await self.claim(record)
+
+        claimed, dropped = await each(batch, claim)
+        if not claimed:
+            raise BatchFailed.of(dropped)
+        kept = [msg for msg, _ in claimed]
+        try:
+            result = await call_next(batch.subset(kept) if dropped else batch)
+        except BatchFailed as exc:
+            failed = {id(msg) for msg, _ in exc.resolved}
+            await self._finish([(c, id(m) not in failed) for m, c in claimed])
+            exc.resolved += dropped
+            raise
+        except Exception as exc:
+            await self._finish([(c, False) for _, c in claimed])
+            if dropped:
+                raise BatchFailed.of([(m, exc) for m in kept] + dropped) from exc
+            raise
+        await self._finish([(c, True) for _, c in claimed])
+        if dropped:
+            raise BatchFailed.of(dropped)
+        return result
+
+    async def _finish(self, claims: list[tuple[tuple[str, str], bool]]) -> None:
+        """Mark done (True) or drop (False) each claim, at once; a record that cannot be
+        written is logged (its claim expires instead)."""
+
+        async def one(claim: tuple[str, str], ok: bool) -> None:
+            record, token = claim
+            try:
+                await (self.done if ok else self.drop)(record, token)
+            except Exception as exc:
+                log.warning("idempotency record %s not written (%r); its claim expires"
+                            " instead", record, exc)  # fmt: skip
+
+        await asyncio.gather(*(one(claim, ok) for claim, ok in claims))

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..config import RateLimit
-from ..errors import Defer
+from ..errors import BatchFailed, Defer
+from ..message import MessageBatch
+from ..middleware import each
 from ..protocol import scripts
 
 if TYPE_CHECKING:
@@ -73,15 +75,36 @@ class Limiter:
 
 class Throttle:
     """The consume middleware of a handler's ``rate_limit``: a message that is not granted
-    is deferred (``Defer``: delivered again when a grant is due, its attempt not counted)."""
+    is deferred (``Defer``: delivered again when a grant is due, its attempt not counted).
+    In a batch, each message takes its own grant, and those not granted are deferred while
+    the rest run."""
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
     async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
         """Take a grant for the payload's key, or defer the message."""
+        if isinstance(msg, MessageBatch):
+            granted, deferred = await each(msg, self._grant)
+            if not granted:
+                raise BatchFailed.of(deferred)
+            kept = [m for m, _ in granted]
+            if not deferred:
+                return await call_next(msg)
+            try:
+                await call_next(msg.subset(kept))
+            except BatchFailed as exc:
+                exc.resolved += deferred
+                raise
+            except Exception as exc:
+                raise BatchFailed.of([(m, exc) for m in kept] + deferred) from exc
+            raise BatchFailed.of(deferred)
+        await self._grant(msg)
+        return await call_next(msg)
+
+    async def _grant(self, msg: Message[Any]) -> None:
+        """Take a grant for ``msg``, or raise ``Defer``."""
         rate = self.limiter.rate
         wait = await self.limiter.try_acquire(str(rate.key(msg.payload)) if rate.key else "")
         if wait > 0:
             raise Defer(wait, "rate limited")
-        return await call_next(msg)

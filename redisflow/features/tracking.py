@@ -18,13 +18,15 @@ are pipelined with concurrent traffic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..errors import BatchFailed
 from ..keys import Keys, status_key
-from ..message import Message
+from ..message import Message, MessageBatch
 from ..protocol.envelope import now_ms
 from ..protocol.replies import mapping
 
@@ -132,7 +134,20 @@ class Tracking:
         self.tracker, self.handler = tracker, handler
 
     async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
-        """Record ``processing``, run the rest of the chain, record ``completed``."""
+        """Record ``processing``, run the rest of the chain, record ``completed`` (for each
+        message of a batch; those its ``BatchFailed`` names get their verdict's status)."""
+        if isinstance(msg, MessageBatch):
+            messages = msg.messages
+            await asyncio.gather(*(self.record(m, "processing") for m in messages))
+            try:
+                result = await call_next(msg)
+            except BatchFailed as exc:
+                failed = {id(m) for m, _ in exc.resolved}
+                done = [m for m in messages if id(m) not in failed]
+                await asyncio.gather(*(self.record(m, "completed") for m in done))
+                raise
+            await asyncio.gather(*(self.record(m, "completed") for m in messages))
+            return result
         await self.record(msg, "processing")
         result = await call_next(msg)
         await self.record(msg, "completed")
