@@ -30,6 +30,7 @@ from redisflow import (
 from tests.support import flows
 from tests.support.flows import eventually
 from tests.support.kinds import RELIABLE, Kind, by_kind
+from tests.support.workers import Workers
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +362,40 @@ def test_options_are_checked(url: str, ns: str) -> None:
 
     with pytest.raises(ConfigError, match="takes list\\[Message\\], not Message"):
         flow.on_queue("q2", batch=10)(one_message)
+
+
+@pytest.mark.parametrize("kind", ["queue", "priority", "stream"])
+async def test_a_killed_workers_batch_is_recovered_whole(
+    kind: str, url: str, ns: str, r: aioredis.Redis, workers: Callable[..., Workers]
+) -> None:
+    """A worker process killed (SIGKILL) in the middle of a batch: once its lease expires
+    (``claim_idle`` for a stream), a second worker process gets every message of that
+    batch, as attempt 2, and Redis ends with nothing held."""
+    pool = workers(
+        url, ns, kinds=[kind], handler=dict(batch=20, batch_wait=1.0),
+        flow=dict(lease=2, claim_idle=2, block_timeout=0.5),
+    )  # fmt: skip
+    victim = pool.start()
+    name = f"{ns}:{kind}"
+    async with Flow(url, prefix=ns) as producer:
+        await Kind(kind).produce_many(producer, name, [{"n": n, "first": 60} for n in range(20)])
+
+        def started() -> set[int]:
+            return {rec.n for rec in pool.records() if rec.event == "S" and rec.pid == victim.pid}
+
+        await eventually(lambda: len(started()) == 20, within=30, what=f"a batch\n{pool.logs()}")
+        victim.kill()
+        rescuer = pool.start()
+
+        def ended() -> list[tuple[int, int]]:
+            return [(rec.n, rec.attempt) for rec in pool.records()
+                    if rec.event == "E" and rec.pid == rescuer.pid]  # fmt: skip
+
+        await eventually(lambda: len(ended()) == 20, within=30, what=f"recovery\n{pool.logs()}")
+        assert sorted(ended()) == [(n, 2) for n in range(20)]
+
+        async def empty() -> bool:
+            return await Kind(kind).held(r, producer, name) == 0
+
+        await eventually(empty, what="nothing held")
+    assert pool.stop_all() == {victim.pid: -9, rescuer.pid: 0}

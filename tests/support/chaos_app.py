@@ -43,6 +43,7 @@ class Job(BaseModel):
     n: int
     p: int = 0
     sleep: float | None = None
+    first: float | None = None  # how long its first attempt sleeps (then ``sleep``)
 
 
 NS = os.environ["CHAOS_NS"]
@@ -74,6 +75,13 @@ def record(event: str, msg: Message[Job], job: Job) -> None:
     os.write(_fd, line.encode())
 
 
+def pause(job: Job, msg: Message[Job]) -> float:
+    """How long the handler of ``job`` sleeps."""
+    if job.first is not None and msg.attempt == 1:
+        return job.first
+    return job.sleep if job.sleep is not None else random.uniform(LO, HI)
+
+
 async def handle(job: Job, msg: Message[Job]) -> None:
     """Record the start, sleep, record the end (or the cancellation)."""
     if not RECORD:
@@ -81,18 +89,35 @@ async def handle(job: Job, msg: Message[Job]) -> None:
         return
     record("S", msg, job)
     try:
-        await anyio.sleep(job.sleep if job.sleep is not None else random.uniform(LO, HI))
+        await anyio.sleep(pause(job, msg))
     except anyio.get_cancelled_exc_class():
         record("C", msg, job)
         raise
     record("E", msg, job)
 
 
+async def handle_batch(jobs: list[Job], msgs: list[Message[Job]]) -> None:
+    """A batch handler: record each start, sleep the longest of their pauses, record
+    each end (or each cancellation)."""
+    pairs = list(zip(jobs, msgs, strict=True))
+    for job, msg in pairs:
+        record("S", msg, job)
+    try:
+        await anyio.sleep(max(pause(job, msg) for job, msg in pairs))
+    except anyio.get_cancelled_exc_class():
+        for job, msg in pairs:
+            record("C", msg, job)
+        raise
+    for job, msg in pairs:
+        record("E", msg, job)
+
+
+_handler = handle_batch if OPTIONS.get("batch") else handle
 for _kind in KINDS:
     _name = f"{NS}:{_kind}"
     if _kind == "queue":
-        flow.on_queue(_name, **OPTIONS)(handle)
+        flow.on_queue(_name, **OPTIONS)(_handler)
     elif _kind == "priority":
-        flow.on_priority(_name, **OPTIONS)(handle)
+        flow.on_priority(_name, **OPTIONS)(_handler)
     else:
-        flow.on_stream(_name, group="g", **OPTIONS)(handle)
+        flow.on_stream(_name, group="g", **OPTIONS)(_handler)
