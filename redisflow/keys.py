@@ -166,6 +166,36 @@ class Keys:
         by live workers (entries older than a few seconds belong to dead ones)."""
         return f"{self.base}:inflight"
 
+    # -- fair groups (features/groups.py): the keys every group script takes, in order -----
+
+    @property
+    def groups(self) -> tuple[str, str, str, str, str, str, str]:
+        """The keys of a fair-group queue, as every group script takes them (``KEYS[1..7]``,
+        ``lua/lib_groups.lua``): the source (the default group's messages), the ring of
+        groups to serve (sorted set: group -> turn), the turn counter, the sizes (sorted
+        set: group -> messages waiting), the parked groups (sorted set: group -> due ms),
+        the paused groups (set) and the wake stream."""
+        base = self.base
+        return (
+            self.name, f"{base}:gring", f"{base}:gturn", f"{base}:gsize", f"{base}:gpark",
+            f"{base}:gpaused", self.wake,
+        )  # fmt: skip
+
+    def group(self, group: str) -> str:
+        """The messages of one fair group (a list, or a sorted set for a priority queue):
+        the source itself for the default group (``""``). ``lua/lib_groups.lua`` builds the
+        same names from ``base``; every one carries the source's hash tag."""
+        return f"{self.base}:g:{group}" if group else self.name
+
+    def group_tokens(self, group: str) -> str:
+        """Set of the lease tokens of one group's messages being handled (a concurrency
+        limit counts them)."""
+        return f"{self.base}:gi:{group}"
+
+    def group_grants(self, group: str) -> str:
+        """Sorted set of the times of one group's grants (its rate limit's sliding log)."""
+        return f"{self.base}:gr:{group}"
+
     @property
     def owned(self) -> tuple[str, ...]:
         """The source and the keys of it that ``memory`` and ``stats`` measure."""
@@ -180,6 +210,12 @@ def status_key(prefix: str, message_id: str) -> str:
 def sources_key(prefix: str) -> str:
     """Set of the sources flows of this prefix consume, as ``kind|name|group``."""
     return f"{prefix}:sources"
+
+
+def grouped_key(prefix: str) -> str:
+    """Set of the queue names consumed in fair groups (producers send a message without a
+    group to the default group through the group script, which wakes the consumers)."""
+    return f"{prefix}:grouped"
 
 
 def layouts_key(prefix: str) -> str:

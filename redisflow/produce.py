@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from .errors import ConfigError
+from .features.groups import check_group
 from .middleware import Outgoing, ProduceChain, ProduceNext
 from .protocol import envelope
 from .protocol.priority import check_priority
@@ -100,17 +101,23 @@ class Producers(Writes):
         dedup_ttl: float = DEDUP_TTL,
         notify: str | None = None,
         key: str | None = None,
+        group: str | None = None,
         wait_replicas: int | None = None,
     ) -> str | None:
         """Add ``data`` to a list queue (after ``delay`` seconds); returns the message id,
         or None when ``dedup_key`` was seen within ``dedup_ttl`` seconds. ``notify`` also
         publishes the message to that channel, in the same atomic step. ``key`` picks the
-        partition of a partitioned queue (the same key, the same partition)."""
+        partition of a partitioned queue (the same key, the same partition). ``group``: the
+        fair group of a queue consumed with ``groups=`` (a tenant, say; it picks the
+        partition too); without one, the default group."""
+        group = _group(group, key, notify)
 
         def send(out: Outgoing) -> Awaitable[str | None]:
-            return self._enqueue(out, delay, dedup_key, dedup_ttl, notify, key, wait_replicas)
+            return self._enqueue(
+                out, delay, dedup_key, dedup_ttl, notify, key, group, wait_replicas
+            )
 
-        options = {"delay": delay, "dedup_key": dedup_key, "key": key}
+        options = {"delay": delay, "dedup_key": dedup_key, "key": key, "group": group}
         out = Outgoing("queue", queue, data, _headers(headers), options=options)
         result: str | None = await self.send_outgoing(out, send)
         return result
@@ -124,15 +131,17 @@ class Producers(Writes):
         headers: dict[str, str] | None = None,
         notify: str | None = None,
         key: str | None = None,
+        group: str | None = None,
         wait_replicas: int | None = None,
     ) -> list[str]:
         """Add many items to a list queue in one round trip (per node); their ids.
-        ``headers``: the same for each."""
+        ``headers``: the same for each; ``group``: the fair group of them all."""
+        group = _group(group, key, notify)
 
         def send(out: Outgoing) -> Awaitable[list[str]]:
-            return self._enqueue_many(out, delay, notify, key, wait_replicas)
+            return self._enqueue_many(out, delay, notify, key, group, wait_replicas)
 
-        options = {"delay": delay, "key": key}
+        options = {"delay": delay, "key": key, "group": group}
         out = Outgoing("queue", queue, list(items), _headers(headers), True, options=options)
         result: list[str] = await self.send_outgoing(out, send)
         return result
@@ -148,19 +157,24 @@ class Producers(Writes):
         dedup_key: str | None = None,
         dedup_ttl: float = DEDUP_TTL,
         key: str | None = None,
+        group: str | None = None,
         wait_replicas: int | None = None,
     ) -> str | None:
         """Add ``data`` to a priority queue; 0 is the most urgent, up to 8191. FIFO holds
         within a level (of a partition). Returns the message id (None for a duplicate
-        ``dedup_key``). ``key`` picks the partition of a partitioned queue."""
+        ``dedup_key``). ``key`` picks the partition of a partitioned queue; ``group`` the
+        fair group (priority order holds within a group)."""
         level = check_priority(priority)
+        group = _group(group, key)
 
         def send(out: Outgoing) -> Awaitable[str | None]:
             return self._enqueue_priority(
-                out, level, delay, dedup_key, dedup_ttl, key, wait_replicas
+                out, level, delay, dedup_key, dedup_ttl, key, group, wait_replicas
             )
 
-        options = {"priority": level, "delay": delay, "dedup_key": dedup_key, "key": key}
+        options = {
+            "priority": level, "delay": delay, "dedup_key": dedup_key, "key": key, "group": group
+        }  # fmt: skip
         out = Outgoing("priority", queue, data, _headers(headers), options=options)
         result: str | None = await self.send_outgoing(out, send)
         return result
@@ -174,16 +188,18 @@ class Producers(Writes):
         delay: float | None = None,
         headers: dict[str, str] | None = None,
         key: str | None = None,
+        group: str | None = None,
         wait_replicas: int | None = None,
     ) -> list[str]:
         """Add many items at one priority level, in order (per partition), in one round
-        trip (per node). ``headers``: the same for each."""
+        trip (per node). ``headers``: the same for each; ``group``: the fair group of all."""
         level = check_priority(priority)
+        group = _group(group, key)
 
         def send(out: Outgoing) -> Awaitable[list[str]]:
-            return self._enqueue_priority_many(out, level, delay, key, wait_replicas)
+            return self._enqueue_priority_many(out, level, delay, key, group, wait_replicas)
 
-        options = {"priority": level, "delay": delay, "key": key}
+        options = {"priority": level, "delay": delay, "key": key, "group": group}
         out = Outgoing("priority", queue, list(items), _headers(headers), True, options=options)
         result: list[str] = await self.send_outgoing(out, send)
         return result
@@ -238,6 +254,16 @@ class Producers(Writes):
         out = Outgoing("stream", stream, list(items), _headers(headers), True, options=options)
         result: list[str] = await self.send_outgoing(out, send)
         return result
+
+
+def _group(group: object, key: str | None, notify: str | None = None) -> str | None:
+    """A producer's ``group``, checked (a group picks the partition itself)."""
+    found = check_group(group)
+    if found is not None and key is not None:
+        raise ConfigError("give group= or key=, not both: a group's messages share a partition")
+    if found is not None and notify is not None:
+        raise ConfigError("notify= is not supported with group= (the consumers are woken)")
+    return found
 
 
 def _headers(headers: dict[str, str] | None) -> dict[str, str]:

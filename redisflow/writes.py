@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import to_ms
-from .features import compound
+from .features import compound, groups
 from .keys import Keys, check_name
 from .protocol import envelope, scripts
 from .protocol.priority import delayed_member
@@ -138,12 +138,19 @@ class Writes:
         dedup_ttl: float,
         notify: str | None,
         key: str | None,
+        group: str | None,
         wait_replicas: int | None,
     ) -> str | None:
         queue = out.name
         send = self._sender(wait_replicas)
-        target = await self.layouts.pick(check_name(queue, "queue"), key or dedup_key)
+        target = await self.layouts.pick(check_name(queue, "queue"), group or key or dedup_key)
         msg_id, item = envelope.new_item(out.payload, out.headers)
+        if notify is None and (group is not None or self.layouts.known_grouped(queue)):
+            sent = await self._to_group("queue", target, group, [(0, item)], delay, dedup_key,
+                                        dedup_ttl, send)  # fmt: skip
+            if sent:
+                await self._track("queue", queue, [msg_id])
+            return msg_id if sent else None
         if dedup_key is None and notify is None and not delay:
             await send("RPUSH", target, item)  # the hot path
             if self.config.track:
@@ -176,14 +183,18 @@ class Writes:
         delay: float | None,
         notify: str | None,
         key: str | None,
+        group: str | None,
         wait_replicas: int | None,
     ) -> list[str]:
         name = check_name(out.name, "queue")
         send = self._sender(wait_replicas)
         ids, packed = envelope.pack_items(out.payload, out.headers)
-        for target, part in (await self._spread(name, packed, key)).items():
+        for target, part in (await self._spread(name, packed, group or key)).items():
             keys = self._keys(target)
-            if delay:
+            if notify is None and (group is not None or self.layouts.known_grouped(name)):
+                items = [(0, item) for item in part]
+                await self._to_group("queue", target, group, items, delay, None, 0, send)
+            elif delay:
                 call = scripts.delay(keys.delayed, to_ms(delay), part)
                 await self.connector.run(call, send)
             elif notify is None:
@@ -207,14 +218,21 @@ class Writes:
         dedup_key: str | None,
         dedup_ttl: float,
         key: str | None,
+        group: str | None,
         wait_replicas: int | None,
     ) -> str | None:
         queue = out.name
         send = self._sender(wait_replicas)
-        target = await self.layouts.pick(check_name(queue, "queue"), key or dedup_key)
+        target = await self.layouts.pick(check_name(queue, "queue"), group or key or dedup_key)
         keys = self._keys(target)
         msg_id, item = envelope.new_item(out.payload, out.headers)
-        if dedup_key is not None and delay:
+        added: int | None
+        if group is not None or self.layouts.known_grouped(queue):
+            sent = await self._to_group(
+                "priority", target, group, [(level, item)], delay, dedup_key, dedup_ttl, send
+            )
+            added = 1 if sent else None
+        elif dedup_key is not None and delay:
             due = b"\0due:%d" % to_ms(delay)
             command = ("ZADD", keys.delayed, due, delayed_member(level, item))
             replies = await compound.send(
@@ -241,16 +259,41 @@ class Writes:
         level: int,
         delay: float | None,
         key: str | None,
+        group: str | None,
         wait_replicas: int | None,
     ) -> list[str]:
         name = check_name(out.name, "queue")
         send = self._sender(wait_replicas)
         ids, packed = envelope.pack_items(out.payload, out.headers)
-        for target, part in (await self._spread(name, packed, key)).items():
-            await self._push_priority(target, part, level, delay, send)
+        grouped = group is not None or self.layouts.known_grouped(name)
+        for target, part in (await self._spread(name, packed, group or key)).items():
+            if grouped:
+                items = [(level, item) for item in part]
+                await self._to_group("priority", target, group, items, delay, None, 0, send)
+            else:
+                await self._push_priority(target, part, level, delay, send)
         if ids:
             await self._track("priority", name, ids)
         return ids
+
+    async def _to_group(
+        self,
+        kind: str,
+        target: str,
+        group: str | None,
+        items: list[tuple[int, bytes]],
+        delay: float | None,
+        dedup_key: str | None,
+        dedup_ttl: float,
+        send: Sender | WaitingSender,
+    ) -> bool:
+        """Send to a fair group (``features/groups.py``); False for a duplicate."""
+        keys = self._keys(target)
+        dedup = keys.dedup(dedup_key) if dedup_key is not None else None
+        return await groups.push(
+            self.connector, keys, kind, group, items, delay=delay, dedup=dedup, ttl=dedup_ttl,
+            through=send,
+        )  # fmt: skip
 
     async def _push_priority(
         self,

@@ -18,11 +18,10 @@ from __future__ import annotations
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-import anyio
 from pydantic import ValidationError
 
 from ..connection import REDIS_ERRORS
-from ..errors import DecodeError, ReplyError
+from ..errors import DecodeError
 from ..message import Kind, Message
 from ..middleware import Outgoing
 from ..protocol import scripts
@@ -30,7 +29,7 @@ from ..protocol.envelope import MARK, content_id, payload_of, reenvelope, split
 from ..protocol.replies import text
 from .base import Consumer, log
 from .contract import Context
-from .verdicts import Failure
+from .leases import Leases
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,7 +67,7 @@ BATCH: Final = 1
 SCORE: Final = 2
 
 
-class QueueConsumer(Consumer[QueueItem]):
+class QueueConsumer(Leases, Consumer[QueueItem]):
     """Consumes a list queue (or, in the subclass, a priority queue)."""
 
     kind: ClassVar[Kind] = "queue"
@@ -141,25 +140,13 @@ class QueueConsumer(Consumer[QueueItem]):
         await self._maintain_once()  # hold a lease before leasing any message (a full Redis too)
         await self._recover_own()
 
-    async def _recover_own(self) -> None:
-        """After a lost connection: acks whose reply was lost are sent again, and batches
-        this worker leased but never heard of (the reply of a fetch or of a BLMOVE was
-        lost) go back to the queue, instead of waiting for this worker to stop. Batches
-        whose ack is on its way (with the acker) are not orphans."""
-        self.acks_unanswered()
-        self._wait_key = None
-        held = {text(b) for b in await self.connector.send("SMEMBERS", self.wset)}
-        orphans = sorted(held - set(self._known) - set(self.acks) - set(self.acks_flushing))
-        if not orphans:
-            return
-        call = scripts.release(
-            self.name, self.keys.leases, self.wset, mode=self.mode, worker=self.worker,
-            drop=(), whole=orphans, items=(),
-        )  # fmt: skip
-        moved = await self.connector.run(call)
-        await self._maintain_once()  # the release drops an empty worker's lease: renew it
-        if moved:
-            log.warning("%s: %d messages whose fetch reply was lost were put back", self, moved)
+    def adopt(self, key: str, reply: list[Any]) -> list[QueueItem]:
+        """The items of ``reply`` (as a fetch returns them), now held in the batch ``key``."""
+        batch = Batch(key, 0)
+        items = self.items(reply, batch)
+        batch.left = len(items)
+        self._known[key] = batch
+        return items
 
     def _next_key(self) -> str:
         self._seq += 1
@@ -224,68 +211,6 @@ class QueueConsumer(Consumer[QueueItem]):
             return False
         holders = await self.connector.send("ZRANGE", self.keys.leases, 0, -1)
         return {text(w) for w in holders} <= {self.worker}
-
-    async def maintain(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._acker)
-            failing = False
-            while True:
-                try:
-                    wait = await self._maintain_once()
-                    if failing:
-                        log.warning("%s: maintenance goes through again", self)
-                    failing = False
-                except REDIS_ERRORS as exc:
-                    if isinstance(exc, ReplyError) and not failing:  # once per outage
-                        log.warning("%s: maintenance refused (%s); will try again", self, exc)
-                    failing = failing or isinstance(exc, ReplyError)
-                    wait = self.config.tick
-                except Exception:  # a bug here must not stop the handlers: log, go on
-                    log.exception("%s: maintenance failed", self)
-                    wait = self.config.tick
-                await anyio.sleep(wait)
-
-    async def _maintain_once(self) -> float:
-        keys = self.keys
-        call = scripts.maintain(
-            self.name, keys.delayed, keys.leases, keys.seq, keys.wake, mode=self.mode,
-            worker=self.worker, lease_ms=int(self.config.lease * 1000), max_moved=256,
-        )  # fmt: skip
-        reply = await self.connector.run(call)
-        next_due, dead = int(reply[0]), [text(w) for w in reply[2:]]
-        for worker in dead:
-            if worker != self.worker:
-                await self._recover(worker)
-        wait = self.config.tick
-        if next_due >= 0:
-            wait = min(wait, next_due / 1000)
-        return wait
-
-    async def _recover(self, worker: str) -> None:
-        """Give a dead worker's batches back, counting an attempt for each message (as a
-        stream's delivery count does); those past ``max_attempts`` are dead-lettered here,
-        so a message that kills every worker that takes it cannot stall the queue."""
-        dead_set = self.keys.batches(worker)
-        held = [text(b) for b in await self.connector.send("SMEMBERS", dead_set)]
-        key = self._next_key()
-        call = scripts.recover(
-            self.name, self.keys.leases, dead_set, key, self.wset, held, mode=self.mode,
-            worker=worker, max_attempts=self.options.max_attempts,
-        )  # fmt: skip
-        reply = await self.connector.run(call)
-        moved, over = int(reply[0]), reply[1:]
-        if moved > 0:
-            log.warning("%s: worker %s died; %d messages delivered again", self, worker, moved)
-        if moved < 0 or not over:
-            return
-        batch = Batch(key, 0)
-        items = self.items(over, batch)
-        batch.left = len(items)
-        self._known[key] = batch
-        for item in items:  # as a stream's delivery count, the count includes this one
-            count = self.attempt(item)
-            failure = Failure(f"delivered {count} times without completing (its workers died)")
-            await self.verdicts.settle(item, failure, count, final=True)
 
     # -- one message ----------------------------------------------------------------------
 
@@ -418,20 +343,3 @@ class QueueConsumer(Consumer[QueueItem]):
             *(part for pair in fields.items() for part in pair),
         )  # fmt: skip
         self.done(item)
-
-    async def release(self, started: list[QueueItem], unstarted: list[QueueItem]) -> None:
-        unfinished = started + unstarted
-        drop = [*self.acks_sent, *self.acks, *self._known]
-        known = set(drop)
-        held = [text(b) for b in await self.connector.send("SMEMBERS", self.wset)]
-        whole = [key for key in held if key not in known]
-        call = scripts.release(
-            self.name, self.keys.leases, self.wset, mode=self.mode, worker=self.worker,
-            drop=drop, whole=whole, items=self.release_args(unfinished),
-        )  # fmt: skip
-        moved = await self.connector.run(call)
-        self.acks.clear()
-        self.acks_sent.clear()
-        self._known.clear()
-        if unfinished or moved:
-            log.info("%s: handed back %d messages", self, len(unfinished) + moved)

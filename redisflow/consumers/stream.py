@@ -348,35 +348,6 @@ class StreamConsumer(Consumer[StreamItem]):
             self._room_wanted = False
             self._room.set()
 
-    def done_many(self, items: list[StreamItem]) -> None:
-        # ``done`` for a batch handler's batch, in one go.
-        for item in items:
-            item[BATCH].left -= 1
-        self.acks += [item[ID] for item in items]
-        if self._blocked:
-            self._ack_now.set()
-        if self._room_wanted:
-            self._room_wanted = False
-            self._room.set()
-
-    def decode_many(
-        self, items: list[StreamItem]
-    ) -> tuple[list[Any], list[StreamItem], list[tuple[StreamItem, BaseException]]]:
-        # ``decode``, inlined for entries written by redisflow (``data`` first).
-        validate = self._validate_json
-        values: list[Any] = []
-        append = values.append
-        for i, item in enumerate(items):
-            fields = item[FIELDS]
-            if fields[:1] != [b"data"]:
-                return super().decode_many(items)  # another client's entries: the long way
-            try:
-                append(validate(fields[1]))
-            except ValueError:
-                done = super().decode_many(items[i:])
-                return values + done[0], items[:i] + done[1], done[2]
-        return values, items, []
-
     async def retry(self, item: StreamItem, delay: float, count: bool = True) -> None:
         entry_id = item[ID]
         # Bumps the delivery count (so a crash still counts this attempt) and resets idle;

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from ..errors import ConfigError
-from ..keys import SLOTS, layouts_key, slot
+from ..keys import SLOTS, grouped_key, layouts_key, slot
 from ..protocol import scripts
 
 if TYPE_CHECKING:
@@ -79,8 +79,11 @@ class Layouts:
     def __init__(self, connector: Connector, prefix: str) -> None:
         self.connector = connector
         self.key = layouts_key(prefix)
+        self.grouped_key = grouped_key(prefix)
         self.declared: dict[str, int] = {}
+        self.declared_groups: set[str] = set()  # queues this process knows are grouped
         self._stored: dict[str, list[int]] = {}
+        self._grouped: set[str] = set()
         self._read_at = -LAYOUT_TTL
         self._turns: dict[str, Iterator[int]] = {}
 
@@ -91,10 +94,31 @@ class Layouts:
     async def stored(self, name: str) -> list[int]:
         """The layouts of ``name`` in Redis (current first; [] if none), cached."""
         if time.monotonic() - self._read_at > LAYOUT_TTL:
-            flat = await self.connector.send("HGETALL", self.key)
+            flat, grouped = await self.connector.send.many(
+                ("HGETALL", self.key), ("SMEMBERS", self.grouped_key)
+            )
             self._stored = {flat[i].decode(): _parse(flat[i + 1]) for i in range(0, len(flat), 2)}
+            self._grouped = {g.decode("utf-8", "replace") for g in grouped}
             self._read_at = time.monotonic()
         return self._stored.get(name, [])
+
+    async def grouped(self, name: str) -> bool:
+        """Whether ``name`` is consumed in fair groups (a handler with ``groups=``), as
+        declared here or registered in Redis by its consumers (cached as the layouts)."""
+        if name in self.declared_groups:
+            return True
+        await self.stored(name)
+        return name in self._grouped
+
+    def known_grouped(self, name: str) -> bool:
+        """``grouped`` without a round trip: as of the last read (``pick`` keeps it fresh)."""
+        return name in self.declared_groups or name in self._grouped
+
+    async def register_grouped(self, name: str) -> None:
+        """Record in Redis that ``name`` is consumed in fair groups."""
+        self.declared_groups.add(name)
+        await self.connector.send("SADD", self.grouped_key, name)
+        self._grouped.add(name)
 
     async def current(self, name: str) -> int:
         """How many partitions a message to ``name`` is spread over now."""

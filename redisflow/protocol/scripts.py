@@ -29,11 +29,12 @@ _PRELUDE = _read("prelude").replace("{SHIFT}", str(SHIFT))
 
 
 class Script:
-    """A Lua script of ``lua/``, with the prelude prepended."""
+    """A Lua script of ``lua/``, with the prelude and the libraries it uses
+    (``lua/lib_<name>.lua``) prepended."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, uses: tuple[str, ...] = ()) -> None:
         self.name = name
-        self.source = _PRELUDE + _read(name)
+        self.source = _PRELUDE + "".join(_read(f"lib_{lib}") for lib in uses) + _read(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __repr__(self) -> str:
@@ -56,7 +57,7 @@ class Call:
 QUEUE_FETCH = Script("queue_fetch")
 PRIORITY_FETCH = Script("priority_fetch")
 RELEASE = Script("release")
-RECOVER = Script("recover")
+RECOVER = Script("recover", uses=("envelope",))
 MAINTAIN = Script("maintain")
 DELAY = Script("delay")
 PRODUCE = Script("produce")
@@ -72,11 +73,22 @@ STREAM_FORGET = Script("stream_forget")
 STREAM_BURY = Script("stream_bury")
 DLQ_REPLAY = Script("dlq_replay")
 LAYOUT = Script("layout")
+GROUP_PUSH = Script("group_push", uses=("groups",))
+GROUP_FETCH = Script("group_fetch", uses=("groups",))
+GROUP_TICK = Script("group_tick", uses=("groups",))
+GROUP_RELEASE = Script("group_release", uses=("groups",))
+GROUP_RECOVER = Script("group_recover", uses=("envelope", "groups"))
+GROUP_PAUSE = Script("group_pause", uses=("groups",))
 
 #: What a fetch link loads when it connects.
 QUEUE_SCRIPTS = (QUEUE_FETCH,)
 PRIORITY_SCRIPTS = (PRIORITY_FETCH, QUEUE_FETCH)
 STREAM_SCRIPTS = (STREAM_OWN,)
+GROUP_SCRIPTS = (GROUP_FETCH,)
+
+#: The keys every group script takes first (``Keys.groups``), and what it takes first in
+#: ARGV: the base of the per-group keys and the mode ('list' or 'zset').
+GroupKeys = tuple[str, str, str, str, str, str, str]
 
 
 def queue_fetch(queue: str, batch: str, batches: str, acks: Sequence[str], count: int) -> Call:
@@ -254,3 +266,94 @@ def layout(layouts: str, name: str, partitions: int, retire: int) -> Call:
     """Make ``partitions`` the current layout of ``name`` (``retire=0``), or drop that old
     layout (``retire=1``); the layouts in use, as JSON."""
     return Call(LAYOUT, (layouts,), (name, partitions, retire))
+
+
+def group_push(
+    keys: GroupKeys,
+    base: str,
+    mode: str,
+    group: str,
+    group_key: str,
+    seq: str,
+    items: Sequence[Any],
+    *,
+    dedup: str | None = None,
+    ttl_ms: int = 0,
+) -> Call:
+    """Add ``items`` (a list's items, or priority/item pairs of a zset) to ``group``, whose
+    key is ``group_key``, and offer it to the ring; unless ``dedup`` was seen."""
+    extra = (group_key, seq, dedup) if dedup else (group_key, seq)
+    argv = (base, mode, group, ttl_ms or 1 if dedup else 0, *items)
+    return Call(GROUP_PUSH, (*keys, *extra), argv)
+
+
+def group_fetch(
+    keys: GroupKeys,
+    base: str,
+    mode: str,
+    batch: str,
+    batches: str,
+    acks: Sequence[str],
+    released: Sequence[str],
+    count: int,
+    limits: tuple[int, int, int],
+) -> Call:
+    """Delete the finished batches ``acks``, release the lease tokens ``released``
+    (group/token pairs) and lease up to ``count`` messages round robin over the groups,
+    within ``limits`` (concurrency, rate limit, its window in us; 0: none), into ``batch``."""
+    argv = (base, mode, count, *limits, len(released) // 2, *released)
+    return Call(GROUP_FETCH, (*keys, batch, batches, *acks), argv)
+
+
+def group_tick(
+    keys: GroupKeys, base: str, mode: str, delayed: str, seq: str, max_moved: int, limit: int
+) -> Call:
+    """Move due delayed messages into their groups, un-park groups, offer the default
+    group; the ms until the next is due (-1: none)."""
+    return Call(GROUP_TICK, (*keys, delayed, seq), (base, mode, max_moved, limit))
+
+
+def group_release(
+    keys: GroupKeys,
+    base: str,
+    mode: str,
+    leases: str,
+    batches: str,
+    *,
+    worker: str,
+    limit: int,
+    released: Sequence[str],
+    drop: Sequence[str],
+    whole: Sequence[str],
+    items: Sequence[Any],
+) -> Call:
+    """Give a live worker's messages back to the head of their groups: ``items`` (group,
+    token, [score,] item of the unfinished ones of the batches ``drop``) and the batches
+    ``whole``; release the tokens ``released``; drop the lease when nothing is left."""
+    argv = (base, mode, worker, len(drop), limit, len(released) // 2, *released, *items)
+    return Call(GROUP_RELEASE, (*keys, leases, batches, *drop, *whole), argv)
+
+
+def group_recover(
+    keys: GroupKeys,
+    base: str,
+    mode: str,
+    leases: str,
+    dead_batches: str,
+    batch: str,
+    batches: str,
+    held: Sequence[str],
+    *,
+    worker: str,
+    max_attempts: int,
+    limit: int,
+) -> Call:
+    """Give back the batches ``held`` of the dead ``worker``, one attempt counted each, its
+    lease tokens released; those past ``max_attempts`` move into our new ``batch``."""
+    argv = (base, mode, worker, max_attempts, limit)
+    return Call(GROUP_RECOVER, (*keys, leases, dead_batches, batch, batches, *held), argv)
+
+
+def group_pause(keys: GroupKeys, base: str, mode: str, group: str, pause: bool) -> Call:
+    """Pause (or resume) one group; 1 if that changed something."""
+    return Call(GROUP_PAUSE, keys, (base, mode, group, int(pause)))

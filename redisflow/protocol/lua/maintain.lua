@@ -2,7 +2,8 @@
 -- renew this worker's lease, move due delayed messages (retries, delayed enqueues) back to
 -- the queue, and report workers whose lease expired.
 -- KEYS[1] queue, KEYS[2] delayed set, KEYS[3] leases, KEYS[4] sequence (priority), KEYS[5] wake
--- ARGV[1] 'list' or 'zset', ARGV[2] worker id, ARGV[3] lease ms, ARGV[4] max to move
+-- ARGV[1] 'list' or 'zset' ('glist' or 'gzset' for fair groups: group_tick.lua moves their
+-- delayed messages), ARGV[2] worker id, ARGV[3] lease ms, ARGV[4] max to move
 -- Delayed members of a priority queue are '<priority>:<item>'.
 -- Returns {ms until the next delayed message or -1, moved, dead worker ids...}.
 local now = now_ms()
@@ -12,10 +13,10 @@ local now = now_ms()
 -- recoverable by its peers if it dies.
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(-inf')
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2])
-local zset = ARGV[1] == 'zset'
+local zset = ARGV[1] == 'zset' or ARGV[1] == 'gzset'
 local bad = check_type(KEYS[1], zset and 'zset' or 'list')
 local due = {}
-if not bad then
+if not bad and string.sub(ARGV[1], 1, 1) ~= 'g' then
   due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 end
 if #due > 0 then
