@@ -26,6 +26,7 @@ from .config import (
 from .consumers import Consumer
 from .consumers.channel import is_pattern
 from .errors import ConfigError, RedisflowError
+from .features.groups import Groups
 from .handler import Handler
 from .keys import check_name
 from .lifespan import Lifespan
@@ -150,6 +151,8 @@ class Flow(Client):
             built = HandlerOptions.build(kind, options)
             if built.partitions != 1:
                 self.partitions(name, built.partitions)
+            if built.groups is not None:
+                self.layouts.declared_groups.add(name)  # this process sends to its groups
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         handler = Handler.build(fn, Source(kind, name, group), built)
@@ -239,6 +242,14 @@ class Flow(Client):
             kinds = {h.source.kind for h in self.handlers.values() if h.source.name == name}
             kind = kinds.pop() if len(kinds) == 1 else "queue"
         return DeadLetters(self.client, name, kind)
+
+    def groups(self, name: str, kind: str | None = None) -> Groups:
+        """``Client.groups`` of ``name``; ``kind`` by default the kind of this flow's
+        handler for it (else a queue)."""
+        if kind is None:
+            kinds = {h.source.kind for h in self.handlers.values() if h.source.name == name}
+            kind = kinds.pop() if len(kinds) == 1 else "queue"
+        return super().groups(name, kind)
 
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, overload
 
 from .config import FlowConfig, RateLimit
 from .connection import Connector
+from .features.groups import Groups
 from .features.indexes import StreamIndexes
 from .features.memory import measure
 from .features.partitions import Layouts, check_partitions
@@ -144,6 +145,11 @@ class Client(Producers):
     async def status_counts(self, source: str) -> dict[str, int]:
         """Counters of a tracked source: ``published`` and ``<handler>:<status>``."""
         return await self.tracker.counts(source)
+
+    def groups(self, name: str, kind: str = "queue") -> Groups:
+        """The fair groups of the queue (``kind="priority"``: priority queue) ``name``:
+        ``pause``/``resume`` one, the ``backlogs`` of the largest (every partition)."""
+        return Groups(self.connector, self.layouts, self.config.prefix, name, kind)
 
     def limiter(self, name: str, rate: RateLimit) -> Limiter:
         """A rate limiter shared by every process using the same ``name`` and prefix::

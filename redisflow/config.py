@@ -317,6 +317,8 @@ class HandlerOptions:
                 raise ConfigError(f"batch_wait must be >= 0 seconds, got {self.batch_wait!r}")
         if self.groups is not None and not isinstance(self.groups, GroupLimits):
             raise ConfigError(f"groups must be a GroupLimits, got {self.groups!r}")
+        if self.groups is not None and self.at_most_once:
+            raise ConfigError("groups= needs at-least-once delivery (not at_most_once=True)")
 
     @property
     def fill_wait(self) -> float:

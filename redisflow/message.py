@@ -33,6 +33,8 @@ class Message(Generic[T]):
 
     ``attempt`` is 1 on the first delivery. ``enqueued_at`` is None when the producer did not
     record it (a message written by another client). ``payload`` is the validated payload.
+    ``group``: the fair group of a message of a queue consumed with ``groups=`` (None: the
+    default group, or any other source).
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary").
     """
@@ -44,6 +46,7 @@ class Message(Generic[T]):
     headers: dict[str, str]
     raw: bytes
     payload: T | None = field(default=None, repr=False)
+    group: str | None = None
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:
@@ -82,7 +85,7 @@ class MessageBatch(Message[list[T]]):
             {},
             b"",
             [m.payload for m in messages],  # type: ignore[misc]
-            messages,
+            messages=messages,
         )
 
     def subset(self, kept: list[Message[T]]) -> MessageBatch[T]:

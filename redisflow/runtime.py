@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate
+from .consumers import ChannelConsumer, ChannelHub, Consumer, Context, Gate, consumer_class
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
@@ -91,7 +91,7 @@ class Runtime:
             # one gate bounds their sum.
             gate = Gate(handler.options.concurrency) if len(keys) > 1 else None
             for key in keys:
-                consumer = CONSUMERS[handler.source.kind](handler, ctx, middleware, key)
+                consumer = consumer_class(handler)(handler, ctx, middleware, key)
                 consumer.gate = gate
                 self.consumers.append(consumer)
         await self._register(connector)
@@ -187,6 +187,8 @@ class Runtime:
         members = [source_member(h.source) for h in self.handlers]
         try:
             await connector.send("SADD", sources_key(self.config.prefix), *members)
+            for name in {h.source.name for h in self.handlers if h.options.groups is not None}:
+                await self.client.layouts.register_grouped(name)  # producers send to groups
         except ReplyError as exc:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 

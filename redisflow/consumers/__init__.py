@@ -8,12 +8,13 @@ chain when it has one) -> ``<kind>.py`` ``done`` (ack with the next request) or
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..message import Kind
 from .base import Consumer
 from .channel import ChannelConsumer
 from .contract import Context, Gate, Stats
+from .groups import GroupPriorityConsumer, GroupQueueConsumer
 from .priority import PriorityConsumer
 from .pubsub import ChannelHub
 from .queue import QueueConsumer
@@ -26,12 +27,32 @@ CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
     "stream": StreamConsumer,
 }
 
+#: The consumers of the queues of fair groups (``groups=``).
+GROUP_CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
+    "queue": GroupQueueConsumer,
+    "priority": GroupPriorityConsumer,
+}
+
+if TYPE_CHECKING:
+    from ..handler import Handler
+
+
+def consumer_class(handler: Handler) -> type[Consumer[Any]]:
+    """The consumer of ``handler``'s kind (and of its fair groups, with ``groups=``)."""
+    kind = handler.source.kind
+    if handler.options.groups is not None:
+        return GROUP_CONSUMERS[kind]
+    return CONSUMERS[kind]
+
+
 __all__ = [
     "CONSUMERS",
+    "GROUP_CONSUMERS",
     "ChannelConsumer",
     "ChannelHub",
     "Consumer",
     "Context",
     "Gate",
     "Stats",
+    "consumer_class",
 ]

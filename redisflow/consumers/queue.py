@@ -58,10 +58,11 @@ class Batch:
 
 #: A message of a list or priority queue: the item as stored (``RAW``), the batch it was
 #: leased in (``BATCH``; None when at-most-once), and for a priority queue its score
-#: (``SCORE``: its exact place). A plain tuple, read by these named indexes: a class
-#: instance per message costs ~1,500 CPU instructions (8% of a drain, measured with
+#: (``SCORE``: its exact place); a queue of fair groups adds the item's group and its index
+#: in the batch (``consumers/groups.py``). A plain tuple, read by these named indexes: a
+#: class instance per message costs ~1,500 CPU instructions (8% of a drain, measured with
 #: callgrind), a tuple next to nothing (docs/design.md, "The hot path").
-QueueItem = tuple[bytes, "Batch | None", "bytes | None"]
+QueueItem = tuple[bytes, "Batch | None", "bytes | None", *tuple[Any, ...]]
 RAW: Final = 0
 BATCH: Final = 1
 SCORE: Final = 2

@@ -12,7 +12,11 @@ It is configured by environment variables:
 - ``CHAOS_SLEEP``: ``lo,hi``: each handler sleeps a uniform time in [lo, hi] seconds, unless
   the payload has its own ``sleep``;
 - ``CHAOS_RECORD``: ``0`` to record nothing (for a million messages);
-- ``CHAOS_RATE``: ``limit,per``: a ``RateLimit`` per payload priority ``p`` (the key).
+- ``CHAOS_RATE``: ``limit,per``: a ``RateLimit`` per payload priority ``p`` (the key);
+- ``CHAOS_GROUPS``: ``concurrency,limit,per`` (each may be empty): the queues are consumed
+  in fair groups with these ``GroupLimits``; each handler call then counts itself in Redis
+  while it runs (``<ns>:running:<group>``) and keeps the highest count of each group in the
+  sorted set ``<ns>:most``.
 
 Each process leaves ``<out>/<pid>.ready`` once it has started (its signal handlers are in
 place: a SIGTERM from then on is a graceful stop).
@@ -34,7 +38,7 @@ import anyio
 import anyio.lowlevel
 from pydantic import BaseModel
 
-from redisflow import Flow, Message, RateLimit
+from redisflow import Flow, GroupLimits, Message, RateLimit
 
 
 class Job(BaseModel):
@@ -54,6 +58,14 @@ RECORD = os.environ.get("CHAOS_RECORD", "1") != "0"
 if os.environ.get("CHAOS_RATE"):
     _limit, _per = os.environ["CHAOS_RATE"].split(",")
     OPTIONS["rate_limit"] = RateLimit(int(_limit), per=float(_per), key=lambda job: str(job.p))
+
+if os.environ.get("CHAOS_GROUPS"):
+    _c, _l, _p = os.environ["CHAOS_GROUPS"].split(",")
+    OPTIONS["groups"] = GroupLimits(
+        concurrency=int(_c) if _c else None,
+        rate_limit=RateLimit(int(_l), per=float(_p)) if _l else None,
+    )
+GROUPS = "groups" in OPTIONS
 
 flow = Flow(os.environ["CHAOS_URL"], prefix=NS, **json.loads(os.environ.get("CHAOS_FLOW", "{}")))
 _fd = os.open(
@@ -88,11 +100,19 @@ async def handle(job: Job, msg: Message[Job]) -> None:
         await anyio.lowlevel.checkpoint()
         return
     record("S", msg, job)
+    running = f"{NS}:running:{msg.group or ''}"
+    if GROUPS:
+        count = await flow.send("INCR", running)
+        await flow.send("ZADD", f"{NS}:most", "GT", count, msg.group or "")
     try:
         await anyio.sleep(pause(job, msg))
     except anyio.get_cancelled_exc_class():
         record("C", msg, job)
         raise
+    finally:
+        if GROUPS:
+            with anyio.CancelScope(shield=True):
+                await flow.send("DECR", running)
     record("E", msg, job)
 
 

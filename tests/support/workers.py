@@ -85,6 +85,7 @@ class Workers:
     log_level: str = "WARNING"
     record: bool = True
     rate: tuple[int, float] | None = None  # a RateLimit(limit, per) keyed by the priority
+    groups: str = ""  # GroupLimits as "concurrency,limit,per" (see chaos_app.py)
     args: tuple[str, ...] = ()
     started: list[Worker] = field(default_factory=list)
 
@@ -106,6 +107,7 @@ class Workers:
             CHAOS_SLEEP=f"{self.sleep[0]},{self.sleep[1]}",
             CHAOS_RECORD="1" if self.record else "0",
             CHAOS_RATE=f"{self.rate[0]},{self.rate[1]}" if self.rate else "",
+            CHAOS_GROUPS=self.groups,
         )
         log = self.out / f"worker-{len(self.started)}.log"
         argv = [sys.executable, "-m", "redisflow", "run", "tests.support.chaos_app:flow"]

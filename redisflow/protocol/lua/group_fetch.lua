@@ -32,7 +32,8 @@ if rlimit > 0 then
   now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local any_paused = redis.call('SCARD', PAUSED) > 0
-local batch, taken, index = {}, 0, 0
+local taken = 0
+local order, leased = {}, {}  -- groups in the order of their first visit, their items
 for _ = 1, 4 do
   if taken >= n then break end
   local groups = redis.call('ZRANGE', RING, 0, n - taken - 1)
@@ -44,15 +45,17 @@ for _ = 1, 4 do
     local share = math.ceil((n - taken) / (#groups - j + 1))
     local paused = any_paused and redis.call('SISMEMBER', PAUSED, g) == 1
     local q = paused and 0 or share
-    local busy = 0
+    -- what this call leased of g already counts too (its tokens and grants are written last)
+    local already = leased[g] and #leased[g] / STEP or 0
+    local busy = already
     if q > 0 and climit > 0 then
-      busy = redis.call('SCARD', tokens_key(g))
+      busy = busy + redis.call('SCARD', tokens_key(g))
       q = math.min(q, climit - busy)
     end
-    local log, granted = grants_key(g), 0
+    local log, granted = grants_key(g), already
     if q > 0 and rlimit > 0 then
       redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('(%.0f', now_us - window))
-      granted = redis.call('ZCARD', log)
+      granted = granted + redis.call('ZCARD', log)
       q = math.min(q, rlimit - granted)
     end
     local got, more = {}, false
@@ -72,28 +75,13 @@ for _ = 1, 4 do
     end
     local count = #got / STEP
     if count > 0 then
-      local tokens, grants = {}, {}
-      for k = 1, #got, STEP do
-        local token = KEYS[8] .. '#' .. index
-        index = index + 1
-        batch[#batch + 1] = g
-        if ZSET then
-          batch[#batch + 1] = got[k + 1]
-          batch[#batch + 1] = got[k]
-        else
-          batch[#batch + 1] = got[k]
-        end
-        if climit > 0 then tokens[#tokens + 1] = token end
-        if rlimit > 0 then
-          grants[#grants + 1] = string.format('%.0f', now_us)
-          grants[#grants + 1] = token
-        end
+      local mine = leased[g]
+      if not mine then
+        mine = {}
+        leased[g] = mine
+        order[#order + 1] = g
       end
-      if climit > 0 then call_chunked('SADD', tokens_key(g), tokens) end
-      if rlimit > 0 then
-        call_chunked('ZADD', log, grants)
-        redis.call('PEXPIRE', log, math.ceil(window / 1000) + 1)
-      end
+      for k = 1, #got do mine[#mine + 1] = got[k] end
       resize(g, -count)
       taken = taken + count
       progress = true
@@ -105,13 +93,52 @@ for _ = 1, 4 do
     elseif rlimit > 0 and granted + count >= rlimit then
       redis.call('ZREM', RING, g)  -- at its rate limit: parked until a grant leaves
       local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-      local due = math.ceil((tonumber(oldest[2]) + window + 1) / 1000)
-      redis.call('ZADD', PARK, due, g)
+      local first = #oldest > 0 and tonumber(oldest[2]) or now_us
+      redis.call('ZADD', PARK, math.ceil((first + window + 1) / 1000), g)
     else
       redis.call('ZADD', RING, turn + j, g)  -- to the end of the ring
     end
   end
   if not progress then break end
+end
+-- The batch interleaves the groups (one message of each in turn), so that a group's few
+-- messages are not queued locally behind another's share; each group keeps its order.
+-- Each message gets its lease token (and its grant) at its place in the batch.
+local batch, index, at = {}, 0, 1
+local tokens, grants = {}, {}
+local left = #order
+while left > 0 do
+  left = 0
+  for _, g in ipairs(order) do
+    local mine = leased[g]
+    if at <= #mine then
+      local token = KEYS[8] .. '#' .. index
+      index = index + 1
+      batch[#batch + 1] = g
+      if ZSET then
+        batch[#batch + 1] = mine[at + 1]
+        batch[#batch + 1] = mine[at]
+      else
+        batch[#batch + 1] = mine[at]
+      end
+      if climit > 0 then
+        tokens[g] = tokens[g] or {}
+        tokens[g][#tokens[g] + 1] = token
+      end
+      if rlimit > 0 then
+        grants[g] = grants[g] or {}
+        grants[g][#grants[g] + 1] = string.format('%.0f', now_us)
+        grants[g][#grants[g] + 1] = token
+      end
+      if at + STEP <= #mine then left = left + 1 end
+    end
+  end
+  at = at + STEP
+end
+for g, list in pairs(tokens) do call_chunked('SADD', tokens_key(g), list) end
+for g, list in pairs(grants) do
+  call_chunked('ZADD', grants_key(g), list)
+  redis.call('PEXPIRE', grants_key(g), math.ceil(window / 1000) + 1)
 end
 if #batch == 0 then
   local last = redis.call('XREVRANGE', WAKE, '+', '-', 'COUNT', 1)
