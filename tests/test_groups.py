@@ -309,7 +309,7 @@ async def test_fairness_and_concurrency_across_worker_processes(
         most = {g.decode(): int(c) for g, c in await r.zrange(f"{ns}:most", 0, -1, withscores=True)}
         assert most["A"] == 2 and most["B"] <= 2  # reached, never passed
         assert max(most_concurrent(pool.records(), lambda n: "AB"[n >= 10_000]).values()) <= 2
-        assert len({rec.pid for rec in pool.records() if rec.n < 10_000}) == 3
+        assert len({rec.pid for rec in pool.records() if rec.n < 10_000}) >= 2
     assert set(pool.stop_all().values()) == {0}
 
 
