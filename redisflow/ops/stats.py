@@ -11,6 +11,7 @@ consumer groups (``XINFO GROUPS``: lag and pending).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import anyio
 
 from ..consumers.contract import Stats
 from ..consumers.kinds import DEPTH, TRAITS
+from ..features.pauses import Paused, Target, paused_for
 from ..keys import sources_key
 from ..message import Source
 from ..protocol.envelope import now_ms
@@ -45,6 +47,7 @@ class Row:
     summed over every worker since the keys were created (None when the handler is not
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
+    ``paused``: whether the source (the stream group) is paused (``Client.pause``).
     """
 
     kind: str
@@ -59,17 +62,20 @@ class Row:
     counters: dict[str, int] | None
     dead_letters: int
     memory: int
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``)."""
+    run ``INFO``) and every paused source of the prefix (``paused``, also those no row
+    shows)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
+    paused: list[Paused] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -78,6 +84,7 @@ class Snapshot:
             "taken_at": self.taken_at.isoformat(),
             "used_memory": self.used_memory,
             "handlers": [asdict(row) for row in self.rows],
+            "paused": [p.to_json() for p in self.paused],
         }
 
 
@@ -107,6 +114,10 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     }
     memory: dict[str, Any] = {}
     reads: dict[str, _Reads] = {}
+    paused: list[Paused] = []
+
+    async def read_paused() -> None:
+        paused.extend(await client.paused())
 
     async def read_memory() -> None:
         channels = [name for name in names if kinds[name] == "channel"]
@@ -124,6 +135,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
             tg.start_soon(read_memory)
             tg.start_soon(read_sources)
+            tg.start_soon(read_paused)
     except BaseExceptionGroup as group:  # both fail alike (Redis gone, NOPERM): raise one
         raise group.exceptions[0] from None
     rows: list[Row] = []
@@ -138,8 +150,9 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        rows += reads[name].rows(entries, size)
-    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows)
+        rows += reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+    taken = datetime.now(UTC)
+    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused)
 
 
 class _Reads:
@@ -152,6 +165,7 @@ class _Reads:
         self.stale: list[bytes] = []
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
+        self.paused: set[Target] = set()
 
     def add(self, part: _Reads) -> None:
         """Count a partition's numbers in this (logical) source's."""
@@ -187,7 +201,10 @@ class _Reads:
                 continue
             self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
-    def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
+    def rows(
+        self, entries: list[tuple[Source, str | None]], memory: int, paused: set[Target]
+    ) -> list[Row]:
+        self.paused = paused
         if all(handler is not None for _, handler in entries):
             return [self._row(source, handler, memory) for source, handler in entries]
         known: list[str | None] = [*sorted(self.counters.keys() | self.inflight.keys())]
@@ -227,6 +244,8 @@ class _Reads:
             counters=self._counters(handler) if counters else None,
             dead_letters=self.dead,
             memory=memory,
+            paused=source.kind != "channel"
+            and paused_for(self.paused, source.kind, source.name, source.group),
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
