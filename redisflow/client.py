@@ -17,6 +17,7 @@ from .features.groups import Groups
 from .features.indexes import StreamIndexes
 from .features.memory import measure
 from .features.partitions import Layouts, check_partitions
+from .features.pauses import Paused, Pauses, check_target
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus, Tracker
 from .keys import Keys
@@ -51,6 +52,7 @@ class Client(Producers):
         self.layouts = Layouts(connector, config.prefix)
         self.tracker = Tracker(connector, config.prefix, config.track_ttl)
         self.indexes = StreamIndexes(connector, config.prefix)
+        self.pauses = Pauses(connector, config.prefix)
 
     def add_middleware(self, middleware: object) -> None:
         """Add a middleware, inside those added before (the first added is the outermost);
@@ -86,6 +88,47 @@ class Client(Producers):
         layout Redis records (a process that registers a handler for ``name`` records its
         own; a producer learns it from Redis otherwise)."""
         self.layouts.declare(name, check_partitions(name, partitions))
+
+    async def pause(self, name: str, *, group: str | None = None) -> None:
+        """Pause the queue, priority queue, stream or schedule ``name``: every worker of
+        every process of the prefix stops fetching it within about a second (workers that
+        start later too) and finishes what it holds; producers go on. ``group``: one
+        consumer group of a stream (None: every group). The state is kept in Redis until
+        ``resume``. ``group`` on a queue consumed in fair groups (``groups=``): that group
+        alone, at once for every worker (``features/groups.py``). ConfigError for a channel
+        (it cannot wait), or a ``group`` on another source that is no stream."""
+        kinds = await self.kinds(name)
+        fair = await self._fair(name, group)
+        check_target(name, group, kinds, fair=fair)
+        if fair and group is not None:
+            await self.groups(name, _queue_kind(kinds)).pause(group)
+        await self.pauses.pause(name, group)
+
+    async def resume(self, name: str, *, group: str | None = None) -> bool:
+        """Resume what ``pause`` paused (``group`` None: all of ``name``, its groups paused
+        one by one too); whether anything was paused. ConfigError for one group of a
+        stream paused whole."""
+        fair = await self._fair(name, group)
+        check_target(name, group, (), fair=fair)
+        resumed = False
+        if await self.layouts.grouped(name):  # its fair groups (all of them for None)
+            groups = self.groups(name, _queue_kind(await self.kinds(name)))
+            for fair_group in [group] if group is not None else await groups.paused():
+                resumed = await groups.resume(fair_group) or resumed
+        return await self.pauses.resume(name, group) or resumed
+
+    async def _fair(self, name: str, group: str | None) -> bool:
+        """Whether ``group`` names a fair group of the queue ``name``."""
+        return group is not None and await self.layouts.grouped(name)
+
+    async def paused(self) -> list[Paused]:
+        """The paused sources of the prefix (name, group, since when)."""
+        return await self.pauses.read()
+
+    async def kinds(self, name: str) -> set[str]:
+        """The kinds of source (``queue``, ``stream``...) that flows of the prefix consume
+        under ``name``, as they registered them at start."""
+        return await self.pauses.kinds(name)
 
     async def priority_stats(self, queue: str) -> dict[int, int]:
         """How many messages wait in a priority queue (all its partitions) at each level in
@@ -165,6 +208,11 @@ class Client(Producers):
         ``channels`` among them are no keys (a user may lack access to a key of that name)."""
         keys = [key for name in names for key in await self.layouts.all_keys(name)]
         return await measure(self.connector, self.config.prefix, keys, channels=set(channels))
+
+
+def _queue_kind(kinds: set[str]) -> str:
+    """The kind of a queue that may be a priority queue (``kinds`` as registered)."""
+    return "priority" if "priority" in kinds else "queue"
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

@@ -29,9 +29,9 @@ from ..features.tracking import Tracking
 from ..keys import Keys
 from ..message import Kind, Message, MessageBatch
 from ..middleware import consume_chain
-from .acks import Window
 from .batches import Batching
 from .contract import Context, Gate, Item, Stats
+from .pausing import Pausing
 from .reporting import Reporter
 from .verdicts import Verdicts
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 
-class Consumer(Window, Batching[Item], ABC, Generic[Item]):
+class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
     """The runtime of one handler: fetch loop, worker pool, verdicts, shutdown."""
 
     kind: ClassVar[Kind]
@@ -101,7 +101,7 @@ class Consumer(Window, Batching[Item], ABC, Generic[Item]):
 
     @abstractmethod
     async def fetch_loop(self) -> None:
-        """Fill the deque (``feed``) until ``stopping`` is set."""
+        """Fill the deque (``feed``) until ``halted`` (stopping or paused)."""
 
     @abstractmethod
     async def idle(self) -> bool:
@@ -123,6 +123,10 @@ class Consumer(Window, Batching[Item], ABC, Generic[Item]):
     @abstractmethod
     def raw(self, item: Item) -> bytes:
         """The payload bytes of an item, for the dead letters."""
+
+    def dead_extra(self, item: Item) -> dict[str, Any]:
+        """What this kind adds to an item's dead letter (``protocol/records.py``)."""
+        return {}
 
     @abstractmethod
     def done(self, item: Item) -> None:
@@ -221,7 +225,7 @@ class Consumer(Window, Batching[Item], ABC, Generic[Item]):
         """Stop fetching; in-flight handlers go on for the grace period."""
         if not self.stopping:
             self.stopping = True
-            self.interrupt()
+            self.halt()
 
     def interrupt(self) -> None:
         """Wake a fetch that blocks in Redis, so that it sees ``stopping`` (never by
@@ -261,6 +265,7 @@ class Consumer(Window, Batching[Item], ABC, Generic[Item]):
                     refused.ok()
                     moving.ok()
                 await self.fetch_loop()
+                await self.hold()
             except (AuthError, PermissionDenied):  # no reconnect cures a refusal
                 raise
             except REDIS_ERRORS as exc:

@@ -131,10 +131,8 @@ class GroupQueueConsumer(QueueConsumer):
         group = item[GROUP]
         return b"\x1d%d:%s%s" % (len(group), group, raw) if group else raw
 
-    async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:
-        if item[GROUP]:
-            fields = {**fields, "group": item[GROUP]}
-        await super().bury(item, fields)
+    def dead_extra(self, item: QueueItem) -> dict[str, Any]:
+        return {"group": item[GROUP]} if item[GROUP] else {}
 
     # -- the lease ------------------------------------------------------------------------
 
@@ -189,8 +187,8 @@ class GroupPriorityConsumer(GroupQueueConsumer):
     def retry_member(self, item: QueueItem, raw: bytes) -> bytes:
         return super().retry_member(item, delayed_member(priority_of(item[SCORE] or 0), raw))
 
-    async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:
-        await super().bury(item, {**fields, "priority": priority_of(item[SCORE] or 0)})
+    def dead_extra(self, item: QueueItem) -> dict[str, Any]:
+        return {**super().dead_extra(item), "priority": priority_of(item[SCORE] or 0)}
 
 
 def _token(item: QueueItem) -> tuple[bytes, str]:
