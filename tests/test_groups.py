@@ -6,10 +6,14 @@ partitions on a cluster, against real Redis."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -22,6 +26,7 @@ from tests.support.workers import Workers
 pytestmark = pytest.mark.anyio
 
 KINDS = pytest.mark.parametrize("kind", ["queue", "priority"])
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Job(BaseModel):
@@ -414,3 +419,58 @@ async def test_groups_on_a_partitioned_queue_of_a_cluster(redisflow_cluster: Any
     for g in range(6):
         assert [n for gg, n in got if gg == f"t{g}"] == list(range(20))
     assert sorted(n for gg, n in got if gg is None) == list(range(6))
+
+
+async def test_pause_api_command_line_and_stats(url: str, ns: str, r: aioredis.Redis) -> None:
+    """``flow.pause(name, group=)`` and ``redisflow pause NAME --group G`` pause one fair
+    group of a queue (the others flow), ``resume`` (one group, or the whole queue) serves it
+    again; ``redisflow stats`` shows the groups with the longest backlogs."""
+    flow = flows.make_flow(url, ns)
+    got: list[str | None] = []
+
+    @flow.on_queue("jobs", groups=GroupLimits())
+    async def handle(job: Job, msg: Message[Job]) -> None:
+        got.append(msg.group)
+
+    async with flow:
+        await flow.pause("jobs", group="acme")
+        out = _cli("pause", "jobs", "--group", "beta", "--url", url, "--prefix", ns)
+        assert out.returncode == 0 and "paused queue 'jobs' (group beta)" in out.stdout, out
+        await flow.enqueue_many("jobs", [{"n": n} for n in range(30)], group="acme")
+        await flow.enqueue_many("jobs", [{"n": n} for n in range(20)], group="beta")
+        await flow.enqueue_many("jobs", [{"n": n} for n in range(3)], group="gamma")
+        await eventually(lambda: got.count("gamma") == 3, what="the group not paused")
+        await anyio.sleep(0.3)
+        assert got == ["gamma"] * 3
+        assert {(p.name, p.group) for p in await flow.paused()} == {
+            ("jobs", "acme"),
+            ("jobs", "beta"),
+        }
+        stats = orjson.loads(_cli("stats", "--json", "--url", url, "--prefix", ns).stdout)
+        assert [(b["group"], b["waiting"], b["paused"]) for b in stats["groups"]["jobs"]] == [
+            ("acme", 30, True),
+            ("beta", 20, True),
+        ]
+        text = _cli("stats", "--url", url, "--prefix", ns).stdout
+        assert "groups of jobs: acme 30 (paused), beta 20 (paused)" in text, text
+        out = _cli("resume", "jobs", "--group", "beta", "--url", url, "--prefix", ns)
+        assert out.returncode == 0 and "resumed" in out.stdout, out
+        await eventually(lambda: got.count("beta") == 20, what="beta after resume")
+        assert "acme" not in got
+        assert await flow.resume("jobs") is True  # the whole queue: every group
+        await eventually(lambda: got.count("acme") == 30, what="acme after resume")
+        assert await flow.paused() == []
+    with pytest.raises(ConfigError, match="group names a stream's consumer group or a fair"):
+        other = flows.make_flow(url, ns)
+
+        @other.on_queue("plain")
+        async def plain(job: Job) -> None: ...
+
+        await other.pause("plain", group="x")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redisflow", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip

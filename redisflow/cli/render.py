@@ -96,9 +96,23 @@ def paused_line(snapshot: Snapshot) -> str:
     return "paused: " + ", ".join(shown)
 
 
+def group_lines(snapshot: Snapshot) -> list[str]:
+    """For each queue consumed in fair groups, its groups with the longest backlogs."""
+    lines = []
+    for name, top in snapshot.groups.items():
+        shown = []
+        for b in top:
+            notes = [f"{b.in_flight:,} in flight"] if b.in_flight else []
+            notes += ["paused"] if b.paused else []
+            extra = f" ({', '.join(notes)})" if notes else ""
+            shown.append(f"{b.group or '(no group)'} {b.waiting:,}{extra}")
+        lines.append(f"groups of {name}: {', '.join(shown) or 'none waiting'}")
+    return lines
+
+
 def render_text(snapshot: Snapshot, url: str) -> str:
     """The snapshot as a plain-text table."""
-    paused = paused_line(snapshot)
+    paused = "\n".join([*group_lines(snapshot), paused_line(snapshot)]).strip("\n")
     below = f"\n{paused}" if paused else ""
     if not snapshot.rows:
         empty = f"no sources registered under prefix {snapshot.prefix!r}"
@@ -124,6 +138,7 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
             )
         )
     caption = [] if snapshot.rows else [f"no sources registered under prefix {snapshot.prefix!r}"]
+    caption += [escape(line) for line in group_lines(snapshot)]
     if snapshot.paused:
         caption.append(escape(paused_line(snapshot)))
     if caption:

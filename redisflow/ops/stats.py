@@ -12,7 +12,7 @@ consumer groups (``XINFO GROUPS``: lag and pending).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ import anyio
 
 from ..consumers.contract import Stats
 from ..consumers.kinds import DEPTH, TRAITS
+from ..features.groups import Backlog
 from ..features.pauses import Paused, Target, paused_for
 from ..keys import sources_key
 from ..message import Source
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 #: In-flight gauges older than this (ms) belong to workers that died without a goodbye.
 STALE_MS = 10_000
+#: How many fair groups of a queue ``stats`` shows: those with the longest backlogs.
+TOP_GROUPS = 5
 STAT_FIELDS = Stats.FIELDS
 
 
@@ -68,14 +71,16 @@ class Row:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``) and every paused source of the prefix (``paused``, also those no row
-    shows)."""
+    run ``INFO``), every paused source of the prefix (``paused``, also those no row
+    shows), and for each queue consumed in fair groups its groups with the longest
+    backlogs (``groups``: name -> up to ``TOP_GROUPS``, largest first)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
     paused: list[Paused] = dataclasses.field(default_factory=list)
+    groups: dict[str, list[Backlog]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -85,6 +90,7 @@ class Snapshot:
             "used_memory": self.used_memory,
             "handlers": [asdict(row) for row in self.rows],
             "paused": [p.to_json() for p in self.paused],
+            "groups": {name: [asdict(b) for b in top] for name, top in self.groups.items()},
         }
 
 
@@ -119,6 +125,11 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     async def read_paused() -> None:
         paused.extend(await client.paused())
 
+    groups: dict[str, list[Backlog]] = {}
+
+    async def read_groups() -> None:
+        groups.update(await _group_backlogs(client, kinds))
+
     async def read_memory() -> None:
         channels = [name for name in names if kinds[name] == "channel"]
         memory.update(await client.memory(*names, channels=channels))
@@ -136,6 +147,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
             tg.start_soon(read_memory)
             tg.start_soon(read_sources)
             tg.start_soon(read_paused)
+            tg.start_soon(read_groups)
     except BaseExceptionGroup as group:  # both fail alike (Redis gone, NOPERM): raise one
         raise group.exceptions[0] from None
     rows: list[Row] = []
@@ -152,7 +164,16 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         entries = [(s, h) for s, h in targets if s.name == name]
         rows += reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
     taken = datetime.now(UTC)
-    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused)
+    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused, groups)
+
+
+async def _group_backlogs(client: Client, kinds: Mapping[str, str]) -> dict[str, list[Backlog]]:
+    """The longest backlogs of the fair groups of each queue consumed in groups."""
+    found = {}
+    for name, kind in kinds.items():
+        if kind in ("queue", "priority") and await client.layouts.grouped(name):
+            found[name] = await client.groups(name, kind).backlogs(TOP_GROUPS)
+    return found
 
 
 class _Reads:
