@@ -421,7 +421,7 @@ async def test_groups_on_a_partitioned_queue_of_a_cluster(redisflow_cluster: Any
     assert sorted(n for gg, n in got if gg is None) == list(range(6))
 
 
-async def test_pause_api_command_line_and_stats(url: str, ns: str, r: aioredis.Redis) -> None:
+async def test_pause_api_command_line_and_stats(url: str, ns: str) -> None:
     """``flow.pause(name, group=)`` and ``redisflow pause NAME --group G`` pause one fair
     group of a queue (the others flow), ``resume`` (one group, or the whole queue) serves it
     again; ``redisflow stats`` shows the groups with the longest backlogs."""
@@ -460,13 +460,14 @@ async def test_pause_api_command_line_and_stats(url: str, ns: str, r: aioredis.R
         assert await flow.resume("jobs") is True  # the whole queue: every group
         await eventually(lambda: got.count("acme") == 30, what="acme after resume")
         assert await flow.paused() == []
+    other = flows.make_flow(url, ns)
+
+    @other.on_queue("plain")
+    async def plain(job: Job) -> None: ...
+
     with pytest.raises(ConfigError, match="group names a stream's consumer group or a fair"):
-        other = flows.make_flow(url, ns)
-
-        @other.on_queue("plain")
-        async def plain(job: Job) -> None: ...
-
         await other.pause("plain", group="x")
+    await other.aclose()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
