@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..consumers.kinds import TRAITS, Letter
 from ..errors import ConfigError
-from ..features import compound
+from ..features import compound, groups
 from ..message import KINDS, Kind
 from ..middleware import Outgoing
 from ..protocol import scripts
@@ -252,6 +252,13 @@ class DeadLetters:
                 headers = {k: v for k, v in headers.items() if k != "channel"} or None
             args.append(traits.letter(dead, data, headers or None, priority, self.name))
         keys, kind = self.client.keys(part), str(self.kind)
+        if self.kind in ("queue", "priority") and await self.client.layouts.grouped(self.name):
+            pairs = zip(args, letters, strict=True)
+            grouped = [(*letter, dead.group or "") for letter, (dead, _, _) in pairs]
+            call = scripts.group_replay(
+                keys.groups, keys.base, groups.mode(self.kind), keys.dead, keys.seq, grouped
+            )
+            return int(await self.client.connector.run(call))
         target = part if traits.keyed else keys.dead  # a channel: any key of the slot
         if not traits.keyed and all(dead.channel == self.name for dead, _, _ in letters):
             # An exact channel (a pattern's letters come from other channels: classic).

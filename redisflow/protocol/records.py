@@ -75,6 +75,7 @@ class DeadLetter:
     failed_at: datetime | None
     channel: str | None = None
     priority: int | None = None  # the level of a priority-queue message
+    group: str | None = None  # the fair group of a queue message (None: the default group)
     headers: dict[str, str] | None = None
     partition: str = ""  # the key of the source (or partition) it came from
 
@@ -102,6 +103,7 @@ class DeadLetter:
             failed_at=_time(failed),
             channel=channel.decode("utf-8", "replace") if channel is not None else None,
             priority=int(fields[b"priority"]) if fields.get(b"priority", b"").isdigit() else None,
+            group=fields[b"group"].decode("utf-8", "replace") if fields.get(b"group") else None,
             headers=parse_headers(fields.get(b"headers")) or None,
             partition=partition,
         )
@@ -124,6 +126,7 @@ class DeadLetter:
             "failed_at": self.failed_at.isoformat() if self.failed_at else None,
             "channel": self.channel,
             "priority": self.priority,
+            "group": self.group,
             "data": self.data.decode("utf-8", "replace"),
         }
 

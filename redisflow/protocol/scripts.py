@@ -79,6 +79,7 @@ GROUP_TICK = Script("group_tick", uses=("groups",))
 GROUP_RELEASE = Script("group_release", uses=("groups",))
 GROUP_RECOVER = Script("group_recover", uses=("envelope", "groups"))
 GROUP_PAUSE = Script("group_pause", uses=("groups",))
+GROUP_REPLAY = Script("group_replay", uses=("groups",))
 
 #: What a fetch link loads when it connects.
 QUEUE_SCRIPTS = (QUEUE_FETCH,)
@@ -357,3 +358,19 @@ def group_recover(
 def group_pause(keys: GroupKeys, base: str, mode: str, group: str, pause: bool) -> Call:
     """Pause (or resume) one group; 1 if that changed something."""
     return Call(GROUP_PAUSE, keys, (base, mode, group, int(pause)))
+
+
+def group_replay(
+    keys: GroupKeys,
+    base: str,
+    mode: str,
+    dead: str,
+    seq: str,
+    letters: Sequence[tuple[str, bytes, int | str, str]],
+) -> Call:
+    """Push back each letter ``(entry id, item, level, group)`` that this call deletes from
+    ``dead``, to its group."""
+    argv: list[Any] = [base, mode]
+    for letter in letters:
+        argv += letter
+    return Call(GROUP_REPLAY, (*keys, dead, seq), tuple(argv))
