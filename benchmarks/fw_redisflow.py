@@ -8,6 +8,7 @@ against both trees."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import common
@@ -103,6 +104,84 @@ async def stream_batch(run: Run) -> dict[str, Any]:
 
 async def priority_batch(run: Run) -> dict[str, Any]:
     return await _drain(run, "priority", batch=BATCH)
+
+
+async def _groups(run: Run, groups: int, **limits: Any) -> dict[str, Any]:
+    """A queue consumed in fair groups: ``run.n`` messages spread round robin over
+    ``groups`` groups (filled per group, not timed), drained by one handler."""
+    from redisflow import GroupLimits
+
+    tally = Tally(run.n)
+    flow = consumer(run.url, "queue", tally, groups=GroupLimits(**limits))
+    items = common.emails(run.n)
+    for g in range(groups):
+        for part in common.chunks(items[g::groups], 10_000):
+            await flow.enqueue_many("q", part, group=f"tenant-{g}")
+    result = await common.drain(flow.start, flow.stop, tally)
+    return {**result, "concurrency": CONCURRENCY, "groups": groups}
+
+
+async def groups_1(run: Run) -> dict[str, Any]:
+    return await _groups(run, 1)
+
+
+async def groups_100(run: Run) -> dict[str, Any]:
+    return await _groups(run, 100)
+
+
+async def groups_10000(run: Run) -> dict[str, Any]:
+    return await _groups(run, 10_000)
+
+
+async def groups_10000_limited(run: Run) -> dict[str, Any]:
+    """10,000 groups, each at most 2 at once (a lease token per message)."""
+    return await _groups(run, 10_000, concurrency=2)
+
+
+async def _starvation(run: Run, grouped: bool) -> dict[str, Any]:
+    """One big group (``run.n`` messages, at least 100,000) is being drained; a message of
+    a new group is sent: the time from its ``enqueue`` to its handler, median of 5 (one
+    every 20,000 handled), in ms. Without groups the same message joins the queue's tail."""
+    from redisflow import GroupLimits
+
+    backlog = max(run.n, 100_000)
+    flow = Flow(run.url, prefix="bench")
+    count, seen = 0, asyncio.Event()
+    sent_at = 0.0
+    waits: list[float] = []
+
+    async def handle(email: Email) -> None:
+        nonlocal count
+        count += 1
+        if email.n < 0:
+            waits.append(time.perf_counter() - sent_at)
+            seen.set()
+
+    options: dict[str, Any] = {"groups": GroupLimits()} if grouped else {}
+    flow.on_queue("q", **options)(handle)
+    big = {"group": "big"} if grouped else {}
+    for part in common.chunks(common.emails(backlog), 10_000):
+        await flow.enqueue_many("q", part, **big)
+    async with flow:
+        for i in range(5):
+            while count < 10_000 + 20_000 * i:
+                await asyncio.sleep(0.001)
+            seen.clear()
+            new = {"group": f"new-{i}"} if grouped else {}
+            sent_at = time.perf_counter()
+            await flow.enqueue("q", Email(to="n@example.com", subject="new", n=-1), **new)
+            await seen.wait()
+    waits.sort()
+    return {"value": waits[2] * 1000, "unit": "ms", "n": len(waits), "backlog": backlog,
+            "max": waits[-1] * 1000}  # fmt: skip
+
+
+async def starvation_groups(run: Run) -> dict[str, Any]:
+    return await _starvation(run, True)
+
+
+async def starvation_plain(run: Run) -> dict[str, Any]:
+    return await _starvation(run, False)
 
 
 async def pubsub(run: Run) -> dict[str, Any]:
@@ -203,6 +282,12 @@ CASES = {
     "stream": stream,
     "priority": priority,
     "queue_batch": queue_batch,
+    "groups_1": groups_1,
+    "groups_100": groups_100,
+    "groups_10000": groups_10000,
+    "groups_10000_limited": groups_10000_limited,
+    "starvation_groups": starvation_groups,
+    "starvation_plain": starvation_plain,
     "stream_batch": stream_batch,
     "priority_batch": priority_batch,
     "pubsub": pubsub,

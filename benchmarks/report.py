@@ -18,6 +18,9 @@ WORKLOADS = {
     "queue": "Queue drain: N pre-filled messages, msg/s",
     "stream": "Stream drain, consumer group + acks, msg/s",
     "priority": "Priority-queue drain, msg/s",
+    "groups": "Fair groups: drain of N messages spread over G groups, msg/s",
+    "starvation": "Fair groups: a new group's one message sent while one group holds a "
+    "100,000-message backlog, enqueue -> handler, median of 5, ms",
     "pubsub": "Pub/Sub: received msg/s, publisher (pipelines of 100) in another process",
     "produce": "Produce: one awaited call per message, msg/s",
     "produce_concurrent": "Produce: 1,000 tasks awaiting one call per message, msg/s",

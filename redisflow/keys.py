@@ -172,12 +172,12 @@ class Keys:
     def groups(self) -> tuple[str, str, str, str, str, str, str]:
         """The keys of a fair-group queue, as every group script takes them (``KEYS[1..7]``,
         ``lua/lib_groups.lua``): the source (the default group's messages), the ring of
-        groups to serve (sorted set: group -> turn), the turn counter, the sizes (sorted
-        set: group -> messages waiting), the parked groups (sorted set: group -> due ms),
+        groups to serve (sorted set: group -> turn), the turn counter, the named groups
+        holding messages (a set), the parked groups (sorted set: group -> due ms),
         the paused groups (set) and the wake stream."""
         base = self.base
         return (
-            self.name, f"{base}:gring", f"{base}:gturn", f"{base}:gsize", f"{base}:gpark",
+            self.name, f"{base}:gring", f"{base}:gturn", f"{base}:gheld", f"{base}:gpark",
             f"{base}:gpaused", self.wake,
         )  # fmt: skip
 

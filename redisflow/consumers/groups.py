@@ -5,7 +5,7 @@ default group's being the source's own key; ``features/groups.py`` says how they
 out. A fetch (``lua/group_fetch.lua``) acks finished batches, releases the lease tokens of
 finished messages (each frees a place under its group's concurrency limit), and leases a
 batch round robin over the groups, within their limits, into a batch list of this worker
-(group/item pairs, or group/score/item triples). An idle consumer waits on the wake stream,
+(a run per group: the group, its count, its items). An idle consumer waits on the wake stream,
 as a priority queue's does (``XREAD BLOCK`` from the last wake-up the fetch saw); pushes,
 releases, resumes and the housekeeping (``lua/group_tick.lua``: due retries, parked groups
 whose rate limit has room) write to it whenever a group becomes servable.
@@ -17,6 +17,7 @@ group and release its lease token: a dead worker's in-flight count is given back
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ..message import Kind, Message
@@ -85,7 +86,23 @@ class GroupQueueConsumer(QueueConsumer):
         if len(reply) == 1:  # nothing leased: the id of the last wake-up
             self._wake_id = reply[0]
             return []
-        return [(reply[i + 1], batch, None, reply[i], i // 2) for i in range(0, len(reply), 2)]
+        # Runs: a group, its count, then its items (score/item pairs in a sorted set).
+        zset = self.group_mode == "zset"
+        out: list[QueueItem] = []
+        i = index = 0
+        while i < len(reply):
+            group, count = reply[i], int(reply[i + 1])
+            i += 2
+            if zset:
+                part = reply[i : i + 2 * count]
+                raws, scores = part[1::2], part[::2]
+                i += 2 * count
+            else:
+                raws, scores = reply[i : i + count], repeat(None)
+                i += count
+            out += zip(raws, repeat(batch), scores, repeat(group), range(index, index + count))
+            index += count
+        return out
 
     async def block(self) -> list[QueueItem]:
         ms = int(self.config.block_timeout * 1000)
@@ -97,10 +114,10 @@ class GroupQueueConsumer(QueueConsumer):
     async def idle(self) -> bool:
         if self.backlog or self._known:
             return False
-        source, _, _, sizes, _, _, _ = self.keys.groups
+        source, _, _, held, _, _, _ = self.keys.groups
         length = "ZCARD" if self.group_mode == "zset" else "LLEN"
         replies = await self.connector.send.many(
-            (length, source), ("ZCARD", sizes), ("ZCARD", self.keys.delayed)
+            (length, source), ("SCARD", held), ("ZCARD", self.keys.delayed)
         )
         return not any(replies) and not self.backlog
 
@@ -173,16 +190,6 @@ class GroupPriorityConsumer(GroupQueueConsumer):
     kind: ClassVar[Kind] = "priority"
     mode: ClassVar[str] = "gzset"
     group_mode: ClassVar[str] = "zset"
-
-    def items(self, reply: Any, batch: Batch | None) -> list[QueueItem]:
-        if not reply:
-            return []
-        if len(reply) == 1:
-            self._wake_id = reply[0]
-            return []
-        return [
-            (reply[i + 2], batch, reply[i + 1], reply[i], i // 3) for i in range(0, len(reply), 3)
-        ]
 
     def retry_member(self, item: QueueItem, raw: bytes) -> bytes:
         return super().retry_member(item, delayed_member(priority_of(item[SCORE] or 0), raw))

@@ -171,26 +171,28 @@ class Groups:
 
     async def backlogs(self, limit: int = 10) -> list[Backlog]:
         """The ``limit`` groups with the most messages waiting, largest first (the default
-        group is ``""``)."""
+        group is ``""``). Reads every group holding messages: one length per group."""
         sizes: dict[str, int] = {}
         paused: set[str] = set()
+        length = "ZCARD" if self.mode == "zset" else "LLEN"
         for keys in await self._keys():
-            source, _, _, size_key, _, paused_key, _ = keys.groups
-            length = "ZCARD" if self.mode == "zset" else "LLEN"
-            top, default, stopped = await self.connector.send.many(
-                ("ZRANGE", size_key, 0, limit - 1, "REV", "WITHSCORES"),
-                (length, source),
-                ("SMEMBERS", paused_key),
+            source, _, _, held_key, _, paused_key, _ = keys.groups
+            held, default, stopped = await self.connector.send.many(
+                ("SMEMBERS", held_key), (length, source), ("SMEMBERS", paused_key)
             )
-            for i in range(0, len(top), 2):
-                group = text(top[i])
-                sizes[group] = sizes.get(group, 0) + int(float(top[i + 1]))
+            names = [text(g) for g in held]
+            counts = await self.connector.send.many(
+                *((length, keys.group(g)) for g in names)
+            ) if names else []  # fmt: skip
+            for group, count in zip(names, counts, strict=True):
+                if int(count):
+                    sizes[group] = sizes.get(group, 0) + int(count)
             if int(default):
                 sizes[""] = sizes.get("", 0) + int(default)
             paused.update(text(g) for g in stopped)
         ranked = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        counts = await self._in_flight([g for g, _ in ranked])
-        return [Backlog(g, n, counts.get(g, 0), g in paused) for g, n in ranked]
+        counts_in_flight = await self._in_flight([g for g, _ in ranked])
+        return [Backlog(g, n, counts_in_flight.get(g, 0), g in paused) for g, n in ranked]
 
     async def _in_flight(self, groups: list[str]) -> dict[str, int]:
         if not groups:

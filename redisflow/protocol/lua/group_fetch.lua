@@ -9,9 +9,13 @@
 -- the groups left to visit), within its limits; a group that still has messages and room
 -- goes to the end of the ring, one at its concurrency limit leaves the ring (a release
 -- offers it again), one at its rate limit is parked until its oldest grant leaves the
--- window. Up to 4 rounds fill the batch when some groups hold fewer than their share.
--- The batch list holds group/item pairs (list) or group/score/item triples (zset), and so
--- does the reply; an empty lease returns {the id of the last wake-up} instead.
+-- window, one that gave less than asked is empty and leaves it (a push offers it again).
+-- Up to 4 rounds fill the batch when some groups hold less than their share.
+-- The batch is a run per group, the smallest first (a group's few messages are not queued
+-- behind another's share): the group, its count, then its items (list) or score/item pairs
+-- (zset); the batch list holds the same, and so does the reply. Message i of the batch
+-- (from 0) has the lease token '<batch list>#i'. An empty lease returns {the id of the
+-- last wake-up} instead.
 for i = 10, #KEYS do
   redis.call('DEL', KEYS[i])
   redis.call('SREM', KEYS[9], KEYS[i])
@@ -33,117 +37,125 @@ if rlimit > 0 then
 end
 local any_paused = redis.call('SCARD', PAUSED) > 0
 local taken = 0
-local order, leased = {}, {}  -- groups in the order of their first visit, their items
+local order, leased, counts = {}, {}, {}  -- groups in the order of their first visit
 for _ = 1, 4 do
   if taken >= n then break end
   local groups = redis.call('ZRANGE', RING, 0, n - taken - 1)
   if #groups == 0 then break end
   local turn = tonumber(redis.call('INCRBY', TURN, #groups)) - #groups
+  local rotate, leave = {}, {}  -- the ring's changes, written once per round
   local progress = false
   for j, g in ipairs(groups) do
-    if taken >= n then break end
-    local share = math.ceil((n - taken) / (#groups - j + 1))
-    local paused = any_paused and redis.call('SISMEMBER', PAUSED, g) == 1
-    local q = paused and 0 or share
-    -- what this call leased of g already counts too (its tokens and grants are written last)
-    local already = leased[g] and #leased[g] / STEP or 0
-    local busy = already
+    local q = math.ceil((n - taken) / (#groups - j + 1))
+    local paused = q > 0 and any_paused and redis.call('SISMEMBER', PAUSED, g) == 1
+    if paused then q = 0 end
+    -- what this call leased of g already counts too (its tokens and grants come last)
+    local already = counts[g] or 0
+    local busy, granted, log = already, already, nil
     if q > 0 and climit > 0 then
       busy = busy + redis.call('SCARD', tokens_key(g))
       q = math.min(q, climit - busy)
     end
-    local log, granted = grants_key(g), already
     if q > 0 and rlimit > 0 then
+      log = grants_key(g)
       redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('(%.0f', now_us - window))
       granted = granted + redis.call('ZCARD', log)
       q = math.min(q, rlimit - granted)
     end
-    local got, more = {}, false
+    local count = 0
     if q > 0 then
-      local key = group_key(g)
+      local got, key = nil, group_key(g)
       if ZSET then
-        got = redis.call('ZRANGE', key, 0, q, 'WITHSCORES')  -- one more: is there more?
-        more = #got > 2 * q
-        if more then got[#got] = nil; got[#got] = nil end
-        if #got > 0 then redis.call('ZREMRANGEBYRANK', key, 0, #got / 2 - 1) end
+        got = redis.call('ZPOPMIN', key, q)  -- member/score pairs
+      elseif q <= 4 then  -- one call (popping many shifts the rest of a list node each time)
+        got = redis.call('LPOP', key, q) or {}
       else
-        got = redis.call('LRANGE', key, 0, q)
-        more = #got > q
-        if more then got[#got] = nil end
+        got = redis.call('LRANGE', key, 0, q - 1)
         if #got > 0 then redis.call('LTRIM', key, #got, -1) end
       end
-    end
-    local count = #got / STEP
-    if count > 0 then
-      local mine = leased[g]
-      if not mine then
-        mine = {}
-        leased[g] = mine
-        order[#order + 1] = g
+      count = #got / STEP
+      if count > 0 then
+        local mine = leased[g]
+        if not mine then
+          mine = {}
+          leased[g] = mine
+          order[#order + 1] = g
+        end
+        if ZSET then
+          for k = 1, #got, 2 do
+            mine[#mine + 1] = got[k + 1]
+            mine[#mine + 1] = got[k]
+          end
+        else
+          for k = 1, #got do mine[#mine + 1] = got[k] end
+        end
+        counts[g] = already + count
+        taken = taken + count
+        progress = true
       end
-      for k = 1, #got do mine[#mine + 1] = got[k] end
-      resize(g, -count)
-      taken = taken + count
-      progress = true
     end
-    if paused or q > 0 and not more then
-      redis.call('ZREM', RING, g)  -- paused, or emptied (a push offers it again)
+    if paused then
+      leave[#leave + 1] = g
+    elseif q > 0 and count < q then
+      leave[#leave + 1] = g  -- emptied: a push offers it again
+      if g ~= '' then redis.call('SREM', HELD, g) end
     elseif climit > 0 and busy + count >= climit then
-      redis.call('ZREM', RING, g)  -- at its concurrency limit: a release offers it again
+      leave[#leave + 1] = g  -- at its concurrency limit: a release offers it again
     elseif rlimit > 0 and granted + count >= rlimit then
-      redis.call('ZREM', RING, g)  -- at its rate limit: parked until a grant leaves
-      local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+      leave[#leave + 1] = g  -- at its rate limit: parked until a grant leaves
+      local oldest = redis.call('ZRANGE', log or grants_key(g), 0, 0, 'WITHSCORES')
       local first = #oldest > 0 and tonumber(oldest[2]) or now_us
       redis.call('ZADD', PARK, math.ceil((first + window + 1) / 1000), g)
     else
-      redis.call('ZADD', RING, turn + j, g)  -- to the end of the ring
+      rotate[#rotate + 1] = turn + j  -- to the end of the ring
+      rotate[#rotate + 1] = g
     end
+    if taken >= n then break end
   end
+  if #leave > 0 then call_chunked('ZREM', RING, leave) end
+  if #rotate > 0 then call_chunked('ZADD', RING, rotate) end
   if not progress then break end
 end
--- The batch interleaves the groups (one message of each in turn), so that a group's few
--- messages are not queued locally behind another's share; each group keeps its order.
--- Each message gets its lease token (and its grant) at its place in the batch.
-local batch, index, at = {}, 0, 1
-local tokens, grants = {}, {}
-local left = #order
-while left > 0 do
-  left = 0
-  for _, g in ipairs(order) do
-    local mine = leased[g]
-    if at <= #mine then
-      local token = KEYS[8] .. '#' .. index
-      index = index + 1
-      batch[#batch + 1] = g
-      if ZSET then
-        batch[#batch + 1] = mine[at + 1]
-        batch[#batch + 1] = mine[at]
-      else
-        batch[#batch + 1] = mine[at]
-      end
-      if climit > 0 then
-        tokens[g] = tokens[g] or {}
-        tokens[g][#tokens[g] + 1] = token
-      end
-      if rlimit > 0 then
-        grants[g] = grants[g] or {}
-        grants[g][#grants[g] + 1] = string.format('%.0f', now_us)
-        grants[g][#grants[g] + 1] = token
-      end
-      if at + STEP <= #mine then left = left + 1 end
-    end
-  end
-  at = at + STEP
-end
-for g, list in pairs(tokens) do call_chunked('SADD', tokens_key(g), list) end
-for g, list in pairs(grants) do
-  call_chunked('ZADD', grants_key(g), list)
-  redis.call('PEXPIRE', grants_key(g), math.ceil(window / 1000) + 1)
-end
-if #batch == 0 then
+if #order == 0 then
   local last = redis.call('XREVRANGE', WAKE, '+', '-', 'COUNT', 1)
   if #last == 0 then return {'0-0'} end
   return {last[1][1]}
+end
+-- The runs, smallest first (ties in the order of the visits): a numeric sort of
+-- count * 2^20 + rank, no comparison function per pair.
+local keys_, least, most = {}, n, 0
+for i, g in ipairs(order) do
+  keys_[i] = counts[g] * 1048576 + i
+  least, most = math.min(least, counts[g]), math.max(most, counts[g])
+end
+if least < most then
+  table.sort(keys_)
+  local sorted = {}
+  for i, k in ipairs(keys_) do sorted[i] = order[k % 1048576] end
+  order = sorted
+end
+local batch, index = {}, 0
+for _, g in ipairs(order) do
+  local mine, count = leased[g], counts[g]
+  batch[#batch + 1] = g
+  batch[#batch + 1] = count
+  for k = 1, #mine do batch[#batch + 1] = mine[k] end
+  if climit > 0 or rlimit > 0 then
+    local tokens, grants = {}, {}
+    local at = string.format('%.0f', now_us)
+    for i = index, index + count - 1 do
+      local token = KEYS[8] .. '#' .. i
+      tokens[#tokens + 1] = token
+      grants[#grants + 1] = at
+      grants[#grants + 1] = token
+    end
+    if climit > 0 then call_chunked('SADD', tokens_key(g), tokens) end
+    if rlimit > 0 then
+      call_chunked('ZADD', grants_key(g), grants)
+      redis.call('PEXPIRE', grants_key(g), math.ceil(window / 1000) + 1)
+    end
+  end
+  index = index + count
 end
 call_chunked('RPUSH', KEYS[8], batch)
 redis.call('SADD', KEYS[9], KEYS[8])

@@ -7,7 +7,7 @@
 local dedup = ARGV[4] ~= '0'
 if dedup and redis.call('EXISTS', KEYS[10]) == 1 then return false end
 local bad = check_type(KEYS[8], ZSET and 'zset' or 'list')
-  or check_type(RING, 'zset') or check_type(SIZES, 'zset') or check_type(WAKE, 'stream')
+  or check_type(RING, 'zset') or check_type(HELD, 'set') or check_type(WAKE, 'stream')
 if bad then return bad end
 local g = ARGV[3]
 local items = {}

@@ -9,38 +9,36 @@
 -- ARGV[1] base, ARGV[2] mode, ARGV[3] dead worker id, ARGV[4] max attempts, ARGV[5]
 -- concurrency limit (0: none).
 -- Returns {-1} if the lease has not expired, else {messages given back, then the
--- over-limit entries as group_fetch.lua returns them}.
+-- over-limit messages as group_fetch.lua returns them (runs)}.
 local expiry = redis.call('ZSCORE', KEYS[8], ARGV[3])
 local now = now_ms()
 if expiry and tonumber(expiry) > now then return {-1} end
 local bad = check_type(SOURCE, ZSET and 'zset' or 'list')
 if bad then return bad end
 local max_attempts, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-local width = ZSET and 3 or 2
-local back, order, over = {}, {}, {}
+local back, order, over, over_order = {}, {}, {}, {}
 local given = 0
+local function add(lists, names, g, score, item)
+  local items = lists[g]
+  if not items then
+    items = {}
+    lists[g] = items
+    names[#names + 1] = g
+  end
+  if ZSET then items[#items + 1] = score end
+  items[#items + 1] = item
+end
 for b = 12, #KEYS do
-  local entries = redis.call('LRANGE', KEYS[b], 0, -1)
-  for k = 1, #entries, width do
-    local g = entries[k]
-    redis.call('SREM', tokens_key(g), KEYS[b] .. '#' .. ((k - 1) / width))
-    local item, attempt = counted(entries[k + width - 1], now)
+  each_leased(redis.call('LRANGE', KEYS[b], 0, -1), function(g, index, score, item)
+    if limit > 0 then redis.call('SREM', tokens_key(g), KEYS[b] .. '#' .. index) end
+    local again, attempt = counted(item, now)
     if attempt > max_attempts then
-      over[#over + 1] = g
-      if ZSET then over[#over + 1] = entries[k + 1] end
-      over[#over + 1] = item
+      add(over, over_order, g, score, again)
     else
-      local items = back[g]
-      if not items then
-        items = {}
-        back[g] = items
-        order[#order + 1] = g
-      end
-      if ZSET then items[#items + 1] = entries[k + 1] end
-      items[#items + 1] = item
+      add(back, order, g, score, again)
       given = given + 1
     end
-  end
+  end)
   redis.call('DEL', KEYS[b])
   redis.call('SREM', KEYS[9], KEYS[b])
 end
@@ -50,8 +48,14 @@ for _, g in ipairs(order) do
   if offer(g, limit) then woken = woken + 1 end
 end
 if woken > 0 then wake(woken) end
-if #over > 0 then
-  call_chunked('RPUSH', KEYS[10], over)
+local kept = {}  -- as group_fetch.lua's runs
+for _, g in ipairs(over_order) do
+  kept[#kept + 1] = g
+  kept[#kept + 1] = #over[g] / STEP
+  for _, v in ipairs(over[g]) do kept[#kept + 1] = v end
+end
+if #kept > 0 then
+  call_chunked('RPUSH', KEYS[10], kept)
   redis.call('SADD', KEYS[11], KEYS[10])
 end
 if redis.call('SCARD', KEYS[9]) == 0 then
@@ -59,5 +63,5 @@ if redis.call('SCARD', KEYS[9]) == 0 then
   redis.call('ZREM', KEYS[8], ARGV[3])
 end
 local result = {given}
-for _, v in ipairs(over) do result[#result + 1] = v end
+for _, v in ipairs(kept) do result[#result + 1] = v end
 return result

@@ -2,7 +2,8 @@
 -- groups (at stop, or batches whose fetch reply was lost), releasing their lease tokens.
 -- KEYS[1..7] as lib_groups.lua, KEYS[8] leases, KEYS[9] the worker's batch set,
 -- KEYS[10 .. 9+d] batches whose unfinished messages are passed in ARGV (just dropped),
--- KEYS[10+d ..] batches to give back whole (unknown to the caller).
+-- KEYS[10+d ..] batches to give back whole (unknown to the caller; runs as group_fetch.lua
+-- writes them).
 -- ARGV[1] base, ARGV[2] mode, ARGV[3] worker id, ARGV[4] d, ARGV[5] concurrency limit
 -- (0: none), ARGV[6] the number r of released messages, ARGV[7 .. 6+2r] their group/token
 -- pairs, then the unfinished messages: group, token, item (list) or group, token, score,
@@ -22,18 +23,19 @@ local function keep(g, score, item)
   if ZSET then items[#items + 1] = score end
   items[#items + 1] = item
 end
-for i = 7, 6 + 2 * released, 2 do redis.call('SREM', tokens_key(ARGV[i]), ARGV[i + 1]) end
+local woken = 0
+for i = 7, 6 + 2 * released, 2 do
+  redis.call('SREM', tokens_key(ARGV[i]), ARGV[i + 1])
+  if offer(ARGV[i], limit) then woken = woken + 1 end
+end
 local moved = 0
-local width = ZSET and 3 or 2
 for i = 10, #KEYS do
   if i >= 10 + drop then
-    local entries = redis.call('LRANGE', KEYS[i], 0, -1)
-    for k = 1, #entries, width do
-      local g = entries[k]
-      redis.call('SREM', tokens_key(g), KEYS[i] .. '#' .. ((k - 1) / width))
-      keep(g, entries[k + 1], entries[k + width - 1])
+    each_leased(redis.call('LRANGE', KEYS[i], 0, -1), function(g, index, score, item)
+      if limit > 0 then redis.call('SREM', tokens_key(g), KEYS[i] .. '#' .. index) end
+      keep(g, score, item)
       moved = moved + 1
-    end
+    end)
   end
   redis.call('DEL', KEYS[i])
   redis.call('SREM', KEYS[9], KEYS[i])
@@ -44,7 +46,6 @@ for i = 7 + 2 * released, #ARGV, width_argv do
   redis.call('SREM', tokens_key(g), ARGV[i + 1])
   keep(g, ARGV[i + 2], ARGV[i + width_argv - 1])
 end
-local woken = 0
 for _, g in ipairs(order) do
   give_back(g, back[g])
   if offer(g, limit) then woken = woken + 1 end

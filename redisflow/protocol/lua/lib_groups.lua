@@ -1,16 +1,17 @@
 -- Fair groups (features/groups.py, consumers/groups.py): what every group script shares.
 -- KEYS[1..7] of every group script: the source (the default group's messages: a message
 -- sent without a group, or by another client, is there), the ring (groups that may be
--- served, scored by their turn), the turn counter, the sizes (messages waiting per named
--- group), the parked groups (waiting for their rate limit, scored by due time in ms), the
--- paused groups, and the wake stream (blocked consumers wait on it).
+-- served, scored by their turn), the turn counter, the named groups that hold messages (a
+-- set: a push adds the group, the fetch that empties it removes it), the parked groups
+-- (waiting for their rate limit, scored by due time in ms), the paused groups, and the
+-- wake stream (blocked consumers wait on it).
 -- ARGV[1] the base of the per-group keys, ARGV[2] 'list' or 'zset'.
 -- A group's own keys are built here from the base, which carries the source's hash tag, so
 -- they share the source's slot whatever the group's name (docs/design.md, "Fair groups"):
 -- <base>:g:<group> its messages, <base>:gi:<group> the lease tokens of its messages being
 -- handled (with a concurrency limit), <base>:gr:<group> the times of its grants (with a
 -- rate limit).
-local SOURCE, RING, TURN, SIZES, PARK, PAUSED, WAKE =
+local SOURCE, RING, TURN, HELD, PARK, PAUSED, WAKE =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local BASE, ZSET = ARGV[1], ARGV[2] == 'zset'
 local STEP = ZSET and 2 or 1  -- a zset's items come as score/member pairs
@@ -36,7 +37,10 @@ local function offer(g, limit)
     return false
   end
   if limit > 0 and redis.call('SCARD', tokens_key(g)) >= limit then return false end
-  if waiting(g) == 0 then return false end
+  if waiting(g) == 0 then
+    if g ~= '' then redis.call('SREM', HELD, g) end  -- its last message was leased at a limit
+    return false
+  end
   redis.call('ZADD', RING, redis.call('INCR', TURN), g)
   return true
 end
@@ -45,18 +49,17 @@ local function wake(n)
   redis.call('XADD', WAKE, 'MAXLEN', '1', '*', 'n', n)
 end
 
--- Count n more (or fewer) messages waiting in named group g (the default group's are its
--- key's length: other clients push there too).
-local function resize(g, n)
-  if n == 0 or g == '' then return end
-  if tonumber(redis.call('ZINCRBY', SIZES, n, g)) <= 0 then redis.call('ZREM', SIZES, g) end
+-- Note that named group g holds messages (the default group's are its key's: another
+-- client pushes there too).
+local function holds(g)
+  if g ~= '' then redis.call('SADD', HELD, g) end
 end
 
 -- Add items at the tail of group g: items of a list, or score/member pairs of a zset.
 local function append(g, items)
   if #items == 0 then return end
   call_chunked(ZSET and 'ZADD' or 'RPUSH', group_key(g), items)
-  resize(g, #items / STEP)
+  holds(g)
 end
 
 -- Put items back at the head of group g, in their order: items of a list, or score/member
@@ -70,7 +73,26 @@ local function give_back(g, items)
     for i = #items, 1, -1 do rev[#rev + 1] = items[i] end
     call_chunked('LPUSH', group_key(g), rev)
   end
-  resize(g, #items / STEP)
+  holds(g)
+end
+
+-- Call f(group, index, score, item) for each message of a batch list (runs: a group, its
+-- count, then its items or score/item pairs; the index counts the messages from 0).
+local function each_leased(entries, f)
+  local k, index = 1, 0
+  while k <= #entries do
+    local g, count = entries[k], tonumber(entries[k + 1])
+    k = k + 2
+    for _ = 1, count do
+      if ZSET then
+        f(g, index, entries[k], entries[k + 1])
+      else
+        f(g, index, nil, entries[k])
+      end
+      k = k + STEP
+      index = index + 1
+    end
+  end
 end
 
 -- The group and the rest of a delayed member: '\29<length>:<group><rest>' for a named
