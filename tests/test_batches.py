@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,6 +36,7 @@ from tests.support.workers import Workers
 pytestmark = pytest.mark.anyio
 
 reliable_kinds = by_kind(RELIABLE)
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 class Row(BaseModel):
@@ -399,3 +401,35 @@ async def test_a_killed_workers_batch_is_recovered_whole(
 
         await eventually(empty, what="nothing held")
     assert pool.stop_all() == {victim.pid: -9, rescuer.pid: 0}
+
+
+async def test_the_readme_example(url: str, ns: str) -> None:
+    """The Batch handlers section of the README, run as written (on the test server)."""
+    section = README.split("## Batch handlers", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("Flow()", f"Flow({url!r}, prefix={ns!r})")
+    code = code.replace('"events"', repr(f"{ns}:events"))
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    flow: Flow = scope["flow"]
+    stored: list[tuple[str, str, str]] = []
+
+    async def store(rows: list[tuple[str, str, str]]) -> None:
+        stored.extend(rows)
+
+    scope["store"] = store
+    async with flow:
+        ids = await flow.enqueue_many(
+            f"{ns}:events",
+            [
+                {"user": "a", "kind": "click"},
+                {"user": "b", "kind": "test"},
+                {"user": "c", "kind": "buy"},
+            ],
+        )
+        await flow.wait_idle()
+        letters = await flow.dlq(f"{ns}:events").list()
+    assert stored == [(ids[0], "a", "click"), (ids[2], "c", "buy")]
+    assert [(d.message_id, d.error) for d in letters] == [
+        (ids[1], "rejected: test events are not stored")
+    ]

@@ -480,3 +480,27 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "redisflow", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
+
+
+async def test_the_readme_example(url: str, ns: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Fair groups section of the README, run as written (on the test server): the
+    handler, the producer, then the pause snippet inside a coroutine."""
+    section = (ROOT / "README.md").read_text().split("## Fair groups", 1)[1]
+    blocks = section.split("```python\n")
+    code, snippet = (block.split("```", 1)[0] for block in blocks[1:3])
+    name = f"{ns}:jobs"
+    code = code.replace("Flow()", f"Flow({url!r}, prefix={ns!r})").replace('"jobs"', repr(name))
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    flow: Flow = scope["flow"]
+    body = "".join(f"    {line}\n" for line in snippet.replace('"jobs"', repr(name)).splitlines())
+    exec(f"async def pause_snippet():\n{body}    return await flow.groups({name!r}).paused()\n",
+         scope)  # fmt: skip
+    async with flow:
+        await scope["submit"]("acme", {"task": "a"})
+        await scope["submit"]("beta", {"task": "b"})
+        await flow.wait_idle()
+        assert await scope["pause_snippet"]() == []  # paused, then resumed
+    out = capsys.readouterr().out
+    assert "job of tenant acme: {'task': 'a'}" in out
+    assert "job of tenant beta: {'task': 'b'}" in out
