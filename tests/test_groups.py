@@ -452,6 +452,7 @@ async def test_pause_api_command_line_and_stats(url: str, ns: str) -> None:
             ("jobs", "beta"),
         }
         stats = orjson.loads(_cli("stats", "--json", "--url", url, "--prefix", ns).stdout)
+        assert [row["waiting"] for row in stats["handlers"]] == [50]  # every group's
         assert [(b["group"], b["waiting"], b["paused"]) for b in stats["groups"]["jobs"]] == [
             ("acme", 30, True),
             ("beta", 20, True),

@@ -170,8 +170,20 @@ class Groups:
         return sorted(found)
 
     async def backlogs(self, limit: int = 10) -> list[Backlog]:
-        """The ``limit`` groups with the most messages waiting, largest first (the default
-        group is ``""``). Reads every group holding messages: one length per group."""
+        """The ``limit`` groups with the most messages waiting, largest first; the default
+        group is ``""``. Reads every group holding messages: one length per group."""
+        return (await self.summary(limit))[1]
+
+    async def summary(self, limit: int = 10) -> tuple[int, list[Backlog]]:
+        """The messages waiting in all the groups (paused ones included), and ``backlogs``."""
+        sizes, paused = await self._sizes()
+        ranked = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        counts = await self._in_flight([g for g, _ in ranked])
+        top = [Backlog(g, n, counts.get(g, 0), g in paused) for g, n in ranked]
+        return sum(sizes.values()), top
+
+    async def _sizes(self) -> tuple[dict[str, int], set[str]]:
+        """Messages waiting per group (those holding some), and the paused groups."""
         sizes: dict[str, int] = {}
         paused: set[str] = set()
         length = "ZCARD" if self.mode == "zset" else "LLEN"
@@ -190,9 +202,7 @@ class Groups:
             if int(default):
                 sizes[""] = sizes.get("", 0) + int(default)
             paused.update(text(g) for g in stopped)
-        ranked = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        counts_in_flight = await self._in_flight([g for g, _ in ranked])
-        return [Backlog(g, n, counts_in_flight.get(g, 0), g in paused) for g, n in ranked]
+        return sizes, paused
 
     async def _in_flight(self, groups: list[str]) -> dict[str, int]:
         if not groups:

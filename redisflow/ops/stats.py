@@ -125,7 +125,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     async def read_paused() -> None:
         paused.extend(await client.paused())
 
-    groups: dict[str, list[Backlog]] = {}
+    groups: dict[str, tuple[int, list[Backlog]]] = {}
 
     async def read_groups() -> None:
         groups.update(await _group_backlogs(client, kinds))
@@ -162,17 +162,24 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        rows += reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+        found = reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+        if name in groups:  # every group waits, not only the default one (the key's length)
+            found = [dataclasses.replace(row, waiting=groups[name][0]) for row in found]
+        rows += found
     taken = datetime.now(UTC)
-    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused, groups)
+    top = {name: backlogs for name, (_, backlogs) in groups.items()}
+    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused, top)
 
 
-async def _group_backlogs(client: Client, kinds: Mapping[str, str]) -> dict[str, list[Backlog]]:
-    """The longest backlogs of the fair groups of each queue consumed in groups."""
+async def _group_backlogs(
+    client: Client, kinds: Mapping[str, str]
+) -> dict[str, tuple[int, list[Backlog]]]:
+    """For each queue consumed in fair groups: what waits in all its groups, and the groups
+    with the longest backlogs."""
     found = {}
     for name, kind in kinds.items():
         if kind in ("queue", "priority") and await client.layouts.grouped(name):
-            found[name] = await client.groups(name, kind).backlogs(TOP_GROUPS)
+            found[name] = await client.groups(name, kind).summary(TOP_GROUPS)
     return found
 
 
