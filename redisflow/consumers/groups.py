@@ -153,8 +153,10 @@ class GroupQueueConsumer(QueueConsumer):
 
     # -- the lease ------------------------------------------------------------------------
 
-    def release_call(self, acked: list[Any], whole: list[str], items: list[Any]) -> Call:
-        drop = [*(a for a in acked if isinstance(a, str)), *self._known]
+    def release_call(
+        self, acked: list[Any], known: list[str], whole: list[str], items: list[Any]
+    ) -> Call:
+        drop = [*(a for a in acked if isinstance(a, str)), *known]
         released = [part for a in acked if isinstance(a, tuple) for part in a]
         args: list[Any] = []
         for item in items:

@@ -65,12 +65,14 @@ class Leases:
 
     # -- what a kind may change -------------------------------------------------------------
 
-    def release_call(self, acked: list[Any], whole: list[str], items: list[Any]) -> scripts.Call:
-        """The script call that gives back ``items`` (unfinished, of known batches) and the
-        batches ``whole``, and drops the known batches and those ``acked``."""
+    def release_call(
+        self, acked: list[Any], known: list[str], whole: list[str], items: list[Any]
+    ) -> scripts.Call:
+        """The script call that gives back ``items`` (the unfinished ones of the batches
+        ``known``) and the batches ``whole``, and drops ``known`` and those ``acked``."""
         return scripts.release(
             self.name, self.keys.leases, self.wset, mode=self.mode, worker=self.worker,
-            drop=[*acked, *self._known], whole=whole, items=self.release_args(items),
+            drop=[*acked, *known], whole=whole, items=self.release_args(items),
         )  # fmt: skip
 
     def recover_call(self, worker: str, dead_set: str, key: str, held: list[str]) -> scripts.Call:
@@ -97,11 +99,7 @@ class Leases:
         orphans = sorted(held - set(self._known) - set(self.acks) - set(self.acks_flushing))
         if not orphans:
             return
-        known, self._known = self._known, {}
-        try:
-            moved = await self.connector.run(self.release_call([], orphans, []))
-        finally:
-            self._known = known
+        moved = await self.connector.run(self.release_call([], [], orphans, []))
         await self._maintain_once()  # the release drops an empty worker's lease: renew it
         if moved:
             log.warning("%s: %d messages whose fetch reply was lost were put back", self, moved)
@@ -166,7 +164,8 @@ class Leases:
         known = {*(a for a in acked if isinstance(a, str)), *self._known}
         held = [text(b) for b in await self.connector.send("SMEMBERS", self.wset)]
         whole = [key for key in held if key not in known]
-        moved = await self.connector.run(self.release_call(acked, whole, unfinished))
+        call = self.release_call(acked, list(self._known), whole, unfinished)
+        moved = await self.connector.run(call)
         self.acks.clear()
         self.acks_sent.clear()
         self._known.clear()
