@@ -433,3 +433,34 @@ async def test_the_readme_example(url: str, ns: str) -> None:
     assert [(d.message_id, d.error) for d in letters] == [
         (ids[1], "rejected: test events are not stored")
     ]
+
+
+async def test_batches_on_a_partitioned_stream_and_queue_of_a_cluster(
+    redisflow_cluster: Any, ns: str
+) -> None:
+    """On a 3-master cluster, a batch handler of a queue and of a stream, each over 3
+    partitions (a consumer per partition, batches of one partition): every message once."""
+    flow = Flow(redisflow_cluster.seed_url, prefix=ns, block_timeout=0.5)
+    got: dict[str, list[int]] = {"queue": [], "stream": []}
+    sizes: list[int] = []
+
+    @flow.on_queue(f"{ns}:q", batch=50, batch_wait=0.2, partitions=3)
+    async def queue(rows: list[Row]) -> None:
+        got["queue"] += [row.n for row in rows]
+        sizes.append(len(rows))
+
+    @flow.on_stream(f"{ns}:s", group="g", batch=50, batch_wait=0.2, partitions=3)
+    async def stream(rows: list[Row], msgs: list[Message[Row]]) -> None:
+        assert [m.payload for m in msgs] == rows
+        got["stream"] += [row.n for row in rows]
+        sizes.append(len(rows))
+
+    async with flow:
+        await flow.enqueue_many(f"{ns}:q", [{"n": n} for n in range(300)])
+        await flow.append_many(f"{ns}:s", [{"n": n} for n in range(300)])
+        await eventually(
+            lambda: len(got["queue"]) == 300 and len(got["stream"]) == 300, within=20,
+            what="both drained",
+        )  # fmt: skip
+    assert sorted(got["queue"]) == sorted(got["stream"]) == list(range(300))
+    assert max(sizes) <= 50 and len(sizes) >= 12  # 100 per partition: two batches or more
