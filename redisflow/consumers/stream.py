@@ -15,20 +15,18 @@ without JUSTID) and delivers it again locally after the backoff.
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import anyio
 import orjson
 from pydantic import ValidationError
 
-from ..connection import REDIS_ERRORS
 from ..errors import DecodeError, ReplyError
 from ..message import Kind, Message
 from ..protocol import scripts
 from ..protocol.envelope import parse_headers
 from ..protocol.replies import mapping, text
 from .base import Consumer, log
+from .claims import ATTEMPT, BATCH, FIELDS, ID, Batch, Claims, StreamItem
 from .contract import Context
 from .verdicts import Failure
 
@@ -40,32 +38,12 @@ if TYPE_CHECKING:
 PARKED_IDLE_MS = 10**9  # handed-back entries look idle at once to XAUTOCLAIM
 
 
-class Batch:
-    """Entries read in one request; kept fresh while any of them is unsettled."""
-
-    __slots__ = ("ids", "left", "touched")
-
-    def __init__(self, ids: list[bytes]) -> None:
-        self.ids = ids
-        self.left = len(ids)
-        self.touched = time.monotonic()
-
-
-#: A stream entry: its id (``ID``), its flat field list (``FIELDS``), the batch it was read
-#: in (``BATCH``) and its delivery count (``ATTEMPT``); a plain tuple, as a queue item.
-StreamItem = tuple[bytes, list[bytes], Batch, int]
-ID: Final = 0
-FIELDS: Final = 1
-BATCH: Final = 2
-ATTEMPT: Final = 3
-
-
 def entry_fields(fields: list[bytes]) -> dict[str, str]:
     """A flat stream field list as a str dict (for entries written by other clients)."""
     return {fields[i].decode(): fields[i + 1].decode() for i in range(0, len(fields) - 1, 2)}
 
 
-class StreamConsumer(Consumer[StreamItem]):
+class StreamConsumer(Claims, Consumer[StreamItem]):
     """Consumes a stream through a consumer group."""
 
     kind: ClassVar[Kind] = "stream"
@@ -234,67 +212,6 @@ class StreamConsumer(Consumer[StreamItem]):
         done = last[b"last-generated-id"]
         return all(not g[b"pending"] and g[b"last-delivered-id"] == done for g in groups)
 
-    # -- housekeeping ---------------------------------------------------------------------
-
-    async def maintain(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._acker)
-            last_claim = last_forget = 0.0
-            forget = self.config.forget_consumers_after
-            while True:
-                try:
-                    await self._touch()
-                    now = time.monotonic()
-                    if now - last_claim >= self.config.claim_interval and not self.halted:
-                        last_claim = now
-                        await self._reclaim()
-                    if forget is not None and now - last_forget >= min(forget / 2, 60):
-                        last_forget = now
-                        await self._forget(forget)
-                except REDIS_ERRORS:
-                    pass
-                except Exception:  # a bug here must not stop the handlers: log, go on
-                    log.exception("%s: maintenance failed", self)
-                await anyio.sleep(self.config.tick)
-
-    async def _touch(self) -> None:
-        """Reset the idle time of entries we still hold, so no peer reclaims them."""
-        self._batches = [b for b in self._batches if b.left > 0]
-        stale = time.monotonic() - self.config.claim_idle / 3
-        ids: list[Any] = []
-        for batch in self._batches:
-            if batch.touched < stale:
-                batch.touched = time.monotonic()
-                ids += batch.ids
-        if ids:
-            await self.connector.send(
-                "XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"
-            )
-
-    async def _reclaim(self) -> None:
-        n = self.want()
-        if n <= 0:
-            return
-        call = scripts.stream_claim(
-            self.stream, self.group, self.consumer, int(self.config.claim_idle * 1000),
-            self._cursor, n,
-        )  # fmt: skip
-        cursor, entries, _deleted = await self.connector.run(call)
-        self._cursor = cursor
-        if entries:
-            log.warning("%s: reclaimed %d idle entries", self, len(entries))
-            batch = Batch([e[0] for e in entries])
-            await self._dispatch(batch, [(e[0], e[1], batch, int(e[2])) for e in entries])
-
-    async def _forget(self, after: float) -> None:
-        """Delete consumers of our group that hold nothing and were not seen for ``after``
-        seconds (workers that stopped or died), so the group does not grow with restarts."""
-        call = scripts.stream_forget(self.stream, self.group, int(after * 1000), self.consumer)
-        gone = await self.connector.run(call)
-        if gone:
-            names = ", ".join(text(g) for g in gone)
-            log.info("%s: deleted %d idle consumers: %s", self, len(gone), names)
-
     # -- one message ----------------------------------------------------------------------
 
     def decode(self, item: StreamItem) -> Any:
@@ -347,6 +264,36 @@ class StreamConsumer(Consumer[StreamItem]):
         if self._room_wanted:
             self._room_wanted = False
             self._room.set()
+
+    def done_many(self, items: list[StreamItem]) -> None:
+        # ``done`` for a batch handler's batch, in one go.
+        for item in items:
+            item[BATCH].left -= 1
+        self.acks += [item[ID] for item in items]
+        if self._blocked:
+            self._ack_now.set()
+        if self._room_wanted:
+            self._room_wanted = False
+            self._room.set()
+
+    def decode_many(
+        self, items: list[StreamItem]
+    ) -> tuple[list[Any], list[StreamItem], list[tuple[StreamItem, BaseException]]]:
+        # ``decode``, inlined for entries whose first field is ``data`` (redisflow's own).
+        validate = self._validate_json
+        values: list[Any] = []
+        append = values.append
+        for i, item in enumerate(items):
+            fields = item[FIELDS]
+            try:
+                if fields and fields[0] == b"data":
+                    append(validate(fields[1]))
+                    continue
+            except ValueError:
+                pass
+            done = super().decode_many(items[i:])  # the long way, from this one on
+            return values + done[0], items[:i] + done[1], done[2]
+        return values, items, []
 
     async def retry(self, item: StreamItem, delay: float, count: bool = True) -> None:
         entry_id = item[ID]

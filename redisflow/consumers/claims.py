@@ -1,0 +1,123 @@
+"""What a stream consumer holds and keeps from its peers (a base class of
+``stream.StreamConsumer``): the entries of each read (``Batch``), kept fresh with ``XCLAIM
+... JUSTID`` while any of them is unsettled so that no peer reclaims them; the entries of
+dead consumers, reclaimed with ``XAUTOCLAIM`` (keeping its cursor) once idle for
+``claim_idle``; and consumers of stopped workers, forgotten once they hold nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ..connection import REDIS_ERRORS
+from ..protocol import scripts
+from ..protocol.replies import text
+from .base import log
+
+if TYPE_CHECKING:
+    from ..config import FlowConfig
+    from ..connection import Connector
+
+
+class Batch:
+    """Entries read in one request; kept fresh while any of them is unsettled."""
+
+    __slots__ = ("ids", "left", "touched")
+
+    def __init__(self, ids: list[bytes]) -> None:
+        self.ids = ids
+        self.left = len(ids)
+        self.touched = time.monotonic()
+
+
+#: A stream entry: its id (``ID``), its flat field list (``FIELDS``), the batch it was read
+#: in (``BATCH``) and its delivery count (``ATTEMPT``); a plain tuple, as a queue item.
+StreamItem = tuple[bytes, list[bytes], Batch, int]
+ID: Final = 0
+FIELDS: Final = 1
+BATCH: Final = 2
+ATTEMPT: Final = 3
+
+
+class Claims:
+    """The housekeeping of a stream consumer: touch, reclaim, forget."""
+
+    # What ``StreamConsumer`` (and its bases) provide.
+    stream: str
+    group: str
+    consumer: str
+    config: FlowConfig
+    connector: Connector
+    halted: bool
+    _batches: list[Batch]
+    _cursor: bytes
+
+    if TYPE_CHECKING:
+
+        async def _acker(self) -> None: ...
+
+        def want(self) -> int: ...
+
+        async def _dispatch(self, batch: Batch, items: list[StreamItem]) -> None: ...
+
+    async def maintain(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._acker)
+            last_claim = last_forget = 0.0
+            forget = self.config.forget_consumers_after
+            while True:
+                try:
+                    await self._touch()
+                    now = time.monotonic()
+                    if now - last_claim >= self.config.claim_interval and not self.halted:
+                        last_claim = now
+                        await self._reclaim()
+                    if forget is not None and now - last_forget >= min(forget / 2, 60):
+                        last_forget = now
+                        await self._forget(forget)
+                except REDIS_ERRORS:
+                    pass
+                except Exception:  # a bug here must not stop the handlers: log, go on
+                    log.exception("%s: maintenance failed", self)
+                await anyio.sleep(self.config.tick)
+
+    async def _touch(self) -> None:
+        """Reset the idle time of entries we still hold, so no peer reclaims them."""
+        self._batches = [b for b in self._batches if b.left > 0]
+        stale = time.monotonic() - self.config.claim_idle / 3
+        ids: list[Any] = []
+        for batch in self._batches:
+            if batch.touched < stale:
+                batch.touched = time.monotonic()
+                ids += batch.ids
+        if ids:
+            await self.connector.send(
+                "XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"
+            )
+
+    async def _reclaim(self) -> None:
+        n = self.want()
+        if n <= 0:
+            return
+        call = scripts.stream_claim(
+            self.stream, self.group, self.consumer, int(self.config.claim_idle * 1000),
+            self._cursor, n,
+        )  # fmt: skip
+        cursor, entries, _deleted = await self.connector.run(call)
+        self._cursor = cursor
+        if entries:
+            log.warning("%s: reclaimed %d idle entries", self, len(entries))
+            batch = Batch([e[0] for e in entries])
+            await self._dispatch(batch, [(e[0], e[1], batch, int(e[2])) for e in entries])
+
+    async def _forget(self, after: float) -> None:
+        """Delete consumers of our group that hold nothing and were not seen for ``after``
+        seconds (workers that stopped or died), so the group does not grow with restarts."""
+        call = scripts.stream_forget(self.stream, self.group, int(after * 1000), self.consumer)
+        gone = await self.connector.run(call)
+        if gone:
+            names = ", ".join(text(g) for g in gone)
+            log.info("%s: deleted %d idle consumers: %s", self, len(gone), names)
