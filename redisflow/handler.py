@@ -40,6 +40,7 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    payload: Any = Any  # the payload's type, as the adapter was built from it
 
     @property
     def name(self) -> str:
@@ -65,9 +66,8 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
-        return cls(
-            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order)
-        )
+        wants = "message" in order
+        return cls(fn, source, options, adapter, wants, invoke, tuple(deps), tuple(order), payload_type)
 
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
         """The call adapter with this handler's resource parameters filled in."""
@@ -133,3 +133,26 @@ def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Aw
     if order == ("message",):
         return lambda value, message: fn(message)
     return lambda value, message: fn()
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What an app declares it sends (``Flow.produces``): messages of ``payload``'s type to
+    the source ``source``. Documentation (``redisflow docs``), not a check on sends."""
+
+    source: Source
+    payload: Any
+    adapter: TypeAdapter[Any]
+    summary: str | None = None
+
+    @classmethod
+    def build(cls, source: Source, payload: Any, summary: str | None) -> Produced:
+        """Check the declaration; ConfigError naming it when the type is unusable."""
+        where = f"flow.produces({source.name!r})"
+        if summary is not None and not isinstance(summary, str):
+            raise ConfigError(f"{where}: summary must be a string, got {summary!r}")
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(payload)
+        except Exception as exc:  # pydantic raises several kinds for unusable types
+            raise ConfigError(f"{where}: payload type {payload!r} is unusable: {exc}") from None
+        return cls(source, payload, adapter, summary)

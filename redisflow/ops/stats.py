@@ -12,7 +12,7 @@ consumer groups (``XINFO GROUPS``: lag and pending).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ class Row:
     summed over every worker since the keys were created (None when the handler is not
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
+    ``partitions``: how many keys the source is spread over.
     """
 
     kind: str
@@ -58,17 +59,19 @@ class Row:
     counters: dict[str, int] | None
     dead_letters: int
     memory: int
+    partitions: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``)."""
+    run ``INFO``) and the server's name and version (``Redis 7.0.15``)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
+    server: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -76,6 +79,7 @@ class Snapshot:
             "prefix": self.prefix,
             "taken_at": self.taken_at.isoformat(),
             "used_memory": self.used_memory,
+            "server": self.server,
             "handlers": [asdict(row) for row in self.rows],
         }
 
@@ -159,8 +163,16 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        rows += reads[name].rows(entries, size)
-    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows)
+        spread = len(parts[name])
+        rows += [replace(row, partitions=spread) for row in reads[name].rows(entries, size)]
+    server = client.connector.info
+    return Snapshot(
+        client.config.prefix,
+        datetime.now(UTC),
+        memory["used_memory"],
+        rows,
+        str(server) if server is not None else None,
+    )
 
 
 class _Reads:
