@@ -260,8 +260,8 @@ class _Book:
         return cid, channel
 
     def message(self, channel: _Channel, payload: Any, adapter: Any, mode: JsonSchemaMode) -> str:
-        for mid, known in channel.messages.items():
-            if known.payload == payload and known.mode == mode:
+        for mid, known in channel.messages.items():  # one message per type: a receive
+            if known.payload == payload:  # and a send of the same type share it
                 return mid
         mid = identifier(type_name(payload), channel.messages)
         found = _Message(type_name(payload), payload, adapter, mode)

@@ -37,7 +37,7 @@ def ui(args: argparse.Namespace) -> int:
     client, flow = connect(args)
     try:
         app = dashboard(flow or client, auth=args.auth or None, read_only=args.read_only,
-                        title=args.app or "redisflow")  # fmt: skip
+                        title=args.app or "redisflow", close=True)  # fmt: skip
     except ValueError as exc:  # a bad --auth
         raise UsageError(str(exc)) from None
     config = uvicorn.Config(
@@ -58,14 +58,10 @@ def ui(args: argparse.Namespace) -> int:
     print(f"redisflow: dashboard at {scheme}://{host}:{args.port}/ ({', '.join(notes)});"
           " Ctrl-C stops it", file=sys.stderr, flush=True)  # fmt: skip
 
-    async def main() -> None:
-        try:
-            await server.serve()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
-
-    anyio.run(main)
+    try:  # the app's lifespan closes the client; uvicorn raises the signal it stopped on
+        anyio.run(server.serve)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

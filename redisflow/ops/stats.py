@@ -44,7 +44,8 @@ class Row:
     summed over every worker since the keys were created (None when the handler is not
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
-    ``partitions``: how many keys the source is spread over.
+    ``partitions``: how many keys the source is spread over now (older layouts still being
+    drained are counted in, not shown).
     """
 
     kind: str
@@ -163,7 +164,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        spread = len(parts[name])
+        spread = 1 if kinds[name] == "channel" else await client.layouts.current(name)
         rows += [replace(row, partitions=spread) for row in reads[name].rows(entries, size)]
     server = client.connector.info
     return Snapshot(

@@ -258,6 +258,7 @@ def dashboard(
     title: str | None = None,
     secret: str | bytes | None = None,
     sample_every: float | None = 2.0,
+    close: bool | None = None,
 ) -> Starlette:
     """The dashboard, an ASGI app to serve (``redisflow ui``) or mount in your own::
 
@@ -269,14 +270,15 @@ def dashboard(
     machine's clients (loopback) are served. ``read_only``: no actions, on the pages or
     through POSTs. ``secret`` signs the CSRF tokens (give every process of one dashboard
     the same). ``sample_every``: while the app's lifespan runs (it does not when mounted),
-    read the stats that often so the charts have a history.
+    read the stats that often so the charts have a history. ``close``: close the client
+    (or flow) when the lifespan ends (default: only one the dashboard made).
     """
     from ..app import Flow
     from ..client import Client
     from ..config import FlowConfig
 
     flow: Flow | None = target if isinstance(target, Flow) else None
-    owned = not isinstance(target, Client)
+    owned = not isinstance(target, Client) if close is None else close
     if isinstance(target, Client):
         client = target
     else:
