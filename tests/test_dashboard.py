@@ -155,6 +155,7 @@ async def test_every_page_escapes_what_redis_holds(url: str, ns: str) -> None:
         assert_escaped(confirm.text, "confirm")
         assert confirm.headers["content-security-policy"].startswith("default-src 'none'")
         assert confirm.headers["x-frame-options"] == "DENY"
+    await flow.aclose()
 
 
 async def test_no_password_appears_in_any_page(r: aioredis.Redis, url: str, ns: str) -> None:
@@ -381,7 +382,8 @@ async def test_overview_source_message_and_docs_pages(r: aioredis.Redis, url: st
         docs = (await http.get("/docs")).text
         assert "Do the work." in docs and "asyncapi.json" in docs
         assert (await http.get("/asyncapi.json")).json()["asyncapi"] == "3.0.0"
-    async with browse(dashboard(url, prefix=ns)) as http:  # no app: the registry
+    registry = dashboard(url, prefix=ns)
+    async with browse(registry) as http:  # no app: the registry
         home = (await http.get("/")).text
         assert queue in home and stream in home
         docs = (await http.get("/docs")).text
@@ -389,6 +391,7 @@ async def test_overview_source_message_and_docs_pages(r: aioredis.Redis, url: st
         assert (await http.get("/asyncapi.json")).status_code == 404
         page = (await http.get(f"/source?kind=queue&name={queue}")).text
         assert "as the workers report them" in page and "&lt;locals&gt;.work</code>" in page
+    await registry.state.dashboard.client.aclose()  # the lifespan closes it when served
     await flow.aclose()
 
 
