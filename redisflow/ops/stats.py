@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
 from ..consumers.contract import Stats
+from ..consumers.kinds import DEPTH, TRAITS
 from ..keys import sources_key
-from ..message import KINDS, Source
+from ..message import Source
 from ..protocol.envelope import now_ms
+from ..protocol.records import parse_counter, parse_inflight, parse_source
 from ..protocol.replies import mapping, pairs
 
 if TYPE_CHECKING:
@@ -83,28 +84,6 @@ class Snapshot:
             "server": self.server,
             "handlers": [asdict(row) for row in self.rows],
         }
-
-
-def source_member(source: Source) -> str:
-    """The member of ``sources_key`` that registers ``source`` (JSON: names may hold any
-    character)."""
-    return orjson.dumps([source.kind, source.name, source.group]).decode()
-
-
-def parse_source(member: bytes | str) -> Source | None:
-    """A member of ``sources_key`` (None if it is not one)."""
-    try:
-        found = orjson.loads(member)
-    except orjson.JSONDecodeError:
-        found = None
-    if not isinstance(found, list) or len(found) != 3:
-        return None
-    kind, name, group = found
-    if kind not in KINDS or not isinstance(name, str) or not name:
-        return None
-    if group is not None and not isinstance(group, str):
-        return None
-    return Source(kind, name, group or None)
 
 
 async def registered_sources(client: Client) -> list[Source]:
@@ -210,15 +189,16 @@ class _Reads:
 
     def parse(self, stats: list[bytes], inflight: list[bytes], now: int) -> None:
         for field, value in pairs(stats):
-            handler, _, counter = field.decode().rpartition(":")
-            self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))[counter] = int(value)
+            handler, counter = parse_counter(field)
+            if value.lstrip(b"-").isdigit():
+                counters = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
+                counters[counter] = int(value)
         for field, value in pairs(inflight):
-            held, _, at = value.partition(b":")
-            if not at.isdigit() or now - int(at) > STALE_MS:
+            gauge = parse_inflight(field, value, now, STALE_MS)
+            if gauge is None:
                 self.stale.append(field)
                 continue
-            handler = field.decode().rpartition(":")[0]
-            self.inflight.setdefault(handler, []).append(int(held))
+            self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
     def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
         if all(handler is not None for _, handler in entries):
@@ -235,9 +215,10 @@ class _Reads:
 
     def _row(self, source: Source, handler: str | None, memory: int, counters: bool = True) -> Row:
         waiting = pending = delayed = None
-        if source.kind in ("queue", "priority"):
+        traits = TRAITS[source.kind]
+        if traits.delays:
             waiting, delayed = self.length, self.delayed
-        elif source.kind == "stream":
+        elif traits.grouped:
             group = self.groups.get(source.group or "")
             if group is not None:
                 lag = group.get(b"lag")
@@ -288,22 +269,19 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
         read = reads[name] = _Reads(name, kind.decode())
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
-        if read.type in _LENGTH:
-            second.append((*_LENGTH[read.type], name))
+        if read.type in DEPTH:
+            second.append((*DEPTH[read.type], name))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
-        if read.type == "stream":
+        if read.type == TRAITS["stream"].redis_type:
             for group in next(answers):
                 info = mapping(group)
                 read.groups[info[b"name"].decode()] = info
-        elif read.type in _LENGTH:
+        elif read.type in DEPTH:
             read.length = int(next(answers))
         if read.stale:
             next(answers)
     return reads
-
-
-_LENGTH = {"list": ("LLEN",), "zset": ("ZCARD",), "stream": ("XINFO", "GROUPS")}
