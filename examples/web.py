@@ -40,6 +40,7 @@ class Accepted(BaseModel):
 
 flow.produces(ORDERS, Order, summary="Orders accepted by POST /orders")
 
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield

@@ -137,9 +137,7 @@ def identifier(text: str, taken: Iterable[str] = ()) -> str:
 def options_json(kind: Kind, options: HandlerOptions) -> dict[str, Any]:
     """The options that apply to a handler of ``kind``, JSON-ready (a function by name)."""
     allowed = set(KIND_OPTIONS[kind].__annotations__)
-    return {
-        f.name: _plain(getattr(options, f.name)) for f in fields(options) if f.name in allowed
-    }
+    return {f.name: _plain(getattr(options, f.name)) for f in fields(options) if f.name in allowed}
 
 
 def _plain(value: Any) -> Any:

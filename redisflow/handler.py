@@ -67,7 +67,8 @@ class Handler:
             ) from None
         invoke = _invoker(fn, tuple(order))
         wants = "message" in order
-        return cls(fn, source, options, adapter, wants, invoke, tuple(deps), tuple(order), payload_type)
+        deps_, order_ = tuple(deps), tuple(order)
+        return cls(fn, source, options, adapter, wants, invoke, deps_, order_, payload_type)
 
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
         """The call adapter with this handler's resource parameters filled in."""

@@ -101,8 +101,8 @@ def test_the_readme_app_documents_its_sources_and_payloads() -> None:
 
     doc = document(app.flow, title="shop", version="1.2.0")
     check(doc)
-    assert doc["info"] == {"title": "shop", "version": "1.2.0",
-                           "description": "The README's example service: one handler of each kind."}  # fmt: skip
+    about = "The README's example service: one handler of each kind."
+    assert doc["info"] == {"title": "shop", "version": "1.2.0", "description": about}
     channels = {c["address"]: c for c in doc["channels"].values()}
     assert channels["shop:emails"]["x-redisflow"] == {
         "kind": "queue", "structure": "list", "partitions": 1,

@@ -152,7 +152,7 @@ async def test_dashboard_in_a_real_browser(
     shop.STOCK_OUT.clear()
     shop.STOCK_OUT.add("kettle")
     port = free_port()
-    ui = subprocess.Popen(
+    ui = subprocess.Popen(  # noqa: ASYNC220 - starts at once; lives through the test
         [sys.executable, "-m", "redisflow", "ui", "tests.support.shop:flow", "--url", url,
          "--port", str(port)],
         cwd=ROOT, env={**os.environ, "SHOP_PREFIX": ns}, stderr=subprocess.PIPE, text=True,

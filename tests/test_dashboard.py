@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from html.parser import HTMLParser
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from html.parser import HTMLParser
 from typing import Any
 
 import httpx
@@ -275,7 +275,7 @@ async def test_read_only_shows_no_action_and_refuses_posts(
             assert 'method="post"' not in html and "Replay" not in html and "Purge" not in html
             assert 'type="checkbox"' not in html
             assert "read-only" in html
-        csrf = token((await browse_writable(flow, name)))
+        csrf = token(await browse_writable(flow, name))
         for action in ("replay", "purge"):
             refused = await http.post(f"/{action}", data={"csrf": csrf, "kind": "queue",
                                                           "name": name, "scope": "all",
@@ -436,7 +436,14 @@ def test_rates_from_counter_readings() -> None:
 
 def test_durations() -> None:
     assert [duration(t) for t in ("90", "90s", "5m", "2h", "1d", " 1.5 H ", "", None)] == [
-        90, 90, 300, 7200, 86400, 5400, None, None
+        90,
+        90,
+        300,
+        7200,
+        86400,
+        5400,
+        None,
+        None,
     ]
     for bad in ("soon", "5 minutes", "-1s"):
         with pytest.raises(ValueError, match="not a duration"):

@@ -201,13 +201,14 @@ def parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the web dashboard (redisflow[ui])",
                         epilog=UI_EPILOG)  # fmt: skip
     ui.add_argument("app", nargs="?", metavar="MODULE:ATTR",
-                    help="its handlers, options and docs (default: every registered source)")  # fmt: skip
+                    help="its handlers, options, docs (default: registered sources)")  # fmt: skip
     _options(ui, *CONNECTION, FACTORY)
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ui.add_argument("--port", type=PORT, default=8765, help="port (default 8765)")
     ui.add_argument("--auth", default=env("ui-auth"), metavar="TOKEN|USER:PASSWORD",
                     help=f"required beyond 127.0.0.1 (default ${web.AUTH_ENV})")  # fmt: skip
-    ui.add_argument("--read-only", action="store_true", help="show no action, refuse every POST")
+    ui.add_argument("--read-only", action="store_true",
+                    help="show no action, refuse every POST")  # fmt: skip
     ui.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
     ui.add_argument("--ssl-keyfile", metavar="FILE", help="... and this key")
     ui.set_defaults(func=web.ui, parser=ui)

@@ -25,8 +25,8 @@ def ui(args: argparse.Namespace) -> int:
         from ..web import dashboard
         from ..web.security import is_local
     except ImportError as exc:
-        return fail(str(exc) if "redisflow[ui]" in str(exc) else
-                    f"the dashboard needs the ui extra: pip install 'redisflow[ui]' ({exc})")  # fmt: skip
+        hint = "the dashboard needs the ui extra: pip install 'redisflow[ui]'"
+        return fail(str(exc) if "redisflow[ui]" in str(exc) else f"{hint} ({exc})")
     if not args.auth and not is_local(args.host):
         raise UsageError(
             f"--host {args.host} serves the dashboard beyond this machine: give --auth TOKEN"

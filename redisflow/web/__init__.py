@@ -20,6 +20,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(f"{INSTALL_HINT} ({exc.name} is missing)") from None
 
-from .app import dashboard
+from .app import dashboard  # noqa: E402 - after the check that says what to install
 
 __all__ = ["INSTALL_HINT", "dashboard"]

@@ -43,6 +43,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_FORM = 1 << 20  # bytes of a POSTed form
 PAGE = 50  # dead letters per page (``more`` shows more)
 ACTIONS = ("replay", "purge")
+#: What a page shows as "Redis did not answer" (503) instead of failing.
+FAILURES: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisflowError)
 
 
 class NotFound(Exception):
@@ -61,7 +63,7 @@ class Pages:
     def render(self, request: Request, template: str, code: int = 200, **ctx: Any) -> Response:
         """A page (or fragment) with the context every template gets, and the CSRF cookie."""
         cookie = request.cookies.get(COOKIE)
-        token = cookie if self.csrf.valid(cookie) else self.csrf.new()
+        token = cookie if cookie is not None and self.csrf.valid(cookie) else self.csrf.new()
         base = request.scope.get("root_path", "").rstrip("/")
         ctx = {
             "base": base,
@@ -92,7 +94,7 @@ class Pages:
             if len(body) > MAX_FORM:
                 raise Forbidden(413, "The form is too large.")
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-        submitted = (fields.get("csrf") or [None])[0]
+        submitted = next(iter(fields.get("csrf", [])), None)
         if not self.csrf.matches(request.cookies.get(COOKIE), submitted):
             raise Forbidden(403, "The form's CSRF token is missing or wrong: reload the page.")
         return fields
@@ -108,7 +110,7 @@ class Pages:
                 return self.render(request, "error.html", exc.status, message=exc.message)
             except (NotFound, ConfigError) as exc:
                 return self.render(request, "error.html", 404, message=str(exc))
-            except (*REDIS_ERRORS, RedisflowError) as exc:
+            except FAILURES as exc:
                 message = f"Redis at {self.data.url} did not answer: {exc}"
                 return self.render(request, "error.html", 503, message=message)
 
@@ -120,7 +122,7 @@ class Pages:
         if kind not in KINDS:
             raise NotFound(f"no such kind of source: {kind!r} (one of {', '.join(KINDS)})")
         check_name(name, kind)
-        return kind, name  # type: ignore[return-value]
+        return kind, name
 
     # -- pages ------------------------------------------------------------------------------
 
@@ -315,6 +317,6 @@ def dashboard(
                         await client.aclose()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(Guard, auth=checked, read_only=read_only)  # type: ignore[arg-type]
+    app.add_middleware(Guard, auth=checked, read_only=read_only)
     app.state.dashboard = data
     return app

@@ -10,6 +10,7 @@ seconds is not spread over the buckets it spans).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -51,7 +52,7 @@ class History:
         for k in keys:
             seen = [0.0] * count
             samples = list(self.samples.get(k, ()))
-            for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
+            for (t0, c0), (t1, c1) in itertools.pairwise(samples):
                 span = t1 - t0
                 if span <= 0 or span > GAP or t1 <= start:
                     continue

@@ -15,17 +15,18 @@ from markupsafe import Markup, escape
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DASH = "\u2013"  # what a cell shows for a value that does not apply or is unknown
 
 
 def number(value: int | None) -> str:
     """``1,234``, or a dash for what does not apply."""
-    return "–" if value is None else f"{value:,}"
+    return DASH if value is None else f"{value:,}"
 
 
 def size(value: int | None) -> str:
     """Bytes for people: ``512 B``, ``1.5 MiB``."""
     if value is None:
-        return "–"
+        return DASH
     amount = float(value)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if amount < 1024 or unit == "GiB":
@@ -37,14 +38,14 @@ def size(value: int | None) -> str:
 def rate(value: float | None) -> str:
     """A rate per second: ``12.5/s``; a dash when unknown."""
     if value is None:
-        return "–"
+        return DASH
     return f"{value:,.0f}/s" if value >= 100 else f"{value:.1f}/s"
 
 
 def ago(when: datetime | None, now: datetime | None = None) -> str:
     """How long ago: ``42 s ago``, ``3 min ago``, ``5 h ago``, ``2 d ago``."""
     if when is None:
-        return "–"
+        return DASH
     seconds = ((now or datetime.now(UTC)) - when).total_seconds()
     if seconds < 0:
         return "in the future"
@@ -56,7 +57,7 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
 
 def stamp(when: datetime | None) -> str:
     """A UTC time, to the second."""
-    return "–" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return DASH if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def duration(text: str | None) -> float | None:
@@ -93,9 +94,9 @@ def pretty(value: Any) -> str:
 
 
 def option(value: Any) -> str:
-    """A handler option's value: ``–`` for None, ``yes``/``no``, ``0.1``, ``86400``."""
+    """A handler option's value: a dash for None, ``yes``/``no``, ``0.1``, ``86400``."""
     if value is None:
-        return "–"
+        return DASH
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

@@ -137,7 +137,9 @@ class Csrf:
 def same_origin(scope: Scope) -> bool:
     """Whether a request comes from the dashboard's own pages: ``Sec-Fetch-Site`` (when the
     browser sends it) is same-origin, and ``Origin`` (when sent) names this host."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    headers: dict[str, str] = {
+        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+    }
     site = headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return False
@@ -180,10 +182,14 @@ class Guard:
         if self.auth is None:
             client = scope.get("client")
             if not is_local(client[0] if client else None):
-                return 403, (
-                    "This dashboard has no auth, so it serves this machine only: start it"
-                    " with --auth (or dashboard(..., auth=...)) to serve other machines."
-                ), []
+                return (
+                    403,
+                    (
+                        "This dashboard has no auth, so it serves this machine only: start it"
+                        " with --auth (or dashboard(..., auth=...)) to serve other machines."
+                    ),
+                    [],
+                )
         elif isinstance(self.auth, Auth):
             header = next((v.decode("latin-1") for k, v in scope["headers"]
                            if k.lower() == b"authorization"), None)  # fmt: skip

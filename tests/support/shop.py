@@ -12,9 +12,7 @@ from pydantic import BaseModel, Field
 
 from redisflow import Flow
 
-flow = Flow(
-    prefix=os.environ.get("SHOP_PREFIX", "rf"), block_timeout=0.5, lease=2, grace_period=2
-)
+flow = Flow(prefix=os.environ.get("SHOP_PREFIX", "rf"), block_timeout=0.5, lease=2, grace_period=2)
 ORDERS, EMAILS, LEDGER, PICKING = "store:orders", "store:emails", "store:ledger", "store:picking"
 NAMES = (ORDERS, EMAILS, LEDGER, PICKING)
 #: Items whose orders fail (retried once, then dead-lettered) while listed here.
