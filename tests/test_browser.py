@@ -1,25 +1,25 @@
-"""The dashboard in a real browser: headless Chromium (Debian's ``chromium`` and
-``chromium-driver``, driven by Selenium; nothing is downloaded) against ``redisflow ui``
+"""The dashboard in a real browser: headless Chromium (Debian's ``chromium``, driven by
+Playwright through ``executable_path``: nothing is downloaded) against ``redisflow ui``
 serving a running shop (tests/support/shop.py).
 
 It opens the overview and sees a queue's row change as messages are enqueued, without a
 reload; opens the dead letters of a source, replays one and sees the count drop. It saves
 screenshots in ``$REDISFLOW_SCREENSHOTS`` (``make screenshots``: docs/img/, which the README
-shows; the shop then runs a minute first, so the charts have a history), else in a
+shows; the shop then runs a minute first, so the charts have a history), else in the test's
 temporary directory. Without Chromium it is skipped, except under CI (``CI`` set), where
 .ci/run installs it: there a missing browser fails the test.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,89 +36,77 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 #: Flags for a root user on a machine without a network beyond loopback.
-FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,900",
-)  # fmt: skip
+    "--disable-dev-shm-usage",
+]  # fmt: skip
+SIZE = {"width": 1400, "height": 900}
 WAIT = 30.0  # seconds for anything the page shows to appear
 
 
 def browser_or_skip() -> None:
-    missing = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", DRIVER))
-               if path is None]  # fmt: skip
+    missing = [] if CHROMIUM else ["chromium (apt-get install chromium)"]
     try:
-        import selenium  # noqa: F401
+        import playwright  # noqa: F401
     except ImportError:
-        missing.append("selenium (the dev extra)")
+        missing.append("playwright (the dev extra)")
     if missing:
-        reason = (f"no headless browser: {', '.join(missing)} missing (apt-get install"
-                  " chromium chromium-driver; .ci/run installs them)")  # fmt: skip
+        reason = f"no headless browser: {', '.join(missing)} missing (.ci/run installs them)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
 
 
+@asynccontextmanager
+async def chromium(base: str, shots: Path) -> AsyncIterator[Page]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport=SIZE)
+            yield Page(page, base, shots)
+        finally:
+            await browser.close()
+
+
 class Page:
-    """A Chromium window, driven from a worker thread (Selenium blocks)."""
+    """A browser tab on the dashboard."""
 
-    def __init__(self, base: str, shots: Path) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page, self.base, self.shots = page, base, shots
 
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        self.profile = tempfile.mkdtemp(prefix="redisflow-chromium-")
-        for flag in (*FLAGS, f"--user-data-dir={self.profile}"):
-            options.add_argument(flag)
-        self.driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
-        self.base, self.shots = base, shots
+    async def open(self, path: str) -> None:
+        await self.page.goto(self.base + path)
 
-    def close(self) -> None:
-        self.driver.quit()
-        shutil.rmtree(self.profile, ignore_errors=True)
+    async def text(self, css: str) -> str:
+        return str(await self.page.locator(css).first.inner_text(timeout=1000)).strip()
 
-    def open(self, path: str) -> None:
-        self.driver.get(self.base + path)
+    async def click(self, css: str) -> None:
+        await self.page.locator(css).first.click(timeout=WAIT * 1000)
 
-    def find(self, css: str) -> Any:
-        from selenium.webdriver.common.by import By
-
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def all(self, css: str) -> list[Any]:
-        from selenium.webdriver.common.by import By
-
-        return list(self.driver.find_elements(By.CSS_SELECTOR, css))
-
-    def until(self, check: Callable[[], Any], what: str, within: float = WAIT) -> Any:
-        """Poll ``check`` (exceptions count as not yet) until it is truthy."""
+    async def until(self, check: Callable[[], Any], what: str, within: float = WAIT) -> Any:
+        """Poll ``check`` (sync or async; an exception counts as not yet) until truthy."""
         deadline = time.monotonic() + within
         while True:
             try:
                 found = check()
+                if inspect.isawaitable(found):
+                    found = await found
             except Exception:
                 found = None
             if found:
                 return found
             if time.monotonic() > deadline:
                 raise AssertionError(f"the page did not show {what} within {within:g} s")
-            time.sleep(0.1)
+            await anyio.sleep(0.1)
 
-    def text(self, css: str) -> str:
-        return str(self.find(css).text).strip()
-
-    def shoot(self, name: str, full: bool = False) -> Path:
+    async def shoot(self, name: str, full: bool = False) -> Path:
         """A screenshot of the window (``full``: of the whole page)."""
         path = self.shots / f"{name}.png"
-        if full:
-            height = self.driver.execute_script("return document.documentElement.scrollHeight")
-            self.driver.set_window_size(1400, min(int(height) + 20, 4000))
-        self.driver.save_screenshot(str(path))
-        if full:
-            self.driver.set_window_size(1400, 900)
+        await self.page.screenshot(path=str(path), full_page=full)
         return path
 
 
@@ -157,34 +145,28 @@ async def test_dashboard_in_a_real_browser(
          "--port", str(port)],
         cwd=ROOT, env={**os.environ, "SHOP_PREFIX": ns}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    page: Page | None = None
     try:
         async with shop.flow, anyio.create_task_group() as tg:
             stop = anyio.Event()
             tg.start_soon(traffic, stop)
             await eventually(lambda: answers(port), 30, "redisflow ui answering")
-            page = await anyio.to_thread.run_sync(Page, f"http://127.0.0.1:{port}", shots)
-            await anyio.sleep(60 if wanted else 4)  # charts: a history (a minute for docs)
-            await run(page.open, "/")
-            await run(page.until, lambda: page.all("tbody[data-source]"), "the sources")
-            await run(page.shoot, "overview")
-            await live_row(page)
-            stop.set()
-            await dead_letters(page)
-            await run(page.open, "/docs")
-            await run(page.until, lambda: "take_order" in page.text("main"), "the docs")
-            await run(page.shoot, "docs", True)
+            async with chromium(f"http://127.0.0.1:{port}", shots) as page:
+                await anyio.sleep(60 if wanted else 4)  # charts: a history (a minute: docs)
+                await page.open("/")
+                await page.until(lambda: page.page.locator("tbody[data-source]").count(),
+                                 "the sources")  # fmt: skip
+                await page.shoot("overview")
+                await live_row(page)
+                stop.set()
+                await dead_letters(page)
+                await page.open("/docs")
+                await page.until(lambda: page.page.get_by_text("take_order").count(), "docs")
+                await page.shoot("docs", full=True)
             tg.cancel_scope.cancel()
     finally:
-        if page is not None:
-            await run(page.close)
         ui.terminate()
         _, err = ui.communicate(timeout=30)
     assert "Traceback" not in err, err
-
-
-async def run(fn: Callable[..., Any], *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(partial(fn, *args))
 
 
 def answers(port: int) -> bool:
@@ -200,16 +182,20 @@ async def live_row(page: Page) -> None:
     the window survives only if the page was not loaded again)."""
     row = f'tbody[data-source="{shop.EMAILS}"]'
 
-    def held() -> int:
-        return number(page.text(f"{row} td.waiting")) + number(page.text(f"{row} td.inflight"))
+    async def held() -> int:
+        waiting = number(await page.text(f"{row} td.waiting"))
+        return waiting + number(await page.text(f"{row} td.inflight"))
 
-    await run(page.until, lambda: held() == 0, "an idle e-mail queue")
-    await run(page.driver.execute_script, "window.notReloaded = true")
+    async def idle() -> bool:
+        return await held() == 0
+
+    await page.until(idle, "an idle e-mail queue")
+    await page.page.evaluate("window.notReloaded = true")
     mails = [shop.Email(to=f"bulk{i}@example.com", subject="news") for i in range(600)]
     await shop.flow.enqueue_many(shop.EMAILS, mails)
-    assert await run(page.until, held, "the e-mails waiting or in flight") > 0
-    await run(page.until, lambda: held() == 0, "the e-mails drained")
-    assert await run(page.driver.execute_script, "return window.notReloaded === true")
+    assert await page.until(held, "the e-mails waiting or in flight") > 0
+    await page.until(idle, "the e-mails drained")
+    assert await page.page.evaluate("window.notReloaded === true")
 
 
 async def dead_letters(page: Page) -> None:
@@ -220,20 +206,31 @@ async def dead_letters(page: Page) -> None:
     before = await dlq.count()
     assert before >= 1, "no order died: the traffic ran too briefly"
     shop.STOCK_OUT.clear()  # a replayed kettle now goes through
-    await run(page.find(f'tbody[data-source="{shop.ORDERS}"] td.name a').click)
+    await page.click(f'tbody[data-source="{shop.ORDERS}"] td.name a')
     count = "h2#dead .count"
-    await run(page.until, lambda: number(page.text(count)) == before, f"{before} dead letters")
-    await run(page.shoot, "source")
-    await run(page.find("tr[data-letter] a").click)
-    await run(page.until, lambda: "no stock left" in page.text("pre.error-text"), "a letter")
-    await run(page.shoot, "letter")
-    await run(page.driver.back)
-    await run(page.until, lambda: page.all("tr[data-letter] input[name=id]"), "the checkboxes")
-    await run(page.find("tr[data-letter] input[name=id]").click)
-    await run(page.find('button[name=scope][value=selected][formaction$="/replay"]').click)
-    await run(page.until, lambda: page.text("h1") == "Replay 1 dead letter?", "the confirmation")
-    await run(page.find("#confirm").click)
-    await run(page.until, lambda: page.text("#done") == "Replayed 1 dead letter.", "done")
-    assert number(await run(page.text, count)) == before - 1
+
+    async def shown() -> int:
+        return number(await page.text(count))
+
+    await page.until(lambda: equals(shown(), before), f"{before} dead letters")
+    await page.shoot("source")
+    await page.click("tr[data-letter] a")
+    await page.until(lambda: contains(page.text("pre.error-text"), "no stock left"), "a letter")
+    await page.shoot("letter")
+    await page.page.go_back()
+    await page.click("tr[data-letter] input[name=id]")
+    await page.click('button[name=scope][value=selected][formaction$="/replay"]')
+    await page.until(lambda: equals(page.text("h1"), "Replay 1 dead letter?"), "confirmation")
+    await page.click("#confirm")
+    await page.until(lambda: equals(page.text("#done"), "Replayed 1 dead letter."), "done")
+    assert await shown() == before - 1
     await shop.flow.wait_idle(timeout=30)
     assert await dlq.count() == before - 1  # it went through this time
+
+
+async def equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def contains(value: Any, part: str) -> bool:
+    return part in await value
