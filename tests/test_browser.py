@@ -103,10 +103,14 @@ class Page:
                 raise AssertionError(f"the page did not show {what} within {within:g} s")
             await anyio.sleep(0.1)
 
-    async def shoot(self, name: str, full: bool = False) -> Path:
-        """A screenshot of the window (``full``: of the whole page)."""
+    async def shoot(self, name: str, height: int | None = None) -> Path:
+        """A screenshot of the window (``height``: of the whole page, at least that high)."""
         path = self.shots / f"{name}.png"
-        await self.page.screenshot(path=str(path), full_page=full)
+        if height is not None:
+            await self.page.set_viewport_size({"width": SIZE["width"], "height": height})
+        await self.page.screenshot(path=str(path), full_page=height is not None)
+        if height is not None:
+            await self.page.set_viewport_size(SIZE)
         return path
 
 
@@ -136,14 +140,15 @@ async def test_dashboard_in_a_real_browser(
     shots.mkdir(parents=True, exist_ok=True)
     for name in shop.NAMES:  # fixed names (the screenshots show them): start clean
         await r.delete(name)
-    shop.flow.configure(url=url, prefix=ns)
+    prefix = "shop" if wanted else ns  # the screenshots show it
+    shop.flow.configure(url=url, prefix=prefix)
     shop.STOCK_OUT.clear()
     shop.STOCK_OUT.add("kettle")
     port = free_port()
     ui = subprocess.Popen(  # noqa: ASYNC220 - starts at once; lives through the test
         [sys.executable, "-m", "redisflow", "ui", "tests.support.shop:flow", "--url", url,
          "--port", str(port)],
-        cwd=ROOT, env={**os.environ, "SHOP_PREFIX": ns}, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env={**os.environ, "SHOP_PREFIX": prefix}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         async with shop.flow, anyio.create_task_group() as tg:
@@ -155,13 +160,13 @@ async def test_dashboard_in_a_real_browser(
                 await page.open("/")
                 await page.until(lambda: page.page.locator("tbody[data-source]").count(),
                                  "the sources")  # fmt: skip
-                await page.shoot("overview")
+                await page.shoot("overview", height=560)
                 await live_row(page)
                 stop.set()
                 await dead_letters(page)
                 await page.open("/docs")
                 await page.until(lambda: page.page.get_by_text("take_order").count(), "docs")
-                await page.shoot("docs", full=True)
+                await page.shoot("docs")
             tg.cancel_scope.cancel()
     finally:
         ui.terminate()

@@ -42,6 +42,7 @@ class Chart:
     top: float
     width: int
     height: int
+    span: float  # seconds from its left edge to now
 
 
 @dataclass
@@ -147,7 +148,8 @@ class Dashboard:
         rates = self.history.rates(key, now)
         top = max((v for f in FIELDS for v in rates[f] if v is not None), default=0.0)
         lines = {f: polyline(rates[f], top, width, height) for f in FIELDS}
-        return Chart(lines, {f: last(rates[f]) for f in FIELDS}, top, width, height)
+        now_rates = {f: last(rates[f]) for f in FIELDS}
+        return Chart(lines, now_rates, top, width, height, self.history.span(now))
 
     async def source_rows(self, kind: str, name: str) -> tuple[Snapshot, list[RowView]]:
         """The rows of one source, from the shared snapshot."""

@@ -11,6 +11,7 @@ seconds is not spread over the buckets it spans).
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -30,9 +31,12 @@ class History:
     def __init__(self, window: float = WINDOW, bucket: float = BUCKET) -> None:
         self.window, self.bucket = window, bucket
         self.samples: dict[Key, deque[Sample]] = {}
+        self.first: float | None = None  # the first reading: the charts start there
 
     def add(self, at: float, readings: Iterable[tuple[Key, Mapping[str, int]]]) -> None:
         """Record the counters read at ``at`` (seconds, monotonic or epoch: one clock)."""
+        if self.first is None:
+            self.first = at
         for key, counters in readings:
             kept = self.samples.setdefault(key, deque())
             if kept and at - kept[-1][0] < 0.5:  # two readings in one poll: keep the first
@@ -41,10 +45,16 @@ class History:
             while kept and kept[0][0] < at - self.window - GAP:
                 kept.popleft()
 
+    def span(self, now: float) -> float:
+        """How far back the charts go: the window, or less while the history is younger
+        (a fresh dashboard draws what it has over the whole width)."""
+        known = now - self.first if self.first is not None else 0.0
+        return min(self.window, max(self.bucket, math.ceil(known / self.bucket) * self.bucket))
+
     def rates(self, key: Key | None, now: float) -> dict[str, list[float | None]]:
-        """Per field, the rate (per second) in each bucket of the window, oldest first; None
+        """Per field, the rate (per second) in each bucket of ``span``, oldest first; None
         where nothing was read. ``key`` None: the sum over every key."""
-        count = round(self.window / self.bucket)
+        count = round(self.span(now) / self.bucket)
         start = now - count * self.bucket
         amount = {f: [0.0] * count for f in FIELDS}
         covered = [0.0] * count

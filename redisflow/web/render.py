@@ -71,9 +71,15 @@ def duration(text: str | None) -> float | None:
     return float(found.group(1)) * _UNITS[found.group(2).lower()]
 
 
+def span(seconds: float) -> str:
+    """``5 min``, ``40 s``: how far back a chart goes."""
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def code(text: str) -> Markup:
-    """Text whose `backticked` parts are shown as code (each part escaped)."""
-    parts = str(text).split("`")
+    """Text whose `backticked` (or ``double``) parts are shown as code (each part
+    escaped)."""
+    parts = str(text).replace("``", "`").split("`")
     return Markup("").join(
         Markup("<code>{}</code>").format(part) if i % 2 else escape(part)
         for i, part in enumerate(parts)
@@ -123,6 +129,6 @@ def environment() -> Environment:
     )
     env.filters.update(
         number=number, size=size, rate=rate, ago=ago, stamp=stamp, code=code,
-        payload=payload, pretty=pretty, option=option,
+        payload=payload, pretty=pretty, option=option, span=span,
     )  # fmt: skip
     return env
