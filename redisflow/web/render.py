@@ -72,8 +72,8 @@ def duration(text: str | None) -> float | None:
 
 
 def span(seconds: float) -> str:
-    """``5 min``, ``40 s``: how far back a chart goes."""
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:.0f} s"
+    """``5 min``, ``70 s``: how far back a chart goes."""
+    return f"{round(seconds / 60)} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def code(text: str) -> Markup:
