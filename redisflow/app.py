@@ -260,6 +260,29 @@ class Flow(Client):
             kind = kinds.pop() if len(kinds) == 1 else "queue"
         return DeadLetters(self.client, name, kind)
 
+    async def kinds(self, name: str) -> set[str]:
+        """``Client.kinds``, with this flow's own handlers for ``name``."""
+        mine = {h.source.kind for h in self.handlers.values() if h.source.name == name}
+        return mine | await super().kinds(name)
+
+    async def pause(self, name: str, *, group: str | None = None) -> None:
+        """``Client.pause``; returns once this flow's own consumers of ``name`` fetch
+        nothing more (a fetch in flight has returned)."""
+        await super().pause(name, group=group)
+        await self._pauses_changed()
+        if self._runtime is not None:
+            await self._runtime.parked()
+
+    async def resume(self, name: str, *, group: str | None = None) -> bool:
+        """``Client.resume``; this flow's own consumers fetch again at once."""
+        resumed = await super().resume(name, group=group)
+        await self._pauses_changed()
+        return resumed
+
+    async def _pauses_changed(self) -> None:
+        if self._runtime is not None:
+            self._runtime.apply_pauses(await self.pauses.targets())
+
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}

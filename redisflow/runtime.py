@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,6 +27,7 @@ from .consumers.kinds import TRAITS
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
+from .features.pauses import Target, paused_for
 from .features.ratelimit import Limiter, Throttle
 from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from .config import FlowConfig
     from .handler import Handler
     from .lifespan import Lifespan
+    from .message import Source
 
 log = logging.getLogger("redisflow")
 
@@ -101,6 +104,9 @@ class Runtime:
         if metrics is not None:
             metrics.watch(self.consumers)
             metrics.serve()
+        if any(not isinstance(c, ChannelConsumer) for c in self.consumers):
+            # read before any consumer starts: a source paused now is not fetched at all
+            await tg.start(self._helper, partial(self.client.pauses.watch, self.apply_pauses))
         channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
         if channels:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
@@ -115,6 +121,27 @@ class Runtime:
             await tg.start(self._helper, lambda: metrics.poll(connector))
         if self._draining:
             await tg.start(self._helper, self._retire)
+
+    def apply_pauses(self, targets: set[Target]) -> None:
+        """Pause the consumers whose source ``targets`` names, resume the others."""
+        changed: dict[tuple[Source, str], bool] = {}
+        for consumer in self.consumers:
+            if isinstance(consumer, ChannelConsumer):
+                continue
+            source = consumer.handler.source
+            paused = paused_for(targets, source.kind, source.name, source.group)
+            if paused != consumer.paused:
+                consumer.pause(paused)
+                changed[source, consumer.handler.name] = paused
+        for (source, name), paused in changed.items():
+            log.info("%s [%s]: %s", source, name, "paused" if paused else "resumed")
+
+    async def parked(self) -> None:
+        """Wait until every paused consumer's fetch has returned (at most until a blocked
+        fetch returns by itself, for a user without ``CLIENT UNBLOCK``)."""
+        with anyio.move_on_after(self.config.block_timeout + 1):
+            for consumer in self.consumers:
+                await consumer.wait_parked()
 
     def _middleware(self, handler: Handler) -> list[object]:
         """The consume chain of ``handler``: the flow's middleware, then (innermost last)

@@ -11,6 +11,7 @@ consumer groups (``XINFO GROUPS``: lag and pending).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import anyio
 
 from ..consumers.contract import Stats
 from ..consumers.kinds import DEPTH, TRAITS
+from ..features.pauses import Paused, Target, paused_for
 from ..keys import sources_key
 from ..message import Source
 from ..protocol.envelope import now_ms
@@ -45,6 +47,7 @@ class Row:
     summed over every worker since the keys were created (None when the handler is not
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
+    ``paused``: whether the source (the stream group) is paused (``Client.pause``).
     ``partitions``: how many keys the source is spread over now (older layouts still being
     drained are counted in, not shown).
     """
@@ -61,18 +64,21 @@ class Row:
     counters: dict[str, int] | None
     dead_letters: int
     memory: int
+    paused: bool = False
     partitions: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``) and the server's name and version (``Redis 7.0.15``)."""
+    run ``INFO``), every paused source of the prefix (``paused``, also those no row
+    shows), and the server's name and version (``Redis 7.0.15``)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
+    paused: list[Paused] = dataclasses.field(default_factory=list)
     server: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +89,7 @@ class Snapshot:
             "used_memory": self.used_memory,
             "server": self.server,
             "handlers": [asdict(row) for row in self.rows],
+            "paused": [p.to_json() for p in self.paused],
         }
 
 
@@ -112,6 +119,10 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     }
     memory: dict[str, Any] = {}
     reads: dict[str, _Reads] = {}
+    paused: list[Paused] = []
+
+    async def read_paused() -> None:
+        paused.extend(await client.paused())
 
     async def read_memory() -> None:
         channels = [name for name in names if kinds[name] == "channel"]
@@ -129,6 +140,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
             tg.start_soon(read_memory)
             tg.start_soon(read_sources)
+            tg.start_soon(read_paused)
     except BaseExceptionGroup as group:  # both fail alike (Redis gone, NOPERM): raise one
         raise group.exceptions[0] from None
     rows: list[Row] = []
@@ -144,15 +156,11 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
             )
         entries = [(s, h) for s, h in targets if s.name == name]
         spread = 1 if kinds[name] == "channel" else await client.layouts.current(name)
-        rows += [replace(row, partitions=spread) for row in reads[name].rows(entries, size)]
-    server = client.connector.info
-    return Snapshot(
-        client.config.prefix,
-        datetime.now(UTC),
-        memory["used_memory"],
-        rows,
-        str(server) if server is not None else None,
-    )
+        found = reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+        rows += [replace(row, partitions=spread) for row in found]
+    taken = datetime.now(UTC)
+    server = str(client.connector.info) if client.connector.info is not None else None
+    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused, server)
 
 
 class _Reads:
@@ -165,6 +173,7 @@ class _Reads:
         self.stale: list[bytes] = []
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
+        self.paused: set[Target] = set()
 
     def add(self, part: _Reads) -> None:
         """Count a partition's numbers in this (logical) source's."""
@@ -200,7 +209,10 @@ class _Reads:
                 continue
             self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
-    def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
+    def rows(
+        self, entries: list[tuple[Source, str | None]], memory: int, paused: set[Target]
+    ) -> list[Row]:
+        self.paused = paused
         if all(handler is not None for _, handler in entries):
             return [self._row(source, handler, memory) for source, handler in entries]
         known: list[str | None] = [*sorted(self.counters.keys() | self.inflight.keys())]
@@ -240,6 +252,8 @@ class _Reads:
             counters=self._counters(handler) if counters else None,
             dead_letters=self.dead,
             memory=memory,
+            paused=source.kind != "channel"
+            and paused_for(self.paused, source.kind, source.name, source.group),
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
