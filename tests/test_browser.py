@@ -3,7 +3,8 @@ Playwright through ``executable_path``: nothing is downloaded) against ``redisfl
 serving a running shop (tests/support/shop.py).
 
 It opens the overview and sees a queue's row change as messages are enqueued, without a
-reload; opens the dead letters of a source, replays one and sees the count drop. It saves
+reload; opens the dead letters of a source, replays one and sees the count drop; pauses a
+queue (what is enqueued then waits, the row says so) and resumes it (the queue drains). It saves
 screenshots in ``$REDISFLOW_SCREENSHOTS`` (``make screenshots``: docs/img/, which the README
 shows; the shop then runs a minute first, so the charts have a history), else in the test's
 temporary directory. Without Chromium it is skipped, except under CI (``CI`` set), where
@@ -156,7 +157,7 @@ async def test_dashboard_in_a_real_browser(
             tg.start_soon(traffic, stop)
             await eventually(lambda: answers(port), 30, "redisflow ui answering")
             async with chromium(f"http://127.0.0.1:{port}", shots) as page:
-                await anyio.sleep(60 if wanted else 4)  # charts: a history (a minute: docs)
+                await anyio.sleep(60 if wanted else 1)  # charts: a history (a minute: docs)
                 await page.open("/")
                 await page.until(lambda: page.page.locator("tbody[data-source]").count(),
                                  "the sources")  # fmt: skip
@@ -164,6 +165,7 @@ async def test_dashboard_in_a_real_browser(
                 await live_row(page)
                 stop.set()
                 await dead_letters(page)
+                await pause_and_resume(page)
                 await page.open("/docs")
                 await page.until(lambda: page.page.get_by_text("take_order").count(), "docs")
                 await page.shoot("docs")
@@ -196,7 +198,7 @@ async def live_row(page: Page) -> None:
 
     await page.until(idle, "an idle e-mail queue")
     await page.page.evaluate("window.notReloaded = true")
-    mails = [shop.Email(to=f"bulk{i}@example.com", subject="news") for i in range(600)]
+    mails = [shop.Email(to=f"bulk{i}@example.com", subject="news") for i in range(300)]
     await shop.flow.enqueue_many(shop.EMAILS, mails)
     assert await page.until(held, "the e-mails waiting or in flight") > 0
     await page.until(idle, "the e-mails drained")
@@ -231,6 +233,31 @@ async def dead_letters(page: Page) -> None:
     assert await shown() == before - 1
     await shop.flow.wait_idle(timeout=30)
     assert await dlq.count() == before - 1  # it went through this time
+
+
+async def pause_and_resume(page: Page) -> None:
+    """Pause the e-mails from their page: the overview shows them paused and what is
+    enqueued waits in Redis; resume: the queue drains."""
+    await page.open("/")
+    await page.click(f'tbody[data-source="{shop.EMAILS}"] td.name a')
+    await page.click("#pause")
+    await page.until(lambda: equals(page.text("#paused"), "paused"), "the queue paused")
+    await page.shoot("paused")
+    await page.open("/")
+    row = f'tbody[data-source="{shop.EMAILS}"]'
+    await page.until(lambda: equals(page.text(f"{row} td.state"), "paused"), "paused row")
+    await anyio.sleep(1.0)  # every worker has seen it (they read the pauses every 0.25 s)
+    await shop.flow.enqueue_many(shop.EMAILS, [shop.Email(to="x@y.z", subject="s")] * 50)
+    waiting = f"{row} td.waiting"
+    await page.until(lambda: equals(page.text(waiting), "50"), "50 e-mails waiting")
+    await anyio.sleep(2.5)  # a report later, still nothing taken
+    assert await page.text(waiting) == "50"
+    await page.click(f"{row} td.name a")
+    await page.click("#resume")
+    await page.until(lambda: equals(page.text("#state .pill"), "consuming"), "resumed")
+    await page.open("/")
+    await page.until(lambda: equals(page.text(waiting), "0"), "the e-mails drained")
+    assert await page.text(f"{row} td.state") == "consuming"
 
 
 async def equals(value: Any, expected: Any) -> bool:

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from html.parser import HTMLParser
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -483,3 +484,64 @@ def test_ui_command(url: str, ns: str) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"dashboard at http://127.0.0.1:{port}/" in err and "auth on" in err
+
+
+async def test_pause_and_resume_from_the_source_page(r: aioredis.Redis, url: str, ns: str) -> None:
+    """A paused queue is fetched by no worker until resumed, from the page's buttons; one
+    group of a stream alone; a channel has no such button; read-only has none at all."""
+    flow = make_flow(url, ns)
+    queue, stream, chan = f"{ns}:q", f"{ns}:s", f"{ns}:c"
+    handled: list[int] = []
+
+    @flow.on_queue(queue)
+    async def work(n: int) -> None:
+        handled.append(n)
+
+    for group in ("g1", "g2"):
+        flow.on_stream(stream, group=group)(work)  # the same function, two groups
+
+    @flow.on_channel(chan)
+    async def listen(n: int) -> None: ...
+
+    app = dashboard(flow)
+    async with flow, browse(app) as http:
+        page = (await http.get(f"/source?kind=queue&name={queue}")).text
+        assert 'class="pill running"' in page and 'id="pause"' in page
+        form = {"csrf": token(page), "kind": "queue", "name": queue}
+        assert (await http.post("/pause", data={**form, "csrf": "x.y"})).status_code == 403
+        done = await http.post("/pause", data=form)
+        assert done.status_code == 303
+        page = (await http.get(done.headers["location"])).text
+        assert 'id="paused"' in page and 'id="resume"' in page and "Paused: every worker" in page
+        assert [(p.name, p.group) for p in await flow.paused()] == [(queue, None)]
+        home = (await http.get("/")).text
+        row = re.search(r'data-source="' + re.escape(queue) + r'".*?</tbody>', home, re.S)
+        assert row and 'class="pill paused"' in row.group(0)
+        await anyio.sleep(1.0)  # every worker has seen the pause (it polls every 0.25 s)
+        await flow.enqueue(queue, 1)
+        await anyio.sleep(1.5)
+        assert handled == [] and await r.llen(queue) == 1  # waits in Redis
+        assert (await http.post("/resume", data=form)).status_code == 303
+        await eventually(lambda: handled == [1], 10, "the message handled once resumed")
+        # One group of a stream.
+        sform = {**form, "kind": "stream", "name": stream, "group": "g1"}
+        assert (await http.post("/pause", data=sform)).status_code == 303
+        assert [(p.name, p.group) for p in await flow.paused()] == [(stream, "g1")]
+        page = (await http.get(f"/source?kind=stream&name={stream}")).text
+        assert re.search(r'<span class="group">g1</span><span class="pill paused">', page)
+        assert not re.search(r'<span class="group">g2</span><span class="pill paused">', page)
+        assert (await http.post("/pause", data={**sform, "group": ""})).status_code == 303
+        refused = await http.post("/resume", data=sform)  # one group of a stream paused whole
+        assert refused.status_code == 400 and "is paused whole" in refused.text
+        assert (await http.post("/resume", data={**sform, "group": ""})).status_code == 303
+        assert await flow.paused() == []
+        page = (await http.get(f"/source?kind=channel&name={chan}")).text
+        assert 'id="pause"' not in page and "consuming" not in page
+        refused = await http.post("/pause", data={**form, "kind": "channel", "name": chan})
+        assert refused.status_code == 400 and "cannot be paused" in refused.text
+    async with browse(dashboard(flow, read_only=True)) as http:
+        page = (await http.get(f"/source?kind=queue&name={queue}")).text
+        assert 'id="pause"' not in page and 'class="pill running"' in page
+        assert (await http.post("/pause", data=form)).status_code == 403
+    assert await flow.paused() == []
+    await flow.aclose()

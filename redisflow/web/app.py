@@ -42,7 +42,8 @@ log = logging.getLogger("redisflow")
 STATIC = Path(__file__).parent / "static"
 MAX_FORM = 1 << 20  # bytes of a POSTed form
 PAGE = 50  # dead letters per page (``more`` shows more)
-ACTIONS = ("replay", "purge")
+ACTIONS = ("replay", "purge")  # on dead letters, after a confirmation
+SWITCHES = ("pause", "resume")  # at once: undone by the other
 #: What a page shows as "Redis did not answer" (503) instead of failing.
 FAILURES: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisflowError)
 
@@ -108,8 +109,10 @@ class Pages:
                 return response
             except Forbidden as exc:
                 return self.render(request, "error.html", exc.status, message=exc.message)
-            except (NotFound, ConfigError) as exc:
+            except NotFound as exc:
                 return self.render(request, "error.html", 404, message=str(exc))
+            except ConfigError as exc:
+                return self.render(request, "error.html", 400, message=str(exc))
             except FAILURES as exc:
                 message = f"Redis at {self.data.url} did not answer: {exc}"
                 return self.render(request, "error.html", 503, message=message)
@@ -145,11 +148,16 @@ class Pages:
         more = int(params["more"]) if params.get("more", "").isdigit() else PAGE
         dead = self.data.dead_letters(kind, name)
         letters = await dead.list(**filters, limit=min(max(more, 1), 5000))
+        handlers = self.data.handlers(kind, name)
+        groups = sorted({r.row.group for r in rows if r.row.group}
+                        | {h.source.group for h in handlers if h.source.group})  # fmt: skip
         return self.render(
             request, "source.html", kind=kind, name=name, rows=rows, snapshot=snapshot,
+            paused=[p for p in snapshot.paused if p.name == name], groups=groups,
             handlers=self.data.handlers(kind, name), letters=letters,
             total=await dead.count(), filters=params, filtered=bool(filters), error=error,
             more=more, done=params.get("done"), count=params.get("count"),
+            done_group=params.get("group"),
             options=lambda h: asyncapi.options_json(h.source.kind, h.options),
             typename=asyncapi.type_name,
             known={r.row.handler for r in rows if r.row.handler}
@@ -217,6 +225,24 @@ class Pages:
         log.info("dashboard: %s of %d dead letters of %s %r", action, count, kind, name)
         back = link(request.scope.get("root_path", "").rstrip("/"), "/source",
                     kind=kind, name=name, done=action, count=count)  # fmt: skip
+        return RedirectResponse(back, status_code=303)
+
+    async def switch(self, request: Request) -> Response:
+        """Pause or resume a source (one group of a stream, or all of it)."""
+        action = request.url.path.rsplit("/", 1)[-1]
+        fields = await self.form(request)
+        params = {key: values[-1] for key, values in fields.items() if values}
+        kind, name = self.source(params)
+        group = params.get("group") or None
+        if action == "pause":
+            await self.data.client.pause(name, group=group)
+        else:
+            await self.data.client.resume(name, group=group)
+        self.data.forget()  # the next page shows the new state
+        where = f"{kind} {name!r}" + (f" (group {group})" if group else "")
+        log.info("dashboard: %s %s", action, where)
+        back = link(request.scope.get("root_path", "").rstrip("/"), "/source",
+                    kind=kind, name=name, done=action, group=group)  # fmt: skip
         return RedirectResponse(back, status_code=303)
 
 
@@ -300,6 +326,7 @@ def dashboard(
         Route("/asyncapi.json", g(pages.document)),
         Route("/asyncapi.yaml", g(pages.document)),
         *(Route(f"/{action}", g(pages.act), methods=["POST"]) for action in ACTIONS),
+        *(Route(f"/{switch}", g(pages.switch), methods=["POST"]) for switch in SWITCHES),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -118,6 +118,10 @@ class Dashboard:
                 self.history.forget(key for key, _ in readings)
             return self.latest
 
+    def forget(self) -> None:
+        """Read Redis again for the next page (after an action changed what it shows)."""
+        self.latest = None
+
     async def sample(self, every: float = 2.0) -> None:
         """Take a snapshot every ``every`` seconds, so the charts have a history before
         anyone opens the page (``redisflow ui`` runs this; a mounted dashboard reads when
