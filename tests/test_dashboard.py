@@ -24,7 +24,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from redisflow import Flow, Message
+from redisflow.features import partitions
 from redisflow.protocol.envelope import now_ms
+from redisflow.testing.cluster import RedisCluster
 from redisflow.web import dashboard
 from redisflow.web.history import History
 from redisflow.web.render import duration
@@ -545,3 +547,46 @@ async def test_pause_and_resume_from_the_source_page(r: aioredis.Redis, url: str
         assert (await http.post("/pause", data=form)).status_code == 403
     assert await flow.paused() == []
     await flow.aclose()
+
+
+async def test_a_partitioned_queue_on_a_cluster(redisflow_cluster: RedisCluster, ns: str) -> None:
+    """On a Redis Cluster, a queue over 4 partitions (on every master): one row with its
+    partitions, the dead letters of every partition on one page, a replay sends each back
+    to its own partition, a pause reaches the workers."""
+    url = redisflow_cluster.seed_url
+    flow = make_flow(url, ns)
+    q = f"{ns}:jobs"
+
+    @flow.on_queue(q, partitions=4, max_attempts=1)
+    async def handle(n: int) -> None:
+        if n % 2:
+            raise ValueError(f"odd {n}")
+
+    async with flow:
+        await flow.enqueue_many(q, list(range(16)))
+        await eventually(lambda: dead_count(flow, q, 8), 10, "8 dead letters")
+        await flow.wait_idle()
+    keys = partitions.keys(q, 4)
+    async with browse(dashboard(flow)) as http:
+        home = (await http.get("/")).text
+        row = re.search(r'data-source="' + re.escape(q) + r'".*?</tbody>', home, re.S)
+        assert row and re.search(r'rowspan="1">4</td>', row.group(0))  # partitions
+        assert re.search(r'class="n dead bad".*?>8</a>', row.group(0), re.S)
+        page = await http.get(f"/source?kind=queue&name={q}")
+        found = letters(page.text)
+        assert len(found) == 8
+        sources = {d.partition for d in await flow.dlq(q).list()}
+        assert len(sources) > 1 and sources <= set(keys)
+        form = {"csrf": token(page.text), "kind": "queue", "name": q, "scope": "all"}
+        done = await http.post("/replay", data={**form, "confirm": "yes"})
+        assert done.status_code == 303 and "count=8" in done.headers["location"]
+        lengths = [await flow.send("LLEN", key) for key in keys]
+        assert sum(lengths) == 8 and await flow.dlq(q).count() == 0
+        assert (await http.post("/pause", data=form)).status_code == 303
+        assert [(p.name, p.group) for p in await flow.paused()] == [(q, None)]
+        assert (await http.post("/resume", data=form)).status_code == 303
+    await flow.aclose()
+
+
+async def dead_count(flow: Flow, name: str, count: int) -> bool:
+    return await flow.dlq(name).count() == count
