@@ -4,16 +4,18 @@ another app, and ``redisflow ui`` itself. (The browser test is tests/test_browse
 
 from __future__ import annotations
 
-import base64
 import os
 import re
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -453,6 +455,33 @@ def test_durations() -> None:
             duration(bad)
 
 
+def ui(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``redisflow ui ARGS`` in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "redisflow", "ui", *args],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def answered(proc: subprocess.Popen[str], url: str, **kwargs: Any) -> httpx.Response:
+    """The first answer of a starting ``redisflow ui``."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return httpx.get(url, **kwargs)
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline and proc.poll() is None, "ui did not start"
+            time.sleep(0.1)
+
+
+def stopped(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C: it exits 0; what it printed."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
 def test_ui_command(url: str, ns: str) -> None:
     """``redisflow ui``: refuses to serve beyond this machine without auth; serves with it
     (the token read from the environment, out of the process list); Ctrl-C stops it."""
@@ -462,30 +491,45 @@ def test_ui_command(url: str, ns: str) -> None:
     )  # fmt: skip
     assert refused.returncode == 2 and "give --auth" in refused.stderr
     port = free_port()
-    env = {**os.environ, "REDISFLOW_UI_AUTH": "ops:s3cret"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "redisflow", "ui", "--url", url, "--prefix", ns,
-         "--port", str(port), "--read-only"],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    proc = ui("--url", url, "--prefix", ns, "--port", str(port), "--read-only",
+              env={"REDISFLOW_UI_AUTH": "ops:s3cret"})  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", auth=("ops", "s3cret"))
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline and proc.poll() is None, "ui did not start"
-                time.sleep(0.1)
+        page = answered(proc, f"http://127.0.0.1:{port}/", auth=("ops", "s3cret"))
         assert page.status_code == 200 and "read-only" in page.text
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 401
-        basic = base64.b64encode(b"ops:s3cret").decode()
-        assert "s3cret" not in " ".join(proc.args) and basic not in " ".join(proc.args)
+        assert "s3cret" not in " ".join(map(str, proc.args))
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+        err = stopped(proc)
     assert f"dashboard at http://127.0.0.1:{port}/" in err and "auth on" in err
+
+
+def test_ui_over_https(url: str, ns: str, tmp_path: Path) -> None:
+    """``--ssl-certfile/--ssl-keyfile``: HTTPS, and the CSRF cookie is ``Secure`` there."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl makes the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    half = subprocess.run(
+        [sys.executable, "-m", "redisflow", "ui", "--url", url, "--ssl-certfile", str(cert)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert half.returncode == 2 and "--ssl-keyfile" in half.stderr
+    port = free_port()
+    proc = ui("--url", url, "--prefix", ns, "--port", str(port), "--ssl-certfile", str(cert),
+              "--ssl-keyfile", str(key))  # fmt: skip
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        page = answered(proc, f"https://127.0.0.1:{port}/", verify=trust)
+        assert page.status_code == 200 and "Secure" in page.headers["set-cookie"]
+    finally:
+        err = stopped(proc)
+    assert f"dashboard at https://127.0.0.1:{port}/" in err
 
 
 async def test_pause_and_resume_from_the_source_page(r: aioredis.Redis, url: str, ns: str) -> None:
