@@ -634,3 +634,18 @@ async def test_a_partitioned_queue_on_a_cluster(redisflow_cluster: RedisCluster,
 
 async def dead_count(flow: Flow, name: str, count: int) -> bool:
     return await flow.dlq(name).count() == count
+
+
+def test_times_for_people() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from redisflow.web.render import ago, until
+
+    now = datetime(2026, 3, 29, 12, 0, tzinfo=UTC)
+    assert [ago(now - timedelta(seconds=s), now) for s in (5, 90, 7200, 200_000)] == [
+        "5 s ago", "1 min ago", "2 h ago", "2 d ago"
+    ]  # fmt: skip
+    assert [until(now + timedelta(seconds=s), now) for s in (5, 90, 7200, -1)] == [
+        "in 5 s", "in 1 min", "in 2 h", "due"
+    ]  # fmt: skip
+    assert ago(None) == until(None) == "\u2013"

@@ -78,6 +78,7 @@ class Overview:
     sources: list[SourceView]
     totals: Chart
     url: str
+    schedules: list[RowView] = field(default_factory=list)  # their own panel
 
 
 def row_key(row: Row) -> Key:
@@ -138,14 +139,18 @@ class Dashboard:
         snapshot = await self.snapshot()
         now = time.monotonic()
         sources: dict[tuple[str, str], SourceView] = {}
+        schedules: list[RowView] = []
         for row in snapshot.rows:
+            if row.kind == "schedule":
+                schedules.append(RowView(row, self.chart(row_key(row), now, *SPARK)))
+                continue
             view = sources.get((row.kind, row.source))
             if view is None:
                 view = SourceView(row.kind, row.source, row.partitions, row.dead_letters)
                 sources[(row.kind, row.source)] = view
             view.rows.append(RowView(row, self.chart(row_key(row), now, *SPARK)))
         totals = self.chart(None, now, *CHART)
-        return Overview(snapshot, list(sources.values()), totals, self.url)
+        return Overview(snapshot, list(sources.values()), totals, self.url, schedules)
 
     def chart(self, key: Key | None, now: float, width: int, height: int) -> Chart:
         """The chart of one row (``key``) or of all (None)."""

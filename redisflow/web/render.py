@@ -55,6 +55,19 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
     return f"{int(seconds)} s ago"
 
 
+def until(when: datetime | None, now: datetime | None = None) -> str:
+    """How long from now: ``in 42 s``, ``in 3 min``, ``in 5 h``; ``due`` once past."""
+    if when is None:
+        return DASH
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds <= 0:
+        return "due"
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"in {int(seconds // length)} {unit}"
+    return f"in {int(seconds)} s"
+
+
 def stamp(when: datetime | None) -> str:
     """A UTC time, to the second."""
     return DASH if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -128,7 +141,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        number=number, size=size, rate=rate, ago=ago, stamp=stamp, code=code,
+        number=number, size=size, rate=rate, ago=ago, until=until, stamp=stamp, code=code,
         payload=payload, pretty=pretty, option=option, span=span,
     )  # fmt: skip
     return env
