@@ -75,7 +75,6 @@ class Pages:
             "url": self.data.url,
             "prefix": self.data.client.config.prefix,
             "has_flow": self.data.flow is not None,
-            "kinds": KINDS,
             **ctx,
         }
         html = self.env.get_template(template).render(ctx)
@@ -88,16 +87,16 @@ class Pages:
         return response
 
     async def form(self, request: Request) -> dict[str, list[str]]:
-        """The POSTed form, once its CSRF token is checked (``Forbidden`` otherwise)."""
+        """The POSTed form, once its CSRF token is checked (``Refused`` otherwise)."""
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_FORM:
-                raise Forbidden(413, "The form is too large.")
+                raise Refused(413, "The form is too large.")
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         submitted = next(iter(fields.get("csrf", [])), None)
         if not self.csrf.matches(request.cookies.get(COOKIE), submitted):
-            raise Forbidden(403, "The form's CSRF token is missing or wrong: reload the page.")
+            raise Refused(403, "The form's CSRF token is missing or wrong: reload the page.")
         return fields
 
     def guarded(self, endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -107,7 +106,7 @@ class Pages:
             try:
                 response: Response = await endpoint(request)
                 return response
-            except Forbidden as exc:
+            except Refused as exc:
                 return self.render(request, "error.html", exc.status, message=exc.message)
             except NotFound as exc:
                 return self.render(request, "error.html", 404, message=str(exc))
@@ -202,18 +201,18 @@ class Pages:
         try:
             filters = letter_filters(params)
         except ValueError as exc:
-            raise Forbidden(400, str(exc)) from None
+            raise Refused(400, str(exc)) from None
         if scope == "selected":
             if not ids:
-                raise Forbidden(400, "Select at least one dead letter first.")
+                raise Refused(400, "Select at least one dead letter first.")
             filters = {"ids": ids}
         elif scope == "filtered":
             if not filters:
-                raise Forbidden(400, "No filter given: to take every dead letter, use 'all'.")
+                raise Refused(400, "No filter given: to take every dead letter, use 'all'.")
         elif scope == "all":
             filters = {}
         else:
-            raise Forbidden(400, f"unknown scope {scope!r}: selected, filtered or all")
+            raise Refused(400, f"unknown scope {scope!r}: selected, filtered or all")
         dead = self.data.dead_letters(kind, name)
         run = dead.replay if action == "replay" else dead.purge
         if params.get("confirm") != "yes":
@@ -246,7 +245,7 @@ class Pages:
         return RedirectResponse(back, status_code=303)
 
 
-class Forbidden(Exception):
+class Refused(Exception):
     """Raised when a request is refused: its status and the reason shown."""
 
     def __init__(self, status: int, message: str) -> None:
