@@ -136,7 +136,9 @@ def identifier(text: str, taken: Iterable[str] = ()) -> str:
 
 def options_json(kind: Kind, options: HandlerOptions) -> dict[str, Any]:
     """The options that apply to a handler of ``kind``, JSON-ready (a function by name)."""
-    allowed = set(KIND_OPTIONS[kind].__annotations__)
+    allowed = set(KIND_OPTIONS[kind].__annotations__) if kind in KIND_OPTIONS else set()
+    if not allowed:  # a kind without its own list: every option
+        allowed = {f.name for f in fields(options)}
     return {f.name: _plain(getattr(options, f.name)) for f in fields(options) if f.name in allowed}
 
 
@@ -179,12 +181,12 @@ class _Channel:
     def to_json(self, cid: str) -> dict[str, Any]:
         name, kind = self.source.name, self.source.kind
         keys = Keys(self.prefix, name)
-        ext: dict[str, Any] = {"kind": kind, "structure": STRUCTURES[kind]}
+        ext: dict[str, Any] = {"kind": kind, "structure": STRUCTURES.get(kind, kind)}
         if kind != "channel":
             ext |= {"partitions": self.partitions, "deadLetters": keys.dead}
             if self.partitions > 1:
                 ext["partitionKeys"] = partitioning.keys(name, self.partitions)
-            if kind != "stream":
+            if kind in ("queue", "priority"):
                 ext["delayed"] = keys.delayed
         if self.groups:
             ext["groups"] = self.groups
@@ -222,8 +224,10 @@ class _Channel:
                 f"Redis stream `{name}`, read through consumer groups ({groups}); an entry"
                 f" is acknowledged once handled (at-least-once).{dead}{spread}"
             )
-        how = "pattern (PSUBSCRIBE)" if self.pattern else "channel"
-        return f"Redis Pub/Sub {how} `{name}`: at-most-once, nothing is kept.{dead}"
+        if kind == "channel":
+            how = "pattern (PSUBSCRIBE)" if self.pattern else "channel"
+            return f"Redis Pub/Sub {how} `{name}`: at-most-once, nothing is kept.{dead}"
+        return f"A redisflow {kind} `{name}`.{dead}"
 
 
 def _message_json(message: _Message) -> dict[str, Any]:
