@@ -27,10 +27,10 @@ from .consumers import Consumer
 from .consumers.channel import is_pattern
 from .consumers.kinds import TRAITS
 from .errors import ConfigError, RedisflowError
-from .handler import Handler, Produced
+from .handler import Handler
 from .keys import check_name
 from .lifespan import Lifespan
-from .message import KINDS, Kind, Source
+from .message import Kind, Source
 from .ops.deadletters import DeadLetters
 from .redispy import close_client, redis_py_client
 from .runtime import Runtime, until_signal
@@ -63,7 +63,6 @@ class Flow(Client):
         self._partitions: dict[str, int] = {}  # declared: kept when the options change
         self._redis: Redis | RedisCluster | None = None
         self.handlers: dict[tuple[Kind, str, str | None], Handler] = {}
-        self.produced: list[Produced] = []  # what ``produces`` declared
         self._consumers: list[Consumer[Any]] = []
         self._lifespan = Lifespan()
         self._runtime: Runtime | None = None
@@ -161,24 +160,6 @@ class Flow(Client):
             raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
         self.handlers[key] = handler
         return handler
-
-    def produces(
-        self, name: str, payload: Any = Any, *, kind: Kind = "queue", summary: str | None = None
-    ) -> None:
-        """Declare that this app sends messages of type ``payload`` to the source ``name``
-        (a ``kind``: queue, priority, stream or channel), for its AsyncAPI document
-        (``redisflow docs``): a ``send`` operation with the payload's JSON Schema. Several
-        types may be declared for one source. Documentation only: sends are not checked."""
-        where = f"flow.produces({name!r})"
-        if kind not in KINDS:
-            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        try:
-            check_name(name, kind)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        declared = Produced.build(Source(kind, name), payload, summary)
-        if not any(p.source == declared.source and p.payload == payload for p in self.produced):
-            self.produced.append(declared)
 
     def on_startup(self, fn: F) -> F:
         """Run ``fn()`` (sync or async) when the flow starts, before any consumer."""

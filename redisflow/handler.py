@@ -14,7 +14,8 @@ from pydantic import TypeAdapter
 
 from .config import HandlerOptions
 from .errors import ConfigError
-from .message import Message, Source
+from .keys import check_name
+from .message import KINDS, Message, Source
 
 HandlerFunc = Callable[..., Any]
 
@@ -147,9 +148,16 @@ class Produced:
     summary: str | None = None
 
     @classmethod
-    def build(cls, source: Source, payload: Any, summary: str | None) -> Produced:
-        """Check the declaration; ConfigError naming it when the type is unusable."""
-        where = f"flow.produces({source.name!r})"
+    def build(cls, name: str, payload: Any, kind: str, summary: str | None) -> Produced:
+        """Check the declaration; ConfigError naming it when something is unusable."""
+        where = f"flow.produces({name!r})"
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        try:
+            check_name(name, kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        source = Source(kind, name)
         if summary is not None and not isinstance(summary, str):
             raise ConfigError(f"{where}: summary must be a string, got {summary!r}")
         try:
