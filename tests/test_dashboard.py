@@ -649,3 +649,41 @@ def test_times_for_people() -> None:
         "in 5 s", "in 1 min", "in 2 h", "due"
     ]  # fmt: skip
     assert ago(None) == until(None) == "\u2013"
+
+
+async def test_schedules_panel(url: str, ns: str) -> None:
+    """Schedules (issue 19) on the overview: when, next run, last tick, last outcome with
+    its error (escaped), runs; paused and resumed from their page like a queue."""
+    if not hasattr(Flow, "every"):
+        pytest.skip("schedules (issue 19, branch schedules) are not merged into this branch")
+    flow = make_flow(url, ns)
+    name = f"{ns}:tick{XSS}"
+    runs: list[Any] = []
+
+    async def tick(msg: Message[Any]) -> None:
+        runs.append(msg)
+        raise ValueError(f"boom {XSS}")
+
+    flow.every(0.5, name=name, max_attempts=1)(tick)  # type: ignore[attr-defined]
+    async with flow:
+        await eventually(lambda: len(runs) >= 3, 15, "three runs")
+    async with browse(dashboard(flow)) as http:
+        home = (await http.get("/")).text
+        assert_escaped(home, "/")
+        row = re.search(r"<tr data-schedule=.*?</tr>", home, re.S)
+        assert row, "no schedules panel"
+        cells = row.group(0)
+        assert "every 500 ms" in cells and "ValueError: boom &lt;script&gt;" in cells
+        fired = re.findall(r'<td class="n">(\d+)</td>', cells)[0]  # the Runs column
+        assert int(fired) >= 3
+        assert "running" in cells
+        page = (await http.get(f"/source?kind=schedule&name={name}")).text
+        assert_escaped(page, "schedule page")
+        form = {"csrf": token(page), "kind": "schedule", "name": name}
+        assert (await http.post("/pause", data=form)).status_code == 303
+        home = (await http.get("/")).text
+        row = re.search(r"<tr data-schedule=.*?</tr>", home, re.S)
+        assert row and 'class="pill paused"' in row.group(0)
+        assert (await http.post("/resume", data=form)).status_code == 303
+        assert await flow.paused() == []
+    await flow.aclose()
