@@ -22,7 +22,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate
+from .consumers import (
+    CONSUMERS,
+    ChannelConsumer,
+    ChannelHub,
+    Consumer,
+    Context,
+    Gate,
+    TickOutcome,
+)
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
@@ -111,10 +119,11 @@ class Runtime:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
         for consumer in self.consumers:
             await tg.start(consumer.run)
-            opts = consumer.options
+            opts, when = consumer.options, consumer.handler.schedule
             log.info(
-                "%s -> %s (concurrency %d%s)", consumer.handler.source, consumer.handler.name,
-                opts.concurrency, ", at-most-once" if opts.at_most_once else "",
+                "%s -> %s (%sconcurrency %d%s)", consumer.handler.source, consumer.handler.name,
+                f"{when}, " if when else "", opts.concurrency,
+                ", at-most-once" if opts.at_most_once else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
@@ -162,13 +171,15 @@ class Runtime:
             chain.append(Tracking(tracker, handler.name))
         if self._metrics is not None:
             chain.append(self._metrics.timing(handler))
+        if handler.source.kind == "schedule":
+            chain.append(TickOutcome(connector, keys))
         return chain
 
     async def _keys(self, handler: Handler) -> list[str]:
         """The keys a handler's consumers read: its source, or every partition of every
         layout in use (older layouts until they are drained)."""
         source, wanted = handler.source, handler.options.partitions
-        if source.kind == "channel":
+        if source.kind in ("channel", "schedule"):
             return [source.name]
         layouts, name = self.client.layouts, source.name
         stored = await layouts.stored(name)

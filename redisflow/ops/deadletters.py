@@ -331,7 +331,7 @@ class DeadLetters:
         for dead, data, headers in letters:
             if headers:
                 headers = {k: v for k, v in headers.items() if k != "channel"} or None
-            if self.kind in ("queue", "priority"):
+            if self.kind in ("queue", "priority", "schedule"):
                 item = envelope.envelope(
                     data, dead.message_id or envelope.new_id(), headers=headers or None
                 )
@@ -346,6 +346,8 @@ class DeadLetters:
                 args.append((dead.id, data, dead.channel or self.name))
         keys, kind = self.client.keys(part), str(self.kind)
         target = keys.dead if self.kind == "channel" else part
+        if self.kind == "schedule":  # a run goes back to the schedule's internal queue
+            kind, target = "queue", keys.ticks
         if self.kind == "channel" and all(dead.channel == self.name for dead, _, _ in letters):
             # An exact channel (a pattern's letters come from other channels: classic).
             command, inline = await compound.publish_command(

@@ -22,6 +22,7 @@ import orjson
 
 from ..consumers.contract import Stats
 from ..features.pauses import Paused, Target, paused_for
+from ..features.schedules import ScheduleState
 from ..keys import sources_key
 from ..message import KINDS, Source
 from ..protocol.envelope import now_ms
@@ -47,6 +48,8 @@ class Row:
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
     ``paused``: whether the source (the stream group) is paused (``Client.pause``).
+    ``schedule``: a schedule's state (its spec, next and last tick, runs and missed ticks,
+    the last run's outcome); ``waiting`` then counts its runs not yet taken.
     """
 
     kind: str
@@ -62,6 +65,7 @@ class Row:
     dead_letters: int
     memory: int
     paused: bool = False
+    schedule: ScheduleState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,9 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     names = sorted({source.name for source, _ in targets})
     kinds = {source.name: source.kind for source, _ in targets}
     parts = {
-        name: [name] if kinds[name] == "channel" else await client.layouts.all_keys(name)
+        name: [name]
+        if kinds[name] in ("channel", "schedule")
+        else await client.layouts.all_keys(name)
         for name in names
     }
     memory: dict[str, Any] = {}
@@ -146,7 +152,9 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
 
     async def read_sources() -> None:
         channels = {name for name in names if kinds[name] == "channel"}
-        physical = await _read(client, [key for name in names for key in parts[name]], channels)
+        schedules = {name for name in names if kinds[name] == "schedule"}
+        keys = [key for name in names for key in parts[name]]
+        physical = await _read(client, keys, channels, schedules)
         for name in names:  # a partitioned source: the sum of its partitions
             reads[name] = _Reads(name, "none")
             for key in parts[name]:
@@ -187,11 +195,13 @@ class _Reads:
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
         self.paused: set[Target] = set()
+        self.schedule: ScheduleState | None = None
 
     def add(self, part: _Reads) -> None:
         """Count a partition's numbers in this (logical) source's."""
         if self.type == "none":
             self.type = part.type
+        self.schedule = self.schedule or part.schedule
         for handler, counters in part.counters.items():
             mine = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
             for field, value in counters.items():
@@ -239,7 +249,7 @@ class _Reads:
 
     def _row(self, source: Source, handler: str | None, memory: int, counters: bool = True) -> Row:
         waiting = pending = delayed = None
-        if source.kind in ("queue", "priority"):
+        if source.kind in ("queue", "priority", "schedule"):
             waiting, delayed = self.length, self.delayed
         elif source.kind == "stream":
             group = self.groups.get(source.group or "")
@@ -265,6 +275,7 @@ class _Reads:
             memory=memory,
             paused=source.kind != "channel"
             and paused_for(self.paused, source.kind, source.name, source.group),
+            schedule=self.schedule if source.kind == "schedule" else None,
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
@@ -272,14 +283,16 @@ class _Reads:
         return dict(found) if found else dict.fromkeys(STAT_FIELDS, 0)
 
 
-async def _read(client: Client, names: list[str], channels: set[str]) -> dict[str, _Reads]:
+async def _read(
+    client: Client, names: list[str], channels: set[str], schedules: set[str]
+) -> dict[str, _Reads]:
     send = client.connector.send
     first: list[tuple[Any, ...]] = []
     for name in names:
         keys = client.keys(name)
         first += [
             # A channel is no key: PING keeps the reply's place (the user may lack ~NAME).
-            ("PING", "none") if name in channels else ("TYPE", name),
+            ("PING", "none") if name in channels else ("TYPE", _measured(client, name, schedules)),
             ("HGETALL", keys.stats),
             ("HGETALL", keys.inflight),
             ("ZCARD", keys.delayed),
@@ -295,9 +308,11 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
         if read.type in _LENGTH:
-            second.append((*_LENGTH[read.type], name))
+            second.append((*_LENGTH[read.type], _measured(client, name, schedules)))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
+        if name in schedules:
+            second.append(("HGETALL", client.keys(name).schedule))
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
@@ -309,7 +324,14 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
             read.length = int(next(answers))
         if read.stale:
             next(answers)
+        if name in schedules:
+            read.schedule = ScheduleState.parse(next(answers))
     return reads
+
+
+def _measured(client: Client, name: str, schedules: set[str]) -> str:
+    """The key that holds what waits: the source, or a schedule's internal queue."""
+    return client.keys(name).ticks if name in schedules else name
 
 
 _LENGTH = {"list": ("LLEN",), "zset": ("ZCARD",), "stream": ("XINFO", "GROUPS")}
