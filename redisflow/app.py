@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
+NOT_KEYS = ("channel", "schedule")  # sources whose name is no key of theirs
 
 
 class Flow(Client):
@@ -314,7 +315,7 @@ class Flow(Client):
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        mine = {h.source.name for h in self.handlers.values() if h.source.kind == "channel"}
+        mine = {h.source.name for h in self.handlers.values() if h.source.kind in NOT_KEYS}
         return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------

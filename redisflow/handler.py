@@ -109,7 +109,7 @@ def _parameters(
         if _is_message(annotation) and "message" not in order:
             order.append("message")
             args = typing.get_args(annotation)
-            if args and "payload" not in order:
+            if args and "payload" not in order and payload:
                 payload_type = args[0]
         elif payload and "payload" not in order and param.kind is not param.KEYWORD_ONLY:
             order.append("payload")

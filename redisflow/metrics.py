@@ -118,6 +118,8 @@ class Metrics:
                 commands.append(("ZCARD", source.name))
             elif source.kind == "stream":
                 commands.append(("XINFO", "GROUPS", source.name))
+            elif source.kind == "schedule":  # its runs waiting in its internal queue
+                commands.append(("LLEN", consumer.keys.ticks))
             else:
                 commands.append(("PING",))
             commands.append(("XLEN", consumer.keys.dead))
@@ -126,7 +128,7 @@ class Metrics:
             source = consumer.handler.source
             reply, dead = replies[2 * i], replies[2 * i + 1]
             self.dead.labels(str(source)).set(dead)
-            if source.kind in ("queue", "priority"):
+            if source.kind in ("queue", "priority", "schedule"):
                 self.depth.labels(str(source)).set(reply)
             elif source.kind == "stream":
                 for group in reply:

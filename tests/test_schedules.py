@@ -10,10 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import anyio
 import pytest
 
 from redisflow import ConfigError, Flow, Message
+from redisflow.cli.render import render_text
 from redisflow.features.schedules import LATE_MS, MAX_CATCH_UP, Schedule
+from redisflow.ops.stats import collect
+from redisflow.testing.cluster import RedisCluster
 from tests.support.flows import eventually, make_flow
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -267,3 +271,133 @@ async def test_a_failed_run_is_retried_with_the_same_id(url: str, ns: str) -> No
 async def _field(flow: Flow, name: str, field: bytes) -> bytes | None:
     value = await flow.send("HGET", flow.keys(name).schedule, field)
     return value if isinstance(value, bytes) else None
+
+
+@anyio_test
+@pytest.mark.parametrize("policy", ["skip", "once", "all"])
+async def test_ticks_missed_while_no_worker_runs(policy: str, url: str, ns: str) -> None:
+    """No worker for about a second (5 ticks of 0.2 s): on restart ``skip`` runs the latest
+    tick alone, ``once`` one run standing for all of them (``missed`` in its payload),
+    ``all`` each of them; the state counts the ticks that got no run of their own."""
+    runs: list[Message[Any]] = []
+    flow = make_flow(url, ns)
+    scheduled(flow, runs, missed=policy)
+    async with flow:
+        await eventually(lambda: len(runs) >= 2, within=10, what="2 ticks")
+    stopped = ms(max(m.scheduled_for for m in runs))  # type: ignore[type-var,arg-type]
+    before = len(runs)
+    await anyio.sleep(1.2)
+    async with flow:
+        await eventually(lambda: len(runs) >= before + 1, within=10, what="after restart")
+        state = await flow.send("HMGET", flow.keys("beat").schedule, "missed", "last")
+    first_claim = [m for m in runs[before:] if m.enqueued_at == runs[before].enqueued_at]
+    gap = [ms(m.scheduled_for) for m in first_claim]  # type: ignore[arg-type]
+    last = int(state[1])
+    due = (gap[-1] - stopped) // 200  # the ticks after the last run, up to the first claim
+    assert due >= 5, (stopped, gap)
+    if policy == "all":
+        assert gap == list(range(stopped + 200, gap[-1] + 1, 200)), "each missed tick"
+        assert int(state[0]) == 0
+    else:
+        assert len(gap) == 1, gap
+        assert int(state[0]) >= due - 1
+        payload = first_claim[0].payload
+        assert payload == {"scheduled_for": gap[0], "missed": due - 1 if policy == "once" else 0}
+    assert last >= gap[-1]
+
+
+@anyio_test
+async def test_a_paused_schedule_claims_nothing(url: str, ns: str) -> None:
+    """Paused by name, a schedule runs no tick; on resume the missed policy applies (skip:
+    the ticks of the pause are counted missed)."""
+    runs: list[Message[Any]] = []
+    flow = make_flow(url, ns)
+    scheduled(flow, runs)
+    async with flow:
+        await eventually(lambda: len(runs) >= 2, within=10, what="2 ticks")
+        await flow.pause("beat")
+        at_pause = len(runs)
+        await anyio.sleep(1.0)
+        assert len(runs) <= at_pause + 1, "a run claimed before the pause may finish"
+        during = len(runs)
+        assert [p.name for p in await flow.paused()] == ["beat"]
+        await flow.resume("beat")
+        await eventually(lambda: len(runs) >= during + 2, within=10, what="ticks again")
+        missed = int(await flow.send("HGET", flow.keys("beat").schedule, "missed"))
+    assert missed >= 3
+
+
+@anyio_test
+async def test_a_schedule_no_worker_declares_stops(url: str, ns: str) -> None:
+    """The decorator removed: flows that do not declare the schedule claim none of its
+    ticks (its state stays as the last worker left it)."""
+    runs: list[Message[Any]] = []
+    old = make_flow(url, ns)
+    scheduled(old, runs)
+    async with old:
+        await eventually(lambda: len(runs) >= 2, within=10, what="2 ticks")
+    state_key = old.keys("beat").schedule
+    left = await old.send("HGETALL", state_key)
+    new = make_flow(url, ns)
+
+    @new.on_queue("jobs")
+    async def jobs(job: Any) -> None: ...
+
+    async with new:
+        await anyio.sleep(1.0)
+        assert await new.send("HGETALL", state_key) == left
+        assert await new.send("LLEN", new.keys("beat").ticks) == 0
+
+
+@anyio_test
+async def test_stats_dead_letters_and_the_command_line(url: str, ns: str) -> None:
+    """``stats`` rows of a schedule (its spec, next and last tick, the last run's outcome,
+    runs and missed counts, paused); a run that keeps failing is dead-lettered under the
+    schedule's name and replayed into its internal queue."""
+    flow = make_flow(url, ns)
+    runs: list[Message[Any]] = []
+
+    @flow.cron("* * * * * *", name="nightly", max_attempts=1)
+    async def nightly(msg: Message[Any]) -> None:
+        runs.append(msg)
+        raise ValueError("always")
+
+    async with flow:
+        await eventually(lambda: len(runs) >= 1, within=10, what="a run")
+        dead = flow.dlq("nightly")
+        await eventually(dead.count, within=5, what="a dead letter")
+        await flow.pause("nightly")
+        snapshot = await collect(flow.client)
+        [row] = snapshot.rows
+        assert (row.kind, row.source, row.paused) == ("schedule", "nightly", True)
+        assert row.schedule is not None and row.schedule.spec == "cron * * * * * * UTC"
+        assert row.schedule.fired >= 1 and row.schedule.outcome == "failed (attempt 1)"
+        assert row.schedule.error == "ValueError: always"
+        assert row.schedule.next is not None and row.schedule.last is not None
+
+        async def counted() -> bool:  # workers report their counters every 2 s
+            rows = (await collect(flow.client)).rows
+            return bool(rows[0].counters and rows[0].counters["dead"] >= 1)
+
+        await eventually(counted, within=10, what="the dead run counted")
+        letter = (await dead.list(limit=1))[0]
+        assert letter.message_id == runs[0].id and letter.handler.endswith("nightly")
+        text = render_text(snapshot, url)
+        assert "nightly (paused)" in text and "cron * * * * * * UTC" in text, text
+        assert await dead.replay(limit=1) == 1
+        assert await flow.send("LLEN", flow.keys("nightly").ticks) == 1, "back in its queue"
+
+
+@anyio_test
+async def test_a_schedule_on_a_cluster(redisflow_cluster: RedisCluster, ns: str) -> None:
+    """On a cluster the claim script runs on the node of the schedule's slot; two flows, each
+    tick once."""
+    url = redisflow_cluster.seed_url
+    runs: list[Message[Any]] = []
+    a, b = make_flow(url, ns), make_flow(url, ns)
+    scheduled(a, runs)
+    scheduled(b, runs)
+    async with a, b:
+        await eventually(lambda: len(runs) >= 5, within=10, what="5 ticks")
+    ids = [m.id for m in runs]
+    assert len(ids) == len(set(ids))

@@ -105,11 +105,13 @@ async def _permissions(client: Client, flow: Flow) -> tuple[list[str], list[str]
 
 
 def _keys(client: Client, handler: Handler) -> list[str]:
-    """The keys a handler's consumer reads and writes (its source and dead letters)."""
+    """The keys a handler's consumer reads and writes (its source or a schedule's internal
+    queue and state, dead letters, delayed set, and the paused sources of the prefix)."""
     if handler.source.kind == "channel":
         return []
     keys = client.keys(handler.source.name)
-    return [handler.source.name, keys.dead, keys.delayed]
+    own = [keys.ticks, keys.schedule] if handler.source.kind == "schedule" else [keys.name]
+    return [*own, keys.dead, keys.delayed, client.pauses.key]
 
 
 def _commands(client: Client, handler: Handler) -> Iterator[Sequence[Any]]:

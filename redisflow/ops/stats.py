@@ -147,7 +147,8 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         paused.extend(await client.paused())
 
     async def read_memory() -> None:
-        channels = [name for name in names if kinds[name] == "channel"]
+        # neither a channel nor a schedule is a key of its name (the user may lack ~NAME)
+        channels = [name for name in names if kinds[name] in ("channel", "schedule")]
         memory.update(await client.memory(*names, channels=channels))
 
     async def read_sources() -> None:
