@@ -121,9 +121,9 @@ class Runtime:
             await tg.start(consumer.run)
             opts, when = consumer.options, consumer.handler.schedule
             log.info(
-                "%s -> %s (%sconcurrency %d%s)", consumer.handler.source, consumer.handler.name,
-                f"{when}, " if when else "", opts.concurrency,
-                ", at-most-once" if opts.at_most_once else "",
+                "%s -> %s (concurrency %d%s%s)", consumer.handler.source, consumer.handler.name,
+                opts.concurrency, ", at-most-once" if opts.at_most_once else "",
+                f", {when}" if when else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))

@@ -5,6 +5,7 @@ dropped, as the schedule's state counts. Figures are printed at the end (``make 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -107,8 +108,8 @@ async def test_every_tick_once_across_processes_kills_and_an_outage(
     assert len(outage) <= 1, "skip: of the outage's ticks, the latest alone runs"
     missed_outage = missed - missed_phase1
     assert missed_outage >= (up_at - down_at) / PERIOD - 3, "the outage's ticks were counted"
-    phase1_ticks = sorted(n for n in phase1)
-    gaps = [b - a for a, b in zip(phase1_ticks, phase1_ticks[1:], strict=False)]
+    phase1_ticks = sorted(phase1)
+    gaps = [b - a for a, b in itertools.pairwise(phase1_ticks)]
     figures(
         ticks=len(grid),
         runs=fired,
