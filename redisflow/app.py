@@ -27,6 +27,7 @@ from .config import (
 )
 from .consumers import Consumer
 from .consumers.channel import is_pattern
+from .consumers.kinds import TRAITS
 from .errors import ConfigError, RedisflowError
 from .features.schedules import Missed, Schedule
 from .handler import Handler
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
-NOT_KEYS = ("channel", "schedule")  # sources whose name is no key of theirs
 
 
 class Flow(Client):
@@ -315,7 +315,7 @@ class Flow(Client):
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        mine = {h.source.name for h in self.handlers.values() if h.source.kind in NOT_KEYS}
+        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].named}
         return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -31,16 +31,17 @@ from .consumers import (
     Gate,
     TickOutcome,
 )
+from .consumers.kinds import TRAITS
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
-from .features.pauses import Target, paused_for
+from .features.pauses import paused_for
 from .features.ratelimit import Limiter, Throttle
 from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
-from .ops.stats import source_member
+from .protocol.records import Target, source_member
 from .protocol.replies import text
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ class Runtime:
         """The keys a handler's consumers read: its source, or every partition of every
         layout in use (older layouts until they are drained)."""
         source, wanted = handler.source, handler.options.partitions
-        if source.kind in ("channel", "schedule"):
+        if not TRAITS[source.kind].named:  # a channel or a schedule: never partitioned
             return [source.name]
         layouts, name = self.client.layouts, source.name
         stored = await layouts.stored(name)
@@ -232,7 +233,7 @@ class Runtime:
         """Warn once when Redis may evict keys (``maxmemory-policy`` other than
         ``noeviction``): a full Redis would then drop queued messages silently. A user
         without ``CONFIG GET`` (the usual ACL) is not told: noted at DEBUG."""
-        if not any(h.source.kind != "channel" for h in self.handlers):
+        if not any(TRAITS[h.source.kind].keyed for h in self.handlers):
             return
         try:
             replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")

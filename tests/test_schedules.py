@@ -337,13 +337,13 @@ async def test_a_schedule_no_worker_declares_stops(url: str, ns: str) -> None:
     async with old:
         await eventually(lambda: len(runs) >= 2, within=10, what="2 ticks")
     state_key = old.keys("beat").schedule
-    left = await old.send("HGETALL", state_key)
     new = make_flow(url, ns)
 
     @new.on_queue("jobs")
     async def jobs(job: Any) -> None: ...
 
     async with new:
+        left = await new.send("HGETALL", state_key)
         await anyio.sleep(1.0)
         assert await new.send("HGETALL", state_key) == left
         assert await new.send("LLEN", new.keys("beat").ticks) == 0

@@ -19,14 +19,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
-import orjson
 
 from ..connection import REDIS_ERRORS
 from ..errors import ReplyError, Skip
-from ..features.schedules import Schedule, tick_payload
+from ..features.schedules import Schedule
 from ..message import Kind, Message
 from ..protocol import scripts
-from ..protocol.envelope import envelope, now_ms
+from ..protocol.envelope import envelope
+from ..protocol.records import outcome_fields, parse_tick, tick_payload
 from ..protocol.replies import text
 from .base import log
 from .queue import QueueConsumer, QueueItem
@@ -103,9 +103,7 @@ class ScheduleConsumer(QueueConsumer):
             return min(CHECK, (due - now) / 1000)
         plan = schedule.plan(due, now)
         items = [
-            envelope(
-                orjson.dumps(tick_payload(tick, missed)), schedule.tick_id(tick), enqueued_ms=now
-            )
+            envelope(tick_payload(tick, missed), schedule.tick_id(tick), enqueued_ms=now)
             for tick, missed in plan.runs
         ]
         if await self._claim(cur, plan.next, plan.missed, plan.last, items) and plan.missed:
@@ -126,11 +124,7 @@ class ScheduleConsumer(QueueConsumer):
 
     def message(self, item: QueueItem, value: Any) -> Message[Any]:
         msg = super().message(item, value)
-        try:
-            tick = orjson.loads(msg.raw).get("scheduled_for")
-        except (orjson.JSONDecodeError, AttributeError):
-            tick = None
-        msg.scheduled_for = Message.time(tick) if isinstance(tick, int) else None
+        msg.scheduled_for = parse_tick(msg.raw)
         return msg
 
 
@@ -157,8 +151,6 @@ class TickOutcome:
 
     async def _record(self, outcome: str, error: str) -> None:
         try:
-            await self.connector.send(
-                "HSET", self.state, "outcome", outcome, "error", error[:500], "ran_at", now_ms()
-            )
+            await self.connector.send("HSET", self.state, *outcome_fields(outcome, error))
         except REDIS_ERRORS as exc:
             log.debug("%s: outcome not recorded: %s", self.state, exc)

@@ -1,5 +1,5 @@
-"""Schedules: when the ticks of ``@flow.cron`` and ``@flow.every`` fall, which of the ticks
-due at a claim run (the missed-tick policies), and the state a schedule keeps in Redis.
+"""Schedules: when the ticks of ``@flow.cron`` and ``@flow.every`` fall, and which of the
+ticks due at a claim run (the missed-tick policies).
 
 Pure time arithmetic on epoch milliseconds, the same in every process: a tick is claimed
 in Redis on the server's clock by ``consumers/schedule.py``, which runs each tick as a
@@ -24,14 +24,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from ..errors import ConfigError
 from ..keys import check_name
-from ..protocol.replies import mapping
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
 
 Missed = Literal["skip", "once", "all"]
 MISSED: tuple[Missed, ...] = ("skip", "once", "all")
@@ -201,69 +197,3 @@ def _zone(name: str | None) -> tzinfo:
             f"unknown time zone {name!r} ({exc}); an IANA name such as 'Europe/Paris'"
             " (pip install tzdata where the system has no zone database)"
         ) from None
-
-
-# -- the state in Redis -------------------------------------------------------------------
-
-
-def tick_payload(tick: int, missed: int) -> dict[str, Any]:
-    """The payload of the run of ``tick`` (``missed``: the ticks it stands for)."""
-    return {"scheduled_for": tick, "missed": missed}
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleState:
-    """What Redis keeps of a schedule (``Keys.schedule``): its spec, the next tick, the
-    last tick due, how many runs were enqueued (``fired``) and how many ticks got none
-    (``missed``), and the last run's outcome (``completed``, ``skipped``, ``failed``...,
-    with its ``error``) and end."""
-
-    spec: str | None
-    next: datetime | None
-    last: datetime | None
-    fired: int
-    missed: int
-    outcome: str | None
-    error: str | None
-    ran_at: datetime | None
-
-    @classmethod
-    def parse(cls, flat: Iterable[Any]) -> ScheduleState:
-        """From an ``HGETALL`` reply (what another client wrote there is read as empty)."""
-        found = {k.decode(): v.decode("utf-8", "replace") for k, v in mapping(list(flat)).items()}
-        return cls(
-            spec=found.get("spec"),
-            next=_time(found.get("next")),
-            last=_time(found.get("last")),
-            fired=int(found["fired"]) if found.get("fired", "").isdigit() else 0,
-            missed=int(found["missed"]) if found.get("missed", "").isdigit() else 0,
-            outcome=found.get("outcome"),
-            error=found.get("error"),
-            ran_at=_time(found.get("ran_at")),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (times in ISO 8601)."""
-
-        def iso(when: datetime | None) -> str | None:
-            return when.isoformat() if when else None
-
-        return {
-            "spec": self.spec,
-            "next": iso(self.next),
-            "last": iso(self.last),
-            "fired": self.fired,
-            "missed": self.missed,
-            "outcome": self.outcome,
-            "error": self.error,
-            "ran_at": iso(self.ran_at),
-        }
-
-
-def _time(ms: str | None) -> datetime | None:
-    if not ms or not ms.isdigit():
-        return None
-    try:
-        return datetime.fromtimestamp(int(ms) / 1000, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None

@@ -18,14 +18,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
 from ..consumers.contract import Stats
-from ..features.pauses import Paused, Target, paused_for
-from ..features.schedules import ScheduleState
+from ..consumers.kinds import DEPTH, TRAITS
+from ..features.pauses import Paused, paused_for
 from ..keys import sources_key
-from ..message import KINDS, Source
+from ..message import Source
 from ..protocol.envelope import now_ms
+from ..protocol.records import (
+    ScheduleState,
+    Target,
+    parse_counter,
+    parse_inflight,
+    parse_source,
+)
 from ..protocol.replies import mapping, pairs
 
 if TYPE_CHECKING:
@@ -91,28 +97,6 @@ class Snapshot:
         }
 
 
-def source_member(source: Source) -> str:
-    """The member of ``sources_key`` that registers ``source`` (JSON: names may hold any
-    character)."""
-    return orjson.dumps([source.kind, source.name, source.group]).decode()
-
-
-def parse_source(member: bytes | str) -> Source | None:
-    """A member of ``sources_key`` (None if it is not one)."""
-    try:
-        found = orjson.loads(member)
-    except orjson.JSONDecodeError:
-        found = None
-    if not isinstance(found, list) or len(found) != 3:
-        return None
-    kind, name, group = found
-    if kind not in KINDS or not isinstance(name, str) or not name:
-        return None
-    if group is not None and not isinstance(group, str):
-        return None
-    return Source(kind, name, group or None)
-
-
 async def registered_sources(client: Client) -> list[Source]:
     """The sources the flows of this prefix consume (what they registered at start)."""
     members = await client.send("SMEMBERS", sources_key(client.config.prefix))
@@ -134,9 +118,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     names = sorted({source.name for source, _ in targets})
     kinds = {source.name: source.kind for source, _ in targets}
     parts = {
-        name: [name]
-        if kinds[name] in ("channel", "schedule")
-        else await client.layouts.all_keys(name)
+        name: [name] if not TRAITS[kinds[name]].named else await client.layouts.all_keys(name)
         for name in names
     }
     memory: dict[str, Any] = {}
@@ -148,12 +130,12 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
 
     async def read_memory() -> None:
         # neither a channel nor a schedule is a key of its name (the user may lack ~NAME)
-        channels = [name for name in names if kinds[name] in ("channel", "schedule")]
+        channels = [name for name in names if not TRAITS[kinds[name]].named]
         memory.update(await client.memory(*names, channels=channels))
 
     async def read_sources() -> None:
-        channels = {name for name in names if kinds[name] == "channel"}
-        schedules = {name for name in names if kinds[name] == "schedule"}
+        channels = {name for name in names if not TRAITS[kinds[name]].keyed}
+        schedules = {name for name in names if TRAITS[kinds[name]].internal}
         keys = [key for name in names for key in parts[name]]
         physical = await _read(client, keys, channels, schedules)
         for name in names:  # a partitioned source: the sum of its partitions
@@ -222,15 +204,16 @@ class _Reads:
 
     def parse(self, stats: list[bytes], inflight: list[bytes], now: int) -> None:
         for field, value in pairs(stats):
-            handler, _, counter = field.decode().rpartition(":")
-            self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))[counter] = int(value)
+            handler, counter = parse_counter(field)
+            if value.lstrip(b"-").isdigit():
+                counters = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
+                counters[counter] = int(value)
         for field, value in pairs(inflight):
-            held, _, at = value.partition(b":")
-            if not at.isdigit() or now - int(at) > STALE_MS:
+            gauge = parse_inflight(field, value, now, STALE_MS)
+            if gauge is None:
                 self.stale.append(field)
                 continue
-            handler = field.decode().rpartition(":")[0]
-            self.inflight.setdefault(handler, []).append(int(held))
+            self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
     def rows(
         self, entries: list[tuple[Source, str | None]], memory: int, paused: set[Target]
@@ -250,9 +233,10 @@ class _Reads:
 
     def _row(self, source: Source, handler: str | None, memory: int, counters: bool = True) -> Row:
         waiting = pending = delayed = None
-        if source.kind in ("queue", "priority", "schedule"):
+        traits = TRAITS[source.kind]
+        if traits.delays:
             waiting, delayed = self.length, self.delayed
-        elif source.kind == "stream":
+        elif traits.grouped:
             group = self.groups.get(source.group or "")
             if group is not None:
                 lag = group.get(b"lag")
@@ -274,9 +258,8 @@ class _Reads:
             counters=self._counters(handler) if counters else None,
             dead_letters=self.dead,
             memory=memory,
-            paused=source.kind != "channel"
-            and paused_for(self.paused, source.kind, source.name, source.group),
-            schedule=self.schedule if source.kind == "schedule" else None,
+            paused=traits.keyed and paused_for(self.paused, source.kind, source.name, source.group),
+            schedule=self.schedule if traits.internal else None,
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
@@ -308,8 +291,8 @@ async def _read(
         read = reads[name] = _Reads(name, kind.decode())
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
-        if read.type in _LENGTH:
-            second.append((*_LENGTH[read.type], _measured(client, name, schedules)))
+        if read.type in DEPTH:
+            second.append((*DEPTH[read.type], _measured(client, name, schedules)))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
         if name in schedules:
@@ -317,11 +300,11 @@ async def _read(
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
-        if read.type == "stream":
+        if read.type == TRAITS["stream"].redis_type:
             for group in next(answers):
                 info = mapping(group)
                 read.groups[info[b"name"].decode()] = info
-        elif read.type in _LENGTH:
+        elif read.type in DEPTH:
             read.length = int(next(answers))
         if read.stale:
             next(answers)
@@ -331,8 +314,5 @@ async def _read(
 
 
 def _measured(client: Client, name: str, schedules: set[str]) -> str:
-    """The key that holds what waits: the source, or a schedule's internal queue."""
+    """The key where the messages of ``name`` wait: itself, or a schedule's internal queue."""
     return client.keys(name).ticks if name in schedules else name
-
-
-_LENGTH = {"list": ("LLEN",), "zset": ("ZCARD",), "stream": ("XINFO", "GROUPS")}
