@@ -401,3 +401,41 @@ async def test_a_schedule_on_a_cluster(redisflow_cluster: RedisCluster, ns: str)
         await eventually(lambda: len(runs) >= 5, within=10, what="5 ticks")
     ids = [m.id for m in runs]
     assert len(ids) == len(set(ids))
+
+
+def test_cron_without_cronsim_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@flow.cron`` needs the ``cron`` extra; ``@flow.every`` does not."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cronsim", None)  # import cronsim -> ImportError
+    flow = Flow("redis://localhost")
+    with pytest.raises(
+        ConfigError,
+        match=r"<lambda>': @flow.cron needs the cronsim package: pip install 'redisflow\[cron\]'",
+    ):
+        flow.cron("0 3 * * *", name="nightly")(lambda: None)
+    flow.every(1, name="beat")(lambda: None)
+
+
+@anyio_test
+async def test_a_changed_period_takes_effect_at_once(url: str, ns: str, caplog: Any) -> None:
+    """A new deployment with another period: the stored spec differs, so the next tick is
+    computed again from the new one (logged once)."""
+    runs: list[Message[Any]] = []
+    old = make_flow(url, ns)
+    scheduled(old, runs)  # every 0.2 s
+    async with old:
+        await eventually(lambda: len(runs) >= 2, within=10, what="2 ticks")
+    new = make_flow(url, ns)
+    later: list[Message[Any]] = []
+
+    @new.every(0.5, name="beat")
+    async def beat(msg: Message[Any]) -> None:
+        later.append(msg)
+
+    async with new:
+        await eventually(lambda: len(later) >= 2, within=10, what="2 ticks of the new period")
+        spec = await new.send("HGET", new.keys("beat").schedule, "spec")
+    assert spec == b"every 500 ms"
+    assert all(ms(m.scheduled_for) % 500 == 0 for m in later)  # type: ignore[arg-type]
+    assert "the schedule changed (every 200 ms)" in caplog.text
