@@ -174,6 +174,7 @@ def test_a_long_outage_of_a_frequent_cron_schedule_takes_the_latest() -> None:
             "invalid cron expression '61 \\* \\* \\* \\*': Bad minute",
         ),
         (lambda f: f.cron("* * *"), "Wrong number of fields"),
+        (lambda f: f.cron("* * */20 * 1L"), "has no tick in the next 50 years"),
         (lambda f: f.cron("* * * * *", tz="Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
         (lambda f: f.every(0), "every\\(\\) takes a period of at least 0.001 s"),
         (lambda f: f.every(-1), "at least 0.001 s"),
@@ -438,4 +439,4 @@ async def test_a_changed_period_takes_effect_at_once(url: str, ns: str, caplog: 
         spec = await new.send("HGET", new.keys("beat").schedule, "spec")
     assert spec == b"every 500 ms"
     assert all(ms(m.scheduled_for) % 500 == 0 for m in later)  # type: ignore[arg-type]
-    assert "the schedule changed (every 200 ms)" in caplog.text
+    assert "the schedule changed (every 200 ms -> every 500 ms)" in caplog.text

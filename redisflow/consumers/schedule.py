@@ -95,8 +95,8 @@ class ScheduleConsumer(QueueConsumer):
         if not cur or spec != schedule.spec:  # new, or its expression or period changed
             first = schedule.after(now)
             if await self._claim(cur, first, 0, None, []) and cur:
-                log.warning("%s: the schedule changed (%s); next tick at %s", self, spec,
-                            Message.time(first))  # fmt: skip
+                log.warning("%s: the schedule changed (%s -> %s); next tick at %s", self,
+                            spec, schedule.spec, Message.time(first))  # fmt: skip
             return min(CHECK, (first - now) / 1000)
         due = int(cur)
         if now < due:

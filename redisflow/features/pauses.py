@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..connection import REDIS_ERRORS
-from ..errors import ConfigError
+from ..errors import ConfigError, ReplyError
 from ..keys import check_name, paused_key, sources_key
 from ..protocol.envelope import now_ms
 from ..protocol.records import Target, parse_paused, parse_source, paused_field
@@ -136,17 +136,23 @@ class Pauses:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Read what is paused every ``POLL`` seconds and ``apply`` it when it changed (the
-        first reading before reporting started). Redis unreachable or refusing keeps the
-        last state; the consumers' own loops report the outage."""
+        first reading before reporting started). Redis unreachable keeps the last state (the
+        consumers' own loops report the outage); a refusal (an ACL without the prefix's
+        keys) is logged once until a reading works again."""
         last: set[Target] | None = None
-        started = False
+        started = failing = False
         while True:
             try:
                 now = await self.targets()
             except REDIS_ERRORS as exc:
-                if last is None:
-                    log.debug("paused sources not read (%s); fetching meanwhile", exc)
+                if isinstance(exc, ReplyError) and not failing:
+                    log.warning("cannot read the paused sources (%s): pauses are not followed"
+                                " until it can", exc)  # fmt: skip
+                failing = failing or isinstance(exc, ReplyError)
             else:
+                if failing:
+                    log.warning("the paused sources are read again")
+                failing = False
                 if now != last:
                     apply(now)
                     last = now

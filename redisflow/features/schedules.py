@@ -121,7 +121,9 @@ class Schedule:
         """The first tick strictly after ``ms``."""
         if self.period_ms is not None:
             return (ms // self.period_ms + 1) * self.period_ms
-        return next(self._cron_ticks(ms))
+        for tick in self._cron_ticks(ms):
+            return tick
+        raise ConfigError(f"the cron expression {self.cron!r} has no tick in the next 50 years")
 
     def plan(self, due: int, now: int) -> Plan:
         """The claim at ``now`` (server ms) of the ticks from ``due`` (a tick, <= now): which
