@@ -654,8 +654,6 @@ def test_times_for_people() -> None:
 async def test_schedules_panel(url: str, ns: str) -> None:
     """Schedules (issue 19) on the overview: when, next run, last tick, last outcome with
     its error (escaped), runs; paused and resumed from their page like a queue."""
-    if not hasattr(Flow, "every"):
-        pytest.skip("schedules (issue 19, branch schedules) are not merged into this branch")
     flow = make_flow(url, ns)
     name = f"{ns}:tick{XSS}"
     runs: list[Any] = []
@@ -664,7 +662,7 @@ async def test_schedules_panel(url: str, ns: str) -> None:
         runs.append(msg)
         raise ValueError(f"boom {XSS}")
 
-    flow.every(0.5, name=name, max_attempts=1)(tick)  # type: ignore[attr-defined]
+    flow.every(0.5, name=name, max_attempts=1)(tick)
     async with flow:
         await eventually(lambda: len(runs) >= 3, 15, "three runs")
     async with browse(dashboard(flow)) as http:
