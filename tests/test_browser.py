@@ -161,6 +161,9 @@ async def test_dashboard_in_a_real_browser(
                 await page.open("/")
                 await page.until(lambda: page.page.locator("tbody[data-source]").count(),
                                  "the sources")  # fmt: skip
+                restock = 'tr[data-schedule="store:restock"]'
+                await page.until(lambda: contains(page.text(restock), "every 5000 ms"),
+                                 "the schedule")  # fmt: skip
                 await live_row(page)
                 stop.set()
                 await dead_letters(page)

@@ -1,7 +1,7 @@
 """The shop the browser test (tests/test_browser.py) runs and the README's screenshots show:
-one handler of each reliable kind, an order that fails while ``STOCK_OUT`` holds its item,
-and what the shop declares it sends. ``redisflow ui tests.support.shop:flow`` serves its
-dashboard; the prefix comes from ``$SHOP_PREFIX`` (each test its own)."""
+one handler of each reliable kind and a schedule, an order that fails while ``STOCK_OUT``
+holds its item, and what the shop declares it sends. ``redisflow ui tests.support.shop:flow``
+serves its dashboard; the prefix comes from ``$SHOP_PREFIX`` (each test its own)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import anyio
 from pydantic import BaseModel, Field
 
-from redisflow import Flow
+from redisflow import Flow, Message
 
 flow = Flow(prefix=os.environ.get("SHOP_PREFIX", "rf"), block_timeout=0.5, lease=2, grace_period=2)
 ORDERS, EMAILS, LEDGER, PICKING = "store:orders", "store:emails", "store:ledger", "store:picking"
@@ -61,3 +61,8 @@ async def bill(order: Order) -> None:
 async def pick(order: Order) -> None:
     """Pick the items of an order, most urgent first."""
     await anyio.sleep(0.005)
+
+
+@flow.every(5, name="store:restock")
+async def restock(msg: Message) -> None:
+    """Count what is left of each item, every 5 seconds."""
