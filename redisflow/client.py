@@ -20,7 +20,9 @@ from .features.partitions import Layouts, check_partitions
 from .features.pauses import Paused, Pauses, check_target
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus, Tracker
+from .handler import Produced
 from .keys import Keys
+from .message import Kind
 from .middleware import check, produce_chain
 from .produce import Producers
 from .protocol import scripts
@@ -39,6 +41,7 @@ class Client(Producers):
 
     def __init__(self, config: FlowConfig, middleware: Iterable[object] = ()) -> None:
         self.middleware: list[object] = []
+        self.produced: list[Produced] = []  # what ``produces`` declared
         self._setup(config)
         for item in middleware:
             self.add_middleware(item)
@@ -89,6 +92,17 @@ class Client(Producers):
         own; a producer learns it from Redis otherwise)."""
         self.layouts.declare(name, check_partitions(name, partitions))
 
+    def produces(
+        self, name: str, payload: Any = Any, *, kind: Kind = "queue", summary: str | None = None
+    ) -> None:
+        """Declare that this app sends messages of type ``payload`` to the source ``name``
+        (a ``kind``: queue, priority, stream or channel), for its AsyncAPI document
+        (``redisflow docs``): a ``send`` operation with the payload's JSON Schema. Several
+        types may be declared for one source. Documentation only: sends are not checked."""
+        declared = Produced.build(name, payload, kind, summary)
+        if not any(p.source == declared.source and p.payload == payload for p in self.produced):
+            self.produced.append(declared)
+
     async def pause(self, name: str, *, group: str | None = None) -> None:
         """Pause the queue, priority queue, stream or schedule ``name``: every worker of
         every process of the prefix stops fetching it within about a second (workers that
@@ -101,8 +115,9 @@ class Client(Producers):
         fair = await self._fair(name, group)
         check_target(name, group, kinds, fair=fair)
         if fair and group is not None:
-            await self.groups(name, _queue_kind(kinds)).pause(group)
+            await self.groups(name).pause(group)
         await self.pauses.pause(name, group)
+        await self.pauses_changed(True)
 
     async def resume(self, name: str, *, group: str | None = None) -> bool:
         """Resume what ``pause`` paused (``group`` None: all of ``name``, its groups paused
@@ -112,14 +127,20 @@ class Client(Producers):
         check_target(name, group, (), fair=fair)
         resumed = False
         if await self.layouts.grouped(name):  # its fair groups (all of them for None)
-            groups = self.groups(name, _queue_kind(await self.kinds(name)))
+            groups = self.groups(name)
             for fair_group in [group] if group is not None else await groups.paused():
                 resumed = await groups.resume(fair_group) or resumed
-        return await self.pauses.resume(name, group) or resumed
+        resumed = await self.pauses.resume(name, group) or resumed
+        await self.pauses_changed(False)
+        return resumed
 
     async def _fair(self, name: str, group: str | None) -> bool:
         """Whether ``group`` names a fair group of the queue ``name``."""
         return group is not None and await self.layouts.grouped(name)
+
+    async def pauses_changed(self, paused: bool) -> None:
+        """Called after a pause (``paused``) or resume made by this client (a running flow
+        applies it to its own consumers at once; others read it within 0.25 s)."""
 
     async def paused(self) -> list[Paused]:
         """The paused sources of the prefix (name, group, since when)."""
@@ -189,10 +210,11 @@ class Client(Producers):
         """Counters of a tracked source: ``published`` and ``<handler>:<status>``."""
         return await self.tracker.counts(source)
 
-    def groups(self, name: str, kind: str = "queue") -> Groups:
-        """The fair groups of the queue (``kind="priority"``: priority queue) ``name``:
-        ``pause``/``resume`` one, the ``backlogs`` of the largest (every partition)."""
-        return Groups(self.connector, self.layouts, self.config.prefix, name, kind)
+    def groups(self, name: str, kind: str | None = None) -> Groups:
+        """The fair groups of the queue (or priority queue: ``kind``, by default what the
+        flows registered under ``name``) ``name``: ``pause``/``resume`` one, the
+        ``backlogs`` of the largest (every partition)."""
+        return Groups(self.connector, self.layouts, self.config.prefix, name, kind, self.kinds)
 
     def limiter(self, name: str, rate: RateLimit) -> Limiter:
         """A rate limiter shared by every process using the same ``name`` and prefix::
@@ -208,11 +230,6 @@ class Client(Producers):
         ``channels`` among them are no keys (a user may lack access to a key of that name)."""
         keys = [key for name in names for key in await self.layouts.all_keys(name)]
         return await measure(self.connector, self.config.prefix, keys, channels=set(channels))
-
-
-def _queue_kind(kinds: set[str]) -> str:
-    """The kind of a queue that may be a priority queue (``kinds`` as registered)."""
-    return "priority" if "priority" in kinds else "queue"
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

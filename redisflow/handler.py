@@ -15,7 +15,9 @@ from pydantic import TypeAdapter
 
 from .config import HandlerOptions
 from .errors import ConfigError
-from .message import Message, Source
+from .features.schedules import Schedule
+from .keys import check_name
+from .message import KINDS, Message, Source
 
 HandlerFunc = Callable[..., Any]
 
@@ -57,6 +59,8 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    payload: Any = Any  # the payload's type, as the adapter was built from it
+    schedule: Schedule | None = None  # when its ticks fall (a schedule's handler)
 
     @property
     def name(self) -> str:
@@ -64,8 +68,16 @@ class Handler:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
     @classmethod
-    def build(cls, fn: HandlerFunc, source: Source, options: HandlerOptions) -> Handler:
-        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it."""
+    def build(
+        cls,
+        fn: HandlerFunc,
+        source: Source,
+        options: HandlerOptions,
+        schedule: Schedule | None = None,
+    ) -> Handler:
+        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it. A
+        ``schedule``'s handler takes no payload: its parameters are a ``Message`` and
+        resources."""
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
@@ -77,7 +89,7 @@ class Handler:
         batch = options.batch is not None
         if batch:
             hints = _batch_hints(where, signature, hints)
-        payload_type, order, deps = _parameters(where, signature, hints)
+        payload_type, order, deps = _parameters(where, signature, hints, schedule is None)
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(payload_type)
         except Exception as exc:  # pydantic raises several kinds for unusable types
@@ -85,8 +97,9 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
+        wants, deps_, order_ = "message" in order, tuple(deps), tuple(order)
         return cls(
-            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order)
+            fn, source, options, adapter, wants, invoke, deps_, order_, payload_type, schedule
         )
 
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
@@ -135,9 +148,10 @@ def _batch_hints(where: str, signature: inspect.Signature, hints: dict[str, Any]
 
 
 def _parameters(
-    where: str, signature: inspect.Signature, hints: dict[str, Any]
+    where: str, signature: inspect.Signature, hints: dict[str, Any], payload: bool = True
 ) -> tuple[Any, list[str], list[tuple[str, Any]]]:
-    """Sort a handler's parameters: the payload (and its type), the Message, resources."""
+    """Sort a handler's parameters: the payload (and its type; none when not ``payload``),
+    the Message, resources."""
     payload_type: Any = Any
     order: list[str] = []  # "payload" / "message", in call order
     deps: list[tuple[str, Any]] = []  # keyword parameters filled from flow resources
@@ -148,17 +162,18 @@ def _parameters(
         if _is_message(annotation) and "message" not in order:
             order.append("message")
             args = typing.get_args(annotation)
-            if args and "payload" not in order:
+            if args and "payload" not in order and payload:
                 payload_type = args[0]
-        elif "payload" not in order and param.kind is not param.KEYWORD_ONLY:
+        elif payload and "payload" not in order and param.kind is not param.KEYWORD_ONLY:
             order.append("payload")
             if annotation is not inspect.Parameter.empty:
                 payload_type = annotation
         elif annotation is not inspect.Parameter.empty and param.default is param.empty:
             deps.append((param.name, annotation))  # a resource, bound at start
         elif param.default is param.empty:
+            what = "the payload, a Message," if payload else "a Message (a schedule has no payload)"
             raise ConfigError(
-                f"{where}: parameter {param.name!r} is neither the payload, a Message,"
+                f"{where}: parameter {param.name!r} is neither {what}"
                 " nor annotated with the type of a resource"
             )
     return payload_type, order, deps
@@ -184,3 +199,33 @@ def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Aw
     if order == ("message",):
         return lambda value, message: fn(message)
     return lambda value, message: fn()
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What an app declares it sends (``Flow.produces``): messages of ``payload``'s type to
+    the source ``source``. Documentation (``redisflow docs``), not a check on sends."""
+
+    source: Source
+    payload: Any
+    adapter: TypeAdapter[Any]
+    summary: str | None = None
+
+    @classmethod
+    def build(cls, name: str, payload: Any, kind: str, summary: str | None) -> Produced:
+        """Check the declaration; ConfigError naming it when something is unusable."""
+        where = f"flow.produces({name!r})"
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        try:
+            check_name(name, kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        source = Source(kind, name)
+        if summary is not None and not isinstance(summary, str):
+            raise ConfigError(f"{where}: summary must be a string, got {summary!r}")
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(payload)
+        except Exception as exc:  # pydantic raises several kinds for unusable types
+            raise ConfigError(f"{where}: payload type {payload!r} is unusable: {exc}") from None
+        return cls(source, payload, adapter, summary)

@@ -22,18 +22,26 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import ChannelConsumer, ChannelHub, Consumer, Context, Gate, consumer_class
+from .consumers import (
+    ChannelConsumer,
+    ChannelHub,
+    Consumer,
+    Context,
+    Gate,
+    TickOutcome,
+    consumer_class,
+)
 from .consumers.kinds import TRAITS
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
-from .features.pauses import Target, paused_for
+from .features.pauses import paused_for
 from .features.ratelimit import Limiter, Throttle
 from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
-from .protocol.records import source_member
+from .protocol.records import Target, source_member
 from .protocol.replies import text
 
 if TYPE_CHECKING:
@@ -112,10 +120,11 @@ class Runtime:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
         for consumer in self.consumers:
             await tg.start(consumer.run)
-            opts = consumer.options
+            opts, when = consumer.options, consumer.handler.schedule
             log.info(
-                "%s -> %s (concurrency %d%s)", consumer.handler.source, consumer.handler.name,
+                "%s -> %s (concurrency %d%s%s)", consumer.handler.source, consumer.handler.name,
                 opts.concurrency, ", at-most-once" if opts.at_most_once else "",
+                f", {when}" if when else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
@@ -163,13 +172,15 @@ class Runtime:
             chain.append(Tracking(tracker, handler.name))
         if self._metrics is not None:
             chain.append(self._metrics.timing(handler))
+        if handler.source.kind == "schedule":
+            chain.append(TickOutcome(connector, keys))
         return chain
 
     async def _keys(self, handler: Handler) -> list[str]:
         """The keys a handler's consumers read: its source, or every partition of every
         layout in use (older layouts until they are drained)."""
         source, wanted = handler.source, handler.options.partitions
-        if not TRAITS[source.kind].keyed:
+        if not TRAITS[source.kind].named:  # a channel or a schedule: never partitioned
             return [source.name]
         layouts, name = self.client.layouts, source.name
         stored = await layouts.stored(name)

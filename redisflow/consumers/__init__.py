@@ -18,6 +18,7 @@ from .groups import GroupPriorityConsumer, GroupQueueConsumer
 from .priority import PriorityConsumer
 from .pubsub import ChannelHub
 from .queue import QueueConsumer
+from .schedule import ScheduleConsumer, TickOutcome
 from .stream import StreamConsumer
 
 CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
@@ -25,6 +26,7 @@ CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
     "queue": QueueConsumer,
     "priority": PriorityConsumer,
     "stream": StreamConsumer,
+    "schedule": ScheduleConsumer,
 }
 
 #: The consumers of the queues of fair groups (``groups=``).
@@ -54,5 +56,6 @@ __all__ = [
     "Context",
     "Gate",
     "Stats",
+    "TickOutcome",
     "consumer_class",
 ]

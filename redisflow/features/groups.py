@@ -19,6 +19,7 @@ the backlogs of the largest groups (``Groups``); ``consumers/groups.py`` consume
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -133,14 +134,28 @@ class Backlog:
 
 
 class Groups:
-    """The groups of one queue of ``kind`` (every partition): pause, resume, and the
-    longest backlogs (``flow.groups("jobs")``)."""
+    """The groups of one queue (every partition): pause, resume, and the longest backlogs
+    (``flow.groups("jobs")``). ``kind``: ``queue`` or ``priority``; None: a priority queue
+    if ``kinds`` (the flows' registry) says so."""
 
     def __init__(
-        self, connector: Connector, layouts: Layouts, prefix: str, name: str, kind: str = "queue"
+        self,
+        connector: Connector,
+        layouts: Layouts,
+        prefix: str,
+        name: str,
+        kind: str | None = None,
+        kinds: Callable[[str], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.connector, self.layouts = connector, layouts
-        self.prefix, self.name, self.mode = prefix, name, mode(kind)
+        self.prefix, self.name, self.kind, self.kinds = prefix, name, kind, kinds
+
+    async def _mode(self) -> str:
+        kind = self.kind
+        if kind is None:
+            known = await self.kinds(self.name) if self.kinds is not None else set()
+            kind = "priority" if "priority" in known else "queue"
+        return mode(kind)
 
     async def _keys(self) -> list[Keys]:
         return [Keys(self.prefix, key) for key in await self.layouts.all_keys(self.name)]
@@ -157,8 +172,9 @@ class Groups:
     async def _pause(self, group: str, pause: bool) -> bool:
         name = check_group(group) or ""
         changed = 0
+        group_mode = await self._mode()
         for keys in await self._keys():  # a group lives on one partition; pause it on all
-            call = scripts.group_pause(keys.groups, keys.base, self.mode, name, pause)
+            call = scripts.group_pause(keys.groups, keys.base, group_mode, name, pause)
             changed += int(await self.connector.run(call))
         return bool(changed)
 
@@ -186,7 +202,7 @@ class Groups:
         """Messages waiting per group (those holding some), and the paused groups."""
         sizes: dict[str, int] = {}
         paused: set[str] = set()
-        length = "ZCARD" if self.mode == "zset" else "LLEN"
+        length = "ZCARD" if await self._mode() == "zset" else "LLEN"
         for keys in await self._keys():
             source, _, _, held_key, _, paused_key, _ = keys.groups
             held, default, stopped = await self.connector.send.many(

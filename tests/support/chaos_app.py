@@ -17,6 +17,8 @@ It is configured by environment variables:
   in fair groups with these ``GroupLimits``; each handler call then counts itself in Redis
   while it runs (``<ns>:running:<group>``) and keeps the highest count of each group in the
   sorted set ``<ns>:most``.
+- ``CHAOS_EVERY``: ``period,missed``: a schedule ``<ns>:tick`` (``@flow.every``), whose
+  runs are recorded with the kind ``schedule`` and the tick's time in ms as the number.
 
 Each process leaves ``<out>/<pid>.ready`` once it has started (its signal handlers are in
 place: a SIGTERM from then on is a graceful stop).
@@ -51,7 +53,7 @@ class Job(BaseModel):
 
 
 NS = os.environ["CHAOS_NS"]
-KINDS = os.environ.get("CHAOS_KINDS", "queue,priority,stream").split(",")
+KINDS = [k for k in os.environ.get("CHAOS_KINDS", "queue,priority,stream").split(",") if k]
 LO, HI = (float(x) for x in os.environ.get("CHAOS_SLEEP", "0,0").split(","))
 OPTIONS = json.loads(os.environ.get("CHAOS_HANDLER", "{}"))
 RECORD = os.environ.get("CHAOS_RECORD", "1") != "0"
@@ -141,3 +143,14 @@ for _kind in KINDS:
         flow.on_priority(_name, **OPTIONS)(_handler)
     else:
         flow.on_stream(_name, group="g", **OPTIONS)(_handler)
+
+
+if os.environ.get("CHAOS_EVERY"):
+    _period, _missed = os.environ["CHAOS_EVERY"].split(",")
+
+    @flow.every(float(_period), name=f"{NS}:tick", missed=_missed, **OPTIONS)  # type: ignore[arg-type]
+    async def tick(msg: Message[None]) -> None:
+        """Record the run of a tick: its time (ms) is its number."""
+        assert msg.scheduled_for is not None
+        job = Job(n=round(msg.scheduled_for.timestamp() * 1000))
+        await handle(job, msg)  # type: ignore[arg-type]
