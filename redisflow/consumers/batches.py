@@ -136,8 +136,7 @@ class Batching(Generic[Item]):
                     await self._fill(loop, left)
                     continue
             items = [dq.popleft() for _ in range(min(size, len(dq)))]
-            if dq:  # another batch is (being) gathered by someone else
-                self._first_at = min(self._first_at, time.monotonic())
+            if dq:  # the rest is another worker's batch (its oldest came when ours did)
                 while idle:
                     fut = idle.pop()
                     if not fut.done():
