@@ -8,7 +8,7 @@ import sys
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..connection import parse_url
+from ..connection import parse_url, redact
 from ..errors import ConfigError
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
@@ -48,6 +48,8 @@ def _url(text: str) -> str:
         parse_url(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    except Exception as exc:  # never argparse's "invalid value: <the URL>": it is not redacted
+        raise argparse.ArgumentTypeError(f"invalid Redis URL {redact(text)!r} ({exc!r})") from None
     return text
 
 
