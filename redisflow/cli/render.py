@@ -146,7 +146,7 @@ def human_bytes(n: int) -> str:
 
 
 def rich_available() -> bool:
-    """Whether ``rich`` can be imported (``pip install 'redisflow[cli]'``)."""
+    """Whether ``rich`` can be imported (``pip install rich``, the ``cli`` extra)."""
     try:
         import rich  # noqa: F401
     except ImportError:

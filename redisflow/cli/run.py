@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 
 from ..app import Flow
+from ..config import URL_ENV
+from ..connection import redact
 from ..errors import ConfigError, RedisflowError
 from .local import NoServer, start_default
 from .supervisor import ENV_URL, ENV_WORKER, Supervisor, serve
@@ -36,19 +38,7 @@ def load_flow(spec: str, *, factory: bool = False) -> Flow:
         raise UsageError(f"{spec!r} names a file: give the module, as in '{hint}:{attr}'")
     if not module_name or not all(part.isidentifier() for part in attr.split(".")):
         raise UsageError(f"expected MODULE:ATTRIBUTE such as 'app:flow', got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise UsageError(
-                f"module {module_name!r} not found (searched the current directory and PYTHONPATH)"
-            ) from None
-        raise UsageError(_import_failed(module_name)) from None
-    except Exception:
-        raise UsageError(_import_failed(module_name)) from None
+    module = _import(module_name)
     obj: object = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -63,6 +53,35 @@ def load_flow(spec: str, *, factory: bool = False) -> Flow:
         hint = "" if factory or not callable(obj) else " (a function that makes one? --factory)"
         raise UsageError(f"{spec!r}{made} a {type(obj).__name__}, not a redisflow.Flow{hint}")
     return obj
+
+
+def _import(module_name: str) -> Any:
+    """Import the module of a flow (the current directory first on the path)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ConfigError as exc:  # a bad URL or option in the module: its message says it all
+        origin = ""
+        if os.environ.get(URL_ENV) and redact(os.environ[URL_ENV].strip()) in str(exc):
+            origin = f" (from ${URL_ENV}; --url overrides it)"
+        raise UsageError(f"module {module_name!r}: {exc}{origin}") from None
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise UsageError(
+                f"module {module_name!r} not found (searched the current directory and PYTHONPATH)"
+            ) from None
+        raise UsageError(_import_failed(module_name)) from None
+    except Exception:
+        raise UsageError(_import_failed(module_name)) from None
+
+
+def use_url(url: str | None) -> None:
+    """Make ``url`` (given on the command line) the one a module-level ``Flow()`` reads at
+    import, so that it wins over a bad ``$REDISFLOW_URL`` too."""
+    if url:
+        os.environ[URL_ENV] = url
 
 
 def _import_failed(module_name: str) -> str:
@@ -93,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--reload-dir needs --reload")
     if os.environ.get(ENV_WORKER) is not None:  # $REDISFLOW_WORKERS... are the supervisor's
         args.workers, args.reload = None, False
+    url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line
+    use_url(url)
     flow = load_flow(args.app, factory=args.factory)  # in a supervisor too: usage errors now
     changes: dict[str, Any] = {}
-    url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line
     if url:
         changes["url"] = url
     if args.give_up_after is not None:
@@ -148,7 +168,9 @@ def supervise(args: argparse.Namespace) -> int:
         try:
             import watchfiles  # noqa: F401
         except ImportError:
-            raise UsageError("--reload needs watchfiles: pip install 'redisflow[reload]'") from None
+            raise UsageError(
+                "--reload needs watchfiles: pip install watchfiles (the reload extra)"
+            ) from None
         dirs = [Path(d).resolve() for d in args.reload_dir or [os.getcwd()]]
         for d in dirs:
             if not d.is_dir():

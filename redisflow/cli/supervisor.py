@@ -17,7 +17,7 @@ after a SIGKILL. Policy:
   workers and exit: at once with status 2 if the worker exited with 2 (a usage error: its
   module does not import, a bad option), else with 1 after 5 such failures in a row (Redis
   unreachable past ``give_up_after``...). With ``--reload`` it waits for the next change.
-- ``--reload`` (``pip install 'redisflow[reload]'``): a change to a ``.py`` file under the
+- ``--reload`` (``pip install watchfiles``): a change to a ``.py`` file under the
   watched directories stops every worker (SIGTERM) and starts them again on the new code.
 """
 

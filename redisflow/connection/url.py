@@ -200,21 +200,14 @@ def parse_url(url: str) -> ServerSpec:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise ConfigError(f"not a Redis URL: {display!r}{_guess(url)}; expected redis://HOST:PORT/DB")
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
         raise ConfigError(
-            f"unsupported URL scheme {_shown(scheme, display)} in {display!r}: use one of {known}"
+            f"not a Redis URL: {display!r}{_guess(url)}; expected redis://HOST:PORT/DB"
         )
-    mode, tls = SCHEMES[scheme]
+    mode, tls = _scheme(scheme, display)
     rest, _, fragment = rest.partition("#")
     rest, _, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
-    if "@" in path or "@" in fragment or ("@" in query and not _known_query(query)):
-        raise ConfigError(
-            f"an '@' after a '/', '?' or '#' in {display!r}: a password holding one of those"
-            " must write it percent-encoded (%2F, %3F, %23)"
-        )
+    _check_at(path, query, fragment, display)
     options = _query(query, display)
     userinfo, at, hosts = netloc.rpartition("@")
     username, password = _userinfo(userinfo if at else "", options, display)
@@ -259,6 +252,25 @@ def parse_url(url: str) -> ServerSpec:
         raise ConfigError(f"a Redis Cluster has only database 0, not {db} ({display!r})")
     del fragment
     return ServerSpec(mode, addresses, db=db, service=service, **common)  # type: ignore[arg-type]
+
+
+def _scheme(scheme: str, display: str) -> tuple[Mode, bool]:
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ConfigError(
+            f"unsupported URL scheme {_shown(scheme, display)} in {display!r}: use one of {known}"
+        )
+    return SCHEMES[scheme]
+
+
+def _check_at(path: str, query: str, fragment: str, display: str) -> None:
+    """Refuse an ``@`` after the host: a password holding ``/ ? #`` not percent-encoded
+    (parsed as it is, the rest of the password would be taken for the host)."""
+    if "@" in path or "@" in fragment or ("@" in query and not _known_query(query)):
+        raise ConfigError(
+            f"an '@' after a '/', '?' or '#' in {display!r}: a password holding one of those"
+            " must write it percent-encoded (%2F, %3F, %23)"
+        )
 
 
 def _guess(url: str) -> str:
@@ -338,9 +350,7 @@ def _address(part: str, default: int, display: str) -> Address:
     if not port_text:
         return Address(host, default)
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
-        raise ConfigError(
-            f"bad port {_shown(port_text, display)} in {display!r}: expected 1-65535"
-        )
+        raise ConfigError(f"bad port {_shown(port_text, display)} in {display!r}: expected 1-65535")
     return Address(host, int(port_text))
 
 
