@@ -147,7 +147,7 @@ class Flow:
         if kind == "channel" and options.get("pattern") is None:
             options["pattern"] = is_pattern(name)
         partitions = options.get("partitions", 1)
-        if partitions != 1:
+        if partitions != 1 or isinstance(partitions, bool):  # True == 1: refused too
             try:
                 self.partitions(name, partitions)
             except ConfigError as exc:

@@ -52,6 +52,12 @@ class Handler:
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
+        call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        if any(inspect.isasyncgenfunction(f) or inspect.isgeneratorfunction(f) for f in (fn, call)):
+            raise ConfigError(
+                f"{where} is a generator (it uses yield): calling it would not run its body;"
+                " a handler returns, it does not yield"
+            )
         options.check(where)
         try:
             signature = inspect.signature(fn)

@@ -60,10 +60,21 @@ def slot(key: str | bytes) -> int:
     return crc % SLOTS
 
 
+def check_text(text: str, what: str) -> str:
+    """``text`` if it can be sent to Redis (UTF-8), else ConfigError: a lone surrogate
+    (``"\\ud800"``, from a mis-decoded file name say) has no UTF-8 form."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"the {what} {text!r} is not valid text (a lone surrogate)") from None
+    return text
+
+
 def check_name(name: object, what: str = "name") -> str:
     """``name`` if redisflow can keep its auxiliary keys in its slot, else ConfigError."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the {what} must be a non-empty string, got {name!r}")
+    check_text(name, what)
     if "}" in name and hash_tag(name) == name:
         raise ConfigError(
             f"the {what} {name!r} has a '}}' that does not close a hash tag: its auxiliary"
@@ -134,15 +145,15 @@ class Keys:
 
     def rate(self, key: str) -> str:
         """Rate-limit state of one limiter key: a sliding log (sorted set) or a GCRA TAT."""
-        return f"{self.base}:rate:{key}"
+        return f"{self.base}:rate:{check_text(key, 'rate limit key')}"
 
     def dedup(self, key: str) -> str:
         """Producer-side dedup marker of one ``dedup_key`` (``SET NX PX``)."""
-        return f"{self.base}:dedup:{key}"
+        return f"{self.base}:dedup:{check_text(key, 'dedup key')}"
 
     def done(self, key: str) -> str:
         """Consumer-side idempotency record of one key: a claim while running, then done."""
-        return f"{self.base}:done:{key}"
+        return f"{self.base}:done:{check_text(key, 'idempotency key')}"
 
     def index(self, field: str, value: str) -> str:
         """Set of the stream entry ids whose payload has ``field == value``."""

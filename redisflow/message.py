@@ -33,6 +33,9 @@ class Message(Generic[T]):
 
     ``attempt`` is 1 on the first delivery. ``enqueued_at`` is None when the producer did not
     record it (a message written by another client). ``payload`` is the validated payload.
+    ``channel`` is the channel a Pub/Sub message was published to: for a pattern handler
+    (``source.name`` is the pattern, ``orders.*``) the one that matched, ``orders.created``
+    (also in ``headers["channel"]``); None for the other kinds.
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary").
     """
@@ -44,6 +47,7 @@ class Message(Generic[T]):
     headers: dict[str, str]
     raw: bytes
     payload: T | None = field(default=None, repr=False)
+    channel: str | None = None
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .errors import ConfigError
-from .keys import SLOTS, layouts_key, slot
+from .keys import SLOTS, check_text, layouts_key, slot
 from .protocol import scripts
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class Layouts:
         if partitions == 1:
             return name
         if by is not None:
-            i = zlib.crc32(by.encode()) % partitions
+            i = zlib.crc32(check_text(by, "partition key").encode()) % partitions
         else:
             turn = self._turns.get(name)
             if turn is None:

@@ -12,6 +12,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from redisflow.cli.run import UsageError, load_flow
 from tests.support.servers import RedisProc
 from tests.test_cli import ROOT, env_for, write
 
@@ -80,3 +83,36 @@ def test_every_install_hint_names_what_pip_can_install() -> None:
     assert found >= 8
     dry = subprocess.run(["make", "-n", "dist"], cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0 and "pip wheel" in dry.stdout and "dist" in dry.stdout
+
+
+def test_a_file_for_a_module_gets_the_right_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./app.py`` -> ``app:flow`` (not ``..app:flow``); a file elsewhere -> run from its
+    directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    for given, hint in (
+        ("./app.py", "'app:flow'"),
+        ("src/app.py:main", "'src.app:main'"),
+        ("/elsewhere/app.py", "cd /elsewhere && redisflow run app:flow"),
+    ):
+        with pytest.raises(UsageError) as error:
+            load_flow(given)
+        assert hint in str(error.value) and ".." not in str(error.value), error.value
+
+
+def test_a_reload_variable_that_is_neither_yes_nor_no_is_a_usage_error(tmp_path: Path) -> None:
+    write(tmp_path, "reloadapp", APP.format(ns="x"))
+    res = run_cli(tmp_path, "run", "reloadapp", env={"REDISFLOW_RELOAD": "maybe"})
+    assert res.returncode == 2 and "$REDISFLOW_RELOAD must be one of" in res.stderr, res.stderr
+    assert "'maybe'" in res.stderr
+
+
+def test_examples_readme_says_what_make_demo_does() -> None:
+    """``make demo`` always starts a private server (examples/demo.py): the README of the
+    examples must not say it uses a local Redis that answers."""
+    text = (ROOT / "examples" / "README.md").read_text()
+    demo = (ROOT / "examples" / "demo.py").read_text()
+    assert "RedisServer.start()" in demo and "localhost" not in demo
+    assert "when a Redis answers" not in text and "private\nserver it starts" in text, text

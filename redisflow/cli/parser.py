@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
 from . import check, commands, local
+from .run import env_flag
 from .run import run as run_command
 
 
@@ -85,7 +86,10 @@ def env(option: str, default: str | None = None) -> str | None:
 
 
 def _run_options() -> tuple[tuple[str, dict[str, Any]], ...]:
-    reload = (env("reload") or "").lower() in ("1", "true", "yes")
+    try:
+        reload: bool | None = env_flag("reload")
+    except argparse.ArgumentTypeError:
+        reload = None  # ``run`` reports it (parsing other commands must not fail on it)
     return (
         ("--url", dict(type=_url, help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
         ("--log-level", dict(default=env("log-level", "INFO"), type=_choice(*LEVELS),

@@ -34,8 +34,7 @@ def load_flow(spec: str, *, factory: bool = False) -> Flow:
     module_name, _, attr = spec.partition(":")
     attr = attr or "flow"
     if module_name.endswith(".py"):
-        hint = module_name[:-3].replace("/", ".")
-        raise UsageError(f"{spec!r} names a file: give the module, as in '{hint}:{attr}'")
+        raise UsageError(f"{spec!r} names a file: {_module_of(module_name, attr)}")
     if not module_name or not all(part.isidentifier() for part in attr.split(".")):
         raise UsageError(f"expected MODULE:ATTRIBUTE such as 'app:flow', got {spec!r}")
     module = _import(module_name)
@@ -53,6 +52,37 @@ def load_flow(spec: str, *, factory: bool = False) -> Flow:
         hint = "" if factory or not callable(obj) else " (a function that makes one? --factory)"
         raise UsageError(f"{spec!r}{made} a {type(obj).__name__}, not a redisflow.Flow{hint}")
     return obj
+
+
+#: What a yes/no ``$REDISFLOW_<OPTION>`` may say (anything else is a usage error).
+YES = ("1", "true", "yes", "on")
+NO = ("", "0", "false", "no", "off")
+
+
+def env_flag(option: str) -> bool:
+    """``$REDISFLOW_<OPTION>`` as a yes/no (unset: no); ArgumentTypeError for another word
+    (``REDISFLOW_RELOAD=maybe`` must not mean off silently)."""
+    name = "REDISFLOW_" + option.upper().replace("-", "_")
+    given = os.environ.get(name)
+    text = (given or "").strip().lower()
+    if text not in YES + NO:
+        raise argparse.ArgumentTypeError(
+            f"${name} must be one of {', '.join(YES)} or {', '.join(n for n in NO if n)},"
+            f" got {given!r}"
+        )
+    return text in YES
+
+
+def _module_of(path: str, attr: str) -> str:
+    """How to name the module of the file ``path`` (``./app.py``, ``src/app.py``)."""
+    file = Path(path).resolve()
+    try:
+        parts = file.with_suffix("").relative_to(Path.cwd()).parts
+    except ValueError:  # outside the current directory: run from the file's own
+        return f"run from its directory: cd {file.parent} && redisflow run {file.stem}:{attr}"
+    if not all(part.isidentifier() for part in parts):
+        return f"run from its directory: cd {file.parent} && redisflow run {file.stem}:{attr}"
+    return f"give the module, as in '{'.'.join(parts)}:{attr}'"
 
 
 def _import(module_name: str) -> Any:
@@ -106,10 +136,21 @@ def backend_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-def run(args: argparse.Namespace) -> int:
-    """``redisflow run``."""
+def check_reload(args: argparse.Namespace) -> None:
+    """Usage errors of ``--reload``: a ``$REDISFLOW_RELOAD`` that says neither yes nor no,
+    ``--reload-dir`` without it."""
+    if args.reload is None:
+        try:
+            env_flag("reload")
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(str(exc)) from None
     if args.reload_dir and not args.reload:
         raise UsageError("--reload-dir needs --reload")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``redisflow run``."""
+    check_reload(args)
     if os.environ.get(ENV_WORKER) is not None:  # $REDISFLOW_WORKERS... are the supervisor's
         args.workers, args.reload = None, False
     url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line

@@ -70,29 +70,35 @@ def _text(value: Any) -> str:
 
 
 def pack(commands: Iterable[Sequence[Any]]) -> bytes:
-    """Encode commands in RESP (bytes, str, int and float arguments)."""
+    """Encode commands in RESP (bytes, str, int and float arguments); TypeError for another
+    type, or a str with no UTF-8 form (a lone surrogate)."""
     out: list[bytes] = []
-    for args in commands:
-        out.append(b"*%d\r\n" % len(args))
-        for arg in args:
-            kind = type(arg)  # exact types first: the common case, cheaper than isinstance
-            if kind is bytes:
-                data = arg
-            elif kind is str:
-                data = arg.encode()
-            elif kind is int:
-                data = b"%d" % arg
-            elif isinstance(arg, bytes | bytearray | memoryview):
-                data = bytes(arg)
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, int) and not isinstance(arg, bool):
-                data = b"%d" % arg
-            elif isinstance(arg, float):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    try:
+        for args in commands:
+            out.append(b"*%d\r\n" % len(args))
+            for arg in args:
+                kind = type(arg)  # exact types first: the common case, cheaper than isinstance
+                if kind is bytes:
+                    data = arg
+                elif kind is str:
+                    data = arg.encode()
+                elif kind is int:
+                    data = b"%d" % arg
+                elif isinstance(arg, bytes | bytearray | memoryview):
+                    data = bytes(arg)
+                elif isinstance(arg, str):
+                    data = arg.encode()
+                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    data = b"%d" % arg
+                elif isinstance(arg, float):
+                    data = repr(arg).encode()
+                else:
+                    raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
+                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    except UnicodeEncodeError as exc:
+        raise TypeError(
+            f"cannot send {exc.object!r} to Redis: not valid text ({exc.reason})"
+        ) from None
     return b"".join(out)
 
 

@@ -31,7 +31,7 @@ from ..protocol.replies import mapping, text
 from .base import Consumer, log
 from .contract import Context
 from .guards import Guards
-from .verdicts import Failure
+from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
     from ..handler import Handler
@@ -302,7 +302,7 @@ class StreamConsumer(Consumer[StreamItem]):
                     return self._validate_json(fields[i + 1])
             return self._validate(entry_fields(fields))
         except ValidationError as exc:
-            raise DecodeError(f"invalid payload: {exc}") from None
+            raise invalid(exc) from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 
