@@ -18,7 +18,7 @@ import asyncio
 from pydantic import BaseModel
 
 from redisflow import Flow, Message, Reject
-from redisflow.tracking import MessageStatus
+from redisflow.features.tracking import MessageStatus
 
 QUEUE = "examples:tracked_messages:messages"
 FINAL = {"completed", "dead"}

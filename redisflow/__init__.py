@@ -20,10 +20,10 @@ from .errors import (
     ReplyError,
     Retry,
 )
+from .features.ratelimit import Limiter
+from .features.tracking import MessageStatus
 from .message import Kind, Message, Source
 from .ops.deadletters import DeadLetter, DeadLetters
-from .ratelimit import Limiter
-from .tracking import MessageStatus
 
 __all__ = [
     "AuthError",

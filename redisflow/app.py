@@ -1,14 +1,14 @@
 """``Flow``: the handlers of a service, registered with decorators, and their lifecycle.
 
-A flow holds its ``FlowConfig`` and a ``Client``, whose producer methods it offers as its
-own (``flow.enqueue`` is ``flow.client.enqueue``); a ``Runtime`` runs its consumers.
+A flow is a ``Client`` (its producers and reads, over the connections of the process) with
+handlers, resources and middleware; a ``Runtime`` runs its consumers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -19,7 +19,6 @@ from .config import FlowConfig, FlowOptions, HandlerOptions, RateLimit
 from .consumers import Consumer
 from .consumers.channel import is_pattern
 from .errors import ConfigError, RedisflowError
-from .forwarding import Forward
 from .handler import Handler
 from .keys import check_name
 from .lifespan import Lifespan
@@ -36,64 +35,58 @@ log = logging.getLogger("redisflow")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Flow:
+class Flow(Client):
     """A Redis messaging service: handlers registered with decorators, run by one event loop.
 
     ``url`` defaults to ``$REDISFLOW_URL``, else ``redis://localhost:6379/0``; the other
-    options are those of ``FlowConfig``, which documents each one.
+    options are those of ``FlowConfig``, which documents each one. ``middleware``: objects
+    whose ``consume`` wraps every handler attempt and whose ``produce`` wraps every send
+    (``redisflow.middleware``), the first the outermost. A flow is a ``Client``: its
+    producers and reads are its own methods.
     """
 
-    publish = Forward(Client.publish, "_client.producers")
-    publish_many = Forward(Client.publish_many, "_client.producers")
-    enqueue = Forward(Client.enqueue, "_client.producers")
-    enqueue_many = Forward(Client.enqueue_many, "_client.producers")
-    enqueue_priority = Forward(Client.enqueue_priority, "_client.producers")
-    enqueue_priority_many = Forward(Client.enqueue_priority_many, "_client.producers")
-    append = Forward(Client.append, "_client.producers")
-    append_many = Forward(Client.append_many, "_client.producers")
-    prune_indexes = Forward(Client.prune_indexes, "client")
-    priority_stats = Forward(Client.priority_stats, "client")
-    status = Forward(Client.status, "client")
-    status_counts = Forward(Client.status_counts, "client")
-    limiter = Forward(Client.limiter, "client")
-    keys = Forward(Client.keys, "client")
-
-    def __init__(self, url: str | None = None, **options: Unpack[FlowOptions]) -> None:
-        self._config = FlowConfig.build(url, **options)
-        self._client = Client(self._config)  # checks the URL now
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        middleware: Iterable[object] = (),
+        **options: Unpack[FlowOptions],
+    ) -> None:
         self._partitions: dict[str, int] = {}  # declared: kept when the options change
         self._redis: Redis | RedisCluster | None = None
         self.handlers: dict[tuple[Kind, str, str | None], Handler] = {}
         self._consumers: list[Consumer[Any]] = []
         self._lifespan = Lifespan()
         self._runtime: Runtime | None = None
+        super().__init__(FlowConfig.build(url, **options), middleware)  # checks the URL now
 
     # -- configuration --------------------------------------------------------------------
-
-    @property
-    def config(self) -> FlowConfig:
-        """The options of this flow (``configure`` changes them)."""
-        return self._config
 
     def configure(self, **changes: Any) -> None:
         """Change options (``flow.configure(url=..., give_up_after=None)``) before the flow
         runs or opens connections; ConfigError for an unknown or bad value."""
-        if self._runtime is not None or self._client.open:
+        if self._runtime is not None or self.open:
             raise ConfigError("cannot change the options of a flow that is running or connected"
                               " (await flow.aclose() first)")  # fmt: skip
         try:
-            config = dataclasses.replace(self._config, **changes)
+            config = dataclasses.replace(self.config, **changes)
         except TypeError as exc:
             raise ConfigError(f"unknown flow option: {exc}") from None
-        self._client = Client(config)  # checks the URL now
-        self._config = config
+        self._setup(config)  # checks the URL now
         for name, partitions in self._partitions.items():
-            self._client.partitions(name, partitions)
+            super().partitions(name, partitions)
+
+    def add_middleware(self, middleware: object) -> None:
+        """Add a middleware inside those given before (the first is the outermost); refused
+        once the flow has started."""
+        if self._runtime is not None:
+            raise ConfigError("cannot add middleware to a running flow")
+        super().add_middleware(middleware)
 
     @property
     def url(self) -> str:
         """The Redis URL (``configure(url=...)`` changes it)."""
-        return self._config.url
+        return self.config.url
 
     @url.setter
     def url(self, url: str) -> None:
@@ -102,25 +95,25 @@ class Flow:
     @property
     def prefix(self) -> str:
         """The prefix of every key redisflow owns."""
-        return self._config.prefix
+        return self.config.prefix
 
     def partitions(self, name: str, partitions: int) -> None:
         """Send to ``name`` over ``partitions`` partitions (see ``Client.partitions``; a
         handler registered with ``partitions=`` declares them)."""
-        self._client.partitions(name, partitions)
+        super().partitions(name, partitions)
         self._partitions[name] = partitions
 
     @property
     def client(self) -> Client:
-        """The producers and reads of this flow (connections open on first use)."""
-        return self._client
+        """This flow, as the ``Client`` it is (its producers and reads)."""
+        return self
 
     @property
     def redis(self) -> Redis | RedisCluster:
         """A redis-py client on the flow's Redis, for your own commands (closed by
         ``aclose``; see ``redisflow.redispy``)."""
         if self._redis is None:
-            self._redis = redis_py_client(self.client.connector, self._config.url)
+            self._redis = redis_py_client(self.connector, self.config.url)
         return self._redis
 
     # -- registration ---------------------------------------------------------------------
@@ -284,20 +277,6 @@ class Flow:
 
     # -- reads that know the handlers --------------------------------------------------------
 
-    async def find(
-        self,
-        stream: str,
-        *,
-        limit: int = 100,
-        newest_first: bool = False,
-        model: Any = Any,
-        **criteria: Any,
-    ) -> list[tuple[str, Any]]:
-        """``Client.find``: indexed entries of ``stream`` whose fields equal ``criteria``."""
-        return await self.client.find(
-            stream, limit=limit, newest_first=newest_first, model=model, **criteria
-        )
-
     def dlq(self, name: str, kind: Kind | None = None) -> DeadLetters:
         """The dead letters of a source, to list, show, replay or purge (``kind`` says where
         a replay sends them; by default the kind of this flow's handler for ``name``, else
@@ -310,10 +289,11 @@ class Flow:
             kind = kinds.pop() if len(kinds) == 1 else "queue"
         return DeadLetters(self.client, name, kind)
 
-    async def memory(self, *names: str) -> dict[str, Any]:
+    async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        return await self.client.memory(*(sources | set(names)))
+        mine = {h.source.name for h in self.handlers.values() if h.source.kind == "channel"}
+        return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -337,7 +317,7 @@ class Flow:
         if self._runtime is not None:
             raise RedisflowError("this flow is already running")
         runtime = self._runtime = Runtime(
-            self._config, self.client, list(self.handlers.values()), self._lifespan
+            self.config, self, list(self.handlers.values()), self._lifespan
         )
         try:
             await runtime.start()
@@ -369,7 +349,7 @@ class Flow:
         await self._close()
 
     async def _close(self) -> None:
-        await self._client.aclose()
+        await super().aclose()
         if self._redis is not None:
             redis, self._redis = self._redis, None
             await close_client(redis)

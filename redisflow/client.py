@@ -1,9 +1,9 @@
 """``Client``: what a producer or an ops tool needs, over the connections of one process.
 
-The producers (``produce.py``: publish, enqueue, enqueue_priority, append and their
-``_many`` forms) and the reads that go with what they wrote (status records, priority
-levels, stream indexes, memory), for the sources of one prefix, on a single server or a
-cluster, partitioned or not. A ``Flow`` holds one and offers its methods as its own.
+The producers (``produce.py``, its base class: publish, enqueue, enqueue_priority, append
+and their ``_many`` forms) and the reads that go with what they wrote (status records,
+priority levels, stream indexes, memory), for the sources of one prefix, on a single server
+or a cluster, partitioned or not. A ``Flow`` is a ``Client`` with handlers.
 """
 
 from __future__ import annotations
@@ -13,43 +13,50 @@ from typing import Any, TypeVar, overload
 
 from .config import FlowConfig, RateLimit
 from .connection import Connector
-from .forwarding import Forward
-from .indexes import StreamIndexes
+from .features.indexes import StreamIndexes
+from .features.memory import measure
+from .features.partitions import Layouts, check_partitions
+from .features.ratelimit import Limiter
+from .features.tracking import MessageStatus, Tracker
 from .keys import Keys
-from .memory import measure
-from .partitions import Layouts, check_partitions
+from .middleware import check, produce_chain
 from .produce import Producers
 from .protocol import scripts
-from .ratelimit import Limiter
-from .tracking import MessageStatus, Tracker
 
 T = TypeVar("T")
 
 
-class Client:
+class Client(Producers):
     """Producers and reads over one process's connections, configured by ``config``.
 
     Build one directly for a process that only sends (``Client(FlowConfig.build(url))``).
-    ``send`` runs any command, auto-pipelined. Close it with ``aclose()`` (a running flow
+    ``send`` runs any command, auto-pipelined. ``middleware``: objects whose ``produce``
+    wraps every send (``redisflow.middleware``). Close it with ``aclose()`` (a running flow
     closes its own when it stops); the next call connects again.
     """
 
-    publish = Forward(Producers.publish, "producers")
-    publish_many = Forward(Producers.publish_many, "producers")
-    enqueue = Forward(Producers.enqueue, "producers")
-    enqueue_many = Forward(Producers.enqueue_many, "producers")
-    enqueue_priority = Forward(Producers.enqueue_priority, "producers")
-    enqueue_priority_many = Forward(Producers.enqueue_priority_many, "producers")
-    append = Forward(Producers.append, "producers")
-    append_many = Forward(Producers.append_many, "producers")
+    def __init__(self, config: FlowConfig, middleware: Iterable[object] = ()) -> None:
+        self.middleware: list[object] = []
+        self._setup(config)
+        for item in middleware:
+            self.add_middleware(item)
 
-    def __init__(self, config: FlowConfig) -> None:
+    def _setup(self, config: FlowConfig) -> None:
+        """Build the connections and what reads through them for ``config`` (checks the
+        URL now)."""
+        connector = Connector(config.url)
         self.config = config
-        self.connector = Connector(config.url)
-        self.layouts = Layouts(self.connector, config.prefix)
-        self.tracker = Tracker(self.connector, config.prefix, config.track_ttl)
-        self.indexes = StreamIndexes(self.connector, config.prefix)
-        self.producers = Producers(self.connector, config, self.layouts, self.tracker, self.indexes)
+        self.connector = connector
+        self.layouts = Layouts(connector, config.prefix)
+        self.tracker = Tracker(connector, config.prefix, config.track_ttl)
+        self.indexes = StreamIndexes(connector, config.prefix)
+
+    def add_middleware(self, middleware: object) -> None:
+        """Add a middleware, inside those added before (the first added is the outermost);
+        its ``produce`` wraps every send from now on. ConfigError for an object with
+        neither an async ``consume`` nor an async ``produce``."""
+        self.middleware.append(check(middleware))
+        self.produce_chain = produce_chain(self.middleware)
 
     @property
     def open(self) -> bool:

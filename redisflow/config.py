@@ -73,6 +73,9 @@ class FlowConfig:
     its writes (one ``WAIT`` per round trip), within ``wait_timeout`` seconds, else it raises
     ``ReplicationError``; ``wait_aof`` also waits for their AOF fsync (``WAITAOF``, Redis
     7.2+). See docs/reliability.md for what a failover loses with and without.
+    ``channel_headers``: Pub/Sub messages carry the headers that middleware sets (tracing's
+    ``traceparent``), in redisflow's envelope; off by default, so that subscribers of other
+    clients keep getting plain JSON (headers a caller gives ``publish`` are always sent).
     """
 
     url: str = DEFAULT_URL
@@ -98,6 +101,7 @@ class FlowConfig:
     wait_replicas: int = 0
     wait_timeout: float = 0.5
     wait_aof: bool = False
+    channel_headers: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -175,6 +179,7 @@ class FlowOptions(TypedDict, total=False):
     wait_replicas: int
     wait_timeout: float
     wait_aof: bool
+    channel_headers: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ treat them differently (docs/design.md, "Errors"):
   ``MOVED``, ``NOPERM``, ``OOM``...). Sending the same command again gets the same answer,
   except for the redirections a cluster router follows.
 
-``Retry`` and ``Reject`` are not failures but signals: a handler raises them to steer what
-happens to its message.
+``Retry``, ``Reject``, ``Skip`` and ``Defer`` are not failures but signals: a handler (or a
+middleware) raises them to steer what happens to its message.
 """
 
 from __future__ import annotations
@@ -85,4 +85,20 @@ class Reject(HandlerSignal):
 
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class Skip(HandlerSignal):
+    """Raised (by the idempotency middleware, or a handler) when a message was already
+    handled: it is settled as done without running the rest of the chain, and counted as
+    ``skipped``."""
+
+
+class Defer(HandlerSignal):
+    """Raised to deliver the message again after ``delay`` seconds without counting an
+    attempt (a rate limit, a duplicate running elsewhere): not a failure."""
+
+    def __init__(self, delay: float, reason: str = "deferred") -> None:
+        super().__init__(reason)
+        self.delay = delay
         self.reason = reason

@@ -138,11 +138,6 @@ class Keys:
         """One in-flight batch: the messages a worker took in one fetch."""
         return f"{self.base}:proc:{worker}:{n}"
 
-    @property
-    def batch_pattern(self) -> str:
-        """A SCAN pattern matching every batch list of this source."""
-        return f"{self.base}:proc:*"
-
     def rate(self, key: str) -> str:
         """Rate-limit state of one limiter key: a sliding log (sorted set) or a GCRA TAT."""
         return f"{self.base}:rate:{check_text(key, 'rate limit key')}"

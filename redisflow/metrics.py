@@ -16,6 +16,7 @@ Exported on ``http://<host>:<port>/metrics``, from a registry of the flow's own:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .connection import Connector
     from .consumers.base import Consumer
     from .handler import Handler
+    from .message import Message
+    from .middleware import ConsumeNext
 
 log = logging.getLogger("redisflow")
 
@@ -72,12 +75,9 @@ class Metrics:
         self.registry.register(_Counters(self.consumers, CounterMetricFamily, GaugeMetricFamily))
         self._server: Any = None
 
-    def observer(self, handler: Handler) -> Callable[[float], None]:
-        """What records the run time of ``handler`` (given to its consumer's guards)."""
-        observe: Callable[[float], None] = self.seconds.labels(
-            str(handler.source), handler.name
-        ).observe
-        return observe
+    def timing(self, handler: Handler) -> Timing:
+        """The consume middleware that records the run time of ``handler``."""
+        return Timing(self.seconds.labels(str(handler.source), handler.name).observe)
 
     def watch(self, consumers: list[Consumer[Any]]) -> None:
         """Export the counters and gauges of ``consumers``."""
@@ -136,6 +136,22 @@ class Metrics:
                     self.pending.labels(str(source), name).set(info[b"pending"])
                     if info.get(b"lag") is not None:
                         self.lag.labels(str(source), name).set(info[b"lag"])
+
+
+class Timing:
+    """A consume middleware that observes the run time of the rest of the chain (the
+    handler: the flow puts it innermost) in a histogram."""
+
+    def __init__(self, observe: Callable[[float], object]) -> None:
+        self.observe = observe
+
+    async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
+        """Time the rest of the chain."""
+        began = time.perf_counter()
+        try:
+            return await call_next(msg)
+        finally:
+            self.observe(time.perf_counter() - began)
 
 
 class _Counters:

@@ -1,10 +1,10 @@
 """One run of a flow (``Flow.start`` to ``Flow.stop``): its consumers in one task group.
 
-``start`` waits for Redis, opens the resources, builds one consumer per handler with the
-guards it asks for, registers the sources for ``redisflow stats``, starts the Pub/Sub hub
-and every consumer (returning only once each is ready), and metrics if asked. ``stop`` stops
-fetching everywhere, lets each consumer drain for the grace period, and closes the
-resources.
+``start`` waits for Redis, opens the resources, builds one consumer per handler with its
+middleware (the flow's, then the built-in ones its options ask for), registers the sources
+for ``redisflow stats``, starts the Pub/Sub hub and every consumer (returning only once
+each is ready), and metrics if asked. ``stop`` stops fetching everywhere, lets each
+consumer drain for the grace period, and closes the resources.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from . import partitions
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate, Guards
+from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate
 from .errors import AuthError, RedisflowError, ReplyError
-from .keys import sources_key
+from .features import partitions
+from .features.idempotency import Idempotency
+from .features.ratelimit import Limiter, Throttle
+from .features.tracking import Tracker, Tracking
+from .keys import Keys, sources_key
 from .metrics import Metrics
+from .middleware import takes
 from .ops.stats import source_member
 from .protocol.replies import text
 
@@ -73,24 +77,26 @@ class Runtime:
         config = self.config
         self._stack = AsyncExitStack()
         resources = await self.lifespan.enter(self._stack)
-        ctx = Context(config, connector, os.urandom(6).hex(), resources, tg.start_soon)
+        ctx = Context(
+            config, connector, os.urandom(6).hex(), resources, tg.start_soon,
+            self.client.produce_chain,
+        )  # fmt: skip
         if config.metrics_port is not None and self.handlers:
             self._metrics = Metrics(config.metrics_port)
-        metrics = self._metrics
         self.consumers = []
         for handler in self.handlers:
-            observe = metrics.observer(handler) if metrics is not None else None
-            guards = Guards.build(handler, config, connector, observe)
+            middleware = self._middleware(handler)
             keys = await self._keys(handler)
             # Partitions share the handler's concurrency: each runs up to all of it, and
             # one gate bounds their sum.
             gate = Gate(handler.options.concurrency) if len(keys) > 1 else None
             for key in keys:
-                consumer = CONSUMERS[handler.source.kind](handler, ctx, guards, key)
+                consumer = CONSUMERS[handler.source.kind](handler, ctx, middleware, key)
                 consumer.gate = gate
                 self.consumers.append(consumer)
         await self._register(connector)
         await self._check_eviction(connector)
+        metrics = self._metrics
         if metrics is not None:
             metrics.watch(self.consumers)
             metrics.serve()
@@ -108,6 +114,28 @@ class Runtime:
             await tg.start(self._helper, lambda: metrics.poll(connector))
         if self._draining:
             await tg.start(self._helper, self._retire)
+
+    def _middleware(self, handler: Handler) -> list[object]:
+        """The consume chain of ``handler``: the flow's middleware, then (innermost last)
+        the built-in ones its options ask for: idempotency, rate limit, status tracking,
+        handler timing. The order is the one the guards had: a duplicate or a rate-limited
+        message is not marked processing, and timing covers the handler alone."""
+        config, connector, options = self.config, self.client.connector, handler.options
+        keys = Keys(config.prefix, handler.source.name)
+        chain = [m for m in self.client.middleware if takes(m, "consume")]
+        if options.idempotency_key is not None:
+            claim = max(config.lease, options.timeout or 0) * 2
+            chain.append(Idempotency(
+                connector, keys, options.idempotency_key, options.idempotency_ttl, claim
+            ))  # fmt: skip
+        if options.rate_limit is not None:
+            chain.append(Throttle(Limiter(connector, keys, options.rate_limit)))
+        if config.track if options.track is None else options.track:
+            tracker = Tracker(connector, config.prefix, config.track_ttl)
+            chain.append(Tracking(tracker, handler.name))
+        if self._metrics is not None:
+            chain.append(self._metrics.timing(handler))
+        return chain
 
     async def _keys(self, handler: Handler) -> list[str]:
         """The keys a handler's consumers read: its source, or every partition of every

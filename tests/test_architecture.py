@@ -6,12 +6,12 @@ behind a lazy import. The layers, lowest first (a module may import only from it
 or lower ones)::
 
     errors, message, keys, config,        the leaves
-    forwarding, server
+    middleware, server
     protocol/                             the wire format
     connection/                           links, auto-pipelining, URLs
-    tracking, ratelimit, idempotency,     features over connections
-    indexes, memory
-    client, handler                       producers and reads; a handler's signature
+    features/, redispy                    Redis patterns over connections (idempotency,
+                                          tracking, rate limits, indexes, partitions...)
+    client, produce, writes, handler      producers and reads; a handler's signature
     consumers/                            the runtime of each kind
     ops/                                  dead letters and stats, as data
     metrics, lifespan, runtime, app       a running flow
@@ -29,20 +29,11 @@ from redisflow.config import FlowConfig, FlowOptions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "redisflow"
 LAYERS = [
-    {"errors", "message", "keys", "config", "forwarding", "server"},
+    {"errors", "message", "keys", "config", "middleware", "server"},
     {"protocol"},
     {"connection"},
-    {
-        "tracking",
-        "ratelimit",
-        "idempotency",
-        "indexes",
-        "memory",
-        "redispy",
-        "compound",
-        "partitions",
-    },
-    {"client", "handler", "produce"},
+    {"features", "redispy"},
+    {"client", "handler", "produce", "writes"},
     {"consumers"},
     {"ops"},
     {"metrics", "lifespan", "runtime", "app"},

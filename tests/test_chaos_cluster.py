@@ -24,7 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import AskError, TryAgainError
 
-from redisflow import Flow, Message, partitions
+from redisflow import Flow, Message
+from redisflow.features import partitions
 from redisflow.keys import slot
 from redisflow.testing.cluster import ClusterNode, RedisCluster
 from tests.support.flows import eventually, make_flow, until

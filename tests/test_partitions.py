@@ -10,8 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from redisflow import ConfigError, Flow, Message, partitions
+from redisflow import ConfigError, Flow, Message
 from redisflow.consumers import Gate
+from redisflow.features import partitions
 from redisflow.keys import SLOTS, slot
 from redisflow.testing.cluster import RedisCluster
 from tests.support.flows import eventually, make_flow

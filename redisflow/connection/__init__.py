@@ -126,11 +126,6 @@ class Sender:
         target = self.connector.target or await self.connector.ready()
         return await target.many(*commands)
 
-    async def each(self, *commands: Sequence[Any]) -> list[Any]:
-        """As ``many``, with error replies returned in their place."""
-        target = self.connector.target or await self.connector.ready()
-        return await target.each(*commands)
-
     def waiting(self, wait: Wait) -> WaitingSender:
         """This sender, with every call acknowledged by replicas (``WAIT``/``WAITAOF``)."""
         return WaitingSender(self.connector, wait)
@@ -149,10 +144,6 @@ class WaitingSender:
     async def many(self, *commands: Sequence[Any]) -> list[Any]:
         """Send several commands; their replies, once acknowledged."""
         return await (await self.connector.ready()).waiting(self.wait).many(*commands)
-
-    async def each(self, *commands: Sequence[Any]) -> list[Any]:
-        """As ``many``, with error replies returned in their place."""
-        return await (await self.connector.ready()).waiting(self.wait).each(*commands)
 
 
 class Connector:

@@ -224,10 +224,6 @@ class Router:
         The first error reply is raised (after all have run)."""
         return await self._send(commands, raw=False)
 
-    async def each(self, *commands: Sequence[Any]) -> list[Any]:
-        """As ``many``, with error replies returned in their place."""
-        return await self._send(commands, raw=True)
-
     async def submit(
         self, commands: Sequence[Sequence[Any]], raw: bool = False, wait: Wait | None = None
     ) -> list[Any]:

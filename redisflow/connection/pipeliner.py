@@ -61,11 +61,6 @@ class Pipeliner:
         reply among them is raised (after all have run)."""
         return await self._submit(commands)
 
-    async def each(self, *commands: Sequence[Any]) -> list[Any]:
-        """As ``many``, but error replies are returned in their place, not raised (a
-        cluster router follows each command's redirection on its own)."""
-        return await self._submit(commands, raw=True)
-
     def waiting(self, wait: Wait) -> Waiting:
         """This pipeliner, with every call acknowledged by ``wait`` replicas."""
         return Waiting(self, wait)
@@ -303,7 +298,3 @@ class Waiting:
     async def many(self, *commands: Sequence[Any]) -> list[Any]:
         """Send several commands; their replies, once acknowledged."""
         return list(await self.target.submit(commands, False, self.wait))
-
-    async def each(self, *commands: Sequence[Any]) -> list[Any]:
-        """As ``many``, with error replies returned in their place."""
-        return list(await self.target.submit(commands, True, self.wait))

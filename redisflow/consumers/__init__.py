@@ -1,8 +1,8 @@
 """The consumers: one kind per Redis primitive, over what ``base.Consumer`` shares.
 
 The path of a message, fetch to ack: ``<kind>.py`` ``fetch_loop`` (a Lua script or a
-blocking read) -> ``base.py`` ``_work`` (decode, call the handler, inside ``guards.py`` when
-the handler asks for them) -> ``<kind>.py`` ``done`` (ack with the next request) or
+blocking read) -> ``base.py`` ``_work`` (decode, call the handler, through its middleware
+chain when it has one) -> ``<kind>.py`` ``done`` (ack with the next request) or
 ``verdicts.py`` (retry or dead letter) -> ``<kind>.py`` ``retry``/``bury``.
 """
 
@@ -14,7 +14,6 @@ from ..message import Kind
 from .base import Consumer
 from .channel import ChannelConsumer
 from .contract import Context, Gate, Stats
-from .guards import Guards
 from .priority import PriorityConsumer
 from .pubsub import ChannelHub
 from .queue import QueueConsumer
@@ -34,6 +33,5 @@ __all__ = [
     "Consumer",
     "Context",
     "Gate",
-    "Guards",
     "Stats",
 ]

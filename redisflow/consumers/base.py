@@ -5,8 +5,9 @@ A kind implements the abstract methods of ``Consumer``: the Redis side (``connec
 ``fetch_loop``, ``flush_acks``, ``release``, ``idle``), reading an item (``decode``,
 ``message``, ``attempt``, ``raw``) and settling it (``done``, ``retry``, ``bury``). The hot
 path is ``_work``: no task, lock or context manager per message (docs/design.md,
-"The hot path"). Failures go to ``verdicts.py``; idempotency, rate limits, tracking and
-timing wrap the call only when a handler asks for them (``guards.py``).
+"The hot path"). Failures go to ``verdicts.py``. A handler with middleware (the flow's, and
+the built-in idempotency, rate limit, tracking and timing it asks for) is called through its
+consume chain (``middleware.py``); one without is called directly.
 """
 
 from __future__ import annotations
@@ -23,29 +24,38 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import AuthError, PermissionDenied, ReplyError
+from ..errors import AuthError, PermissionDenied, ReplyError, Skip
+from ..features.tracking import Tracking
 from ..keys import Keys
 from ..message import Kind, Message
+from ..middleware import consume_chain
+from .acks import Window
 from .contract import Context, Gate, Item, Stats
-from .guards import Guards, Skip
 from .reporting import Reporter
 from .verdicts import Verdicts
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..features.tracking import Status
     from ..handler import Handler
-    from ..tracking import Status
 
 log = logging.getLogger("redisflow")
 
 
-class Consumer(ABC, Generic[Item]):
+class Consumer(Window, ABC, Generic[Item]):
     """The runtime of one handler: fetch loop, worker pool, verdicts, shutdown."""
 
     kind: ClassVar[Kind]
 
     def __init__(
-        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+        self,
+        handler: Handler,
+        ctx: Context,
+        middleware: Sequence[object] = (),
+        key: str | None = None,
     ) -> None:
+        super().__init__()
         self.handler = handler
         self.key = key or handler.source.name  # its source's name, or one partition
         self.options = handler.options
@@ -54,7 +64,9 @@ class Consumer(ABC, Generic[Item]):
         self.config = ctx.config
         self.connector = ctx.connector
         self.keys = Keys(ctx.config.prefix, self.key)
-        self.guards = guards
+        #: The consume chain around the handler; None: the handler is called directly.
+        self.chain = consume_chain(middleware, self.call) if middleware else None
+        self.tracking = next((m for m in middleware if isinstance(m, Tracking)), None)
         self.verdicts: Verdicts[Item] = Verdicts(self)
         self.stats = Stats()
         self.reporter = Reporter(ctx.connector, self.keys, handler.name, ctx.worker_id)
@@ -70,13 +82,6 @@ class Consumer(ABC, Generic[Item]):
         self._unfinished: list[Item] = []
         self._all_idle = anyio.Event()
         self._connected = False
-        self._blocked = False  # a request that may block in Redis is outstanding on ``link``
-        self._room = anyio.Event()
-        self._room_wanted = False  # the fetch loop waits for room: ``done`` must wake it
-        self.acks: list[Any] = []  # settled; the ack is not sent yet
-        self.acks_sent: list[Any] = []  # sent with the fetch whose reply is awaited
-        self.acks_flushing: list[Any] = []  # sent by the acker, reply awaited
-        self._ack_now = anyio.Event()
 
     def __str__(self) -> str:
         at = "" if self.key == self.handler.source.name else f" at {self.key}"
@@ -131,16 +136,22 @@ class Consumer(ABC, Generic[Item]):
         """Flush acks and hand unfinished items back to Redis (shielded, at the end):
         ``started`` ones were cancelled in their handler, ``unstarted`` ones never ran."""
 
-    async def flush_acks(self, acks: list[Any]) -> None:
-        """Send ``acks`` through the shared connections (while the fetch link blocks)."""
-
     def keep(self, item: Item) -> None:
         """Leave ``item`` unsettled: it is handed back to Redis when the consumer stops."""
         self._unfinished.append(item)
 
     async def track(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
         """Record a status change of a tracked handler's message (best effort)."""
-        await self.guards.track(self, msg, status, error)
+        if self.tracking is not None:
+            await self.tracking.record(msg, status, error)
+
+    async def call(self, msg: Message[Any]) -> Any:
+        """The innermost step of the consume chain: the handler, within its ``timeout``."""
+        timeout = self.options.timeout
+        if timeout is None:
+            return await self.invoke(msg.payload, msg)
+        with anyio.fail_after(timeout):
+            return await self.invoke(msg.payload, msg)
 
     async def drained(self) -> bool:
         """Whether the key holds nothing for anyone (an old layout may then be dropped)."""
@@ -261,61 +272,6 @@ class Consumer(ABC, Generic[Item]):
                 else:
                     await refused.wait(exc)
 
-    # -- the prefetch window and acks -------------------------------------------------------
-
-    def want(self) -> int:
-        """How many messages the next fetch may take (0: wait for room)."""
-        return max(0, min(self.config.batch_size, self.prefetch - self.backlog))
-
-    async def wait_for_room(self) -> None:
-        """Wait until a settled message makes room in the prefetch window."""
-        self._room = anyio.Event()
-        self._room_wanted = True
-        await self._room.wait()
-
-    def settled(self, ack: Any | None) -> None:
-        """Note a settled message (``ack``: what to acknowledge, if anything)."""
-        if ack is not None:
-            self.acks.append(ack)
-            if self._blocked:
-                self._ack_now.set()
-        if self._room_wanted:  # a plain bool: this runs once per message
-            self._room_wanted = False
-            self._room.set()
-
-    def take_acks(self) -> list[Any]:
-        """The acks to send with the next fetch (kept in ``acks_sent`` until its reply)."""
-        acks, self.acks = self.acks, []
-        self.acks_sent += acks
-        return acks
-
-    def acks_answered(self) -> None:
-        """The fetch carrying ``acks_sent`` was answered."""
-        self.acks_sent.clear()
-
-    def acks_unanswered(self) -> None:
-        """After a lost connection: acks whose reply never came are sent again."""
-        self.acks[:0], self.acks_sent = self.acks_sent, []
-
-    async def _acker(self) -> None:
-        """Flush acks through the shared connections while the fetch loop waits in Redis."""
-        while True:
-            await self._ack_now.wait()
-            self._ack_now = anyio.Event()
-            await anyio.sleep(0.005)  # let a burst of completions share one call
-            if self.acks and self._blocked:
-                acks, self.acks = self.acks, []
-                self.acks_flushing += acks
-                try:
-                    await self.flush_acks(acks)
-                except REDIS_ERRORS:  # they go with the next request
-                    self.acks.extend(acks)
-                except BaseException:  # cancelled at stop: release sends them
-                    self.acks.extend(acks)
-                    raise
-                finally:
-                    del self.acks_flushing[: len(acks)]
-
     # -- dispatch -------------------------------------------------------------------------
 
     def feed(self, items: Iterable[Item]) -> None:
@@ -332,7 +288,8 @@ class Consumer(ABC, Generic[Item]):
                 wake -= 1
 
     @property
-    def backlog(self) -> int:  # held here: queued locally or in a handler
+    def backlog(self) -> int:
+        """Messages held here: queued locally or in a handler."""
         return len(self._dq) + self._busy
 
     def handled(self, item: Item) -> None:
@@ -348,7 +305,7 @@ class Consumer(ABC, Generic[Item]):
         wants_message = self.handler.wants_message
         decode = self.decode
         timeout = self.options.timeout
-        guards = self.guards if self.guards.active else None
+        chain = self.chain
         gate = self.gate
         done = self.handled if log.isEnabledFor(logging.DEBUG) else self.done
         while not self._draining:
@@ -365,8 +322,8 @@ class Consumer(ABC, Generic[Item]):
             try:
                 try:
                     value = decode(item)
-                    if guards is not None:
-                        await guards.call(self, item, value)
+                    if chain is not None:
+                        await chain(self.message(item, value))
                     else:
                         msg = self.message(item, value) if wants_message else None
                         if timeout is None:

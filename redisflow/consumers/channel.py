@@ -20,10 +20,11 @@ from ..message import Kind, Message
 from ..protocol.envelope import content_id, payload_of, split
 from .base import Consumer, log
 from .contract import Context
-from .guards import Guards
 from .verdicts import invalid
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..handler import Handler
 
 #: A `[` alone (`news[1]`) is not enough: brackets are common in literal names, and a
@@ -50,9 +51,13 @@ class ChannelConsumer(Consumer[ChannelItem]):
     kind: ClassVar[Kind] = "channel"
 
     def __init__(
-        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+        self,
+        handler: Handler,
+        ctx: Context,
+        middleware: Sequence[object] = (),
+        key: str | None = None,
     ) -> None:
-        super().__init__(handler, ctx, guards, key)
+        super().__init__(handler, ctx, middleware, key)
         self._stop = anyio.Event()
         self._validate = handler.adapter.validator.validate_json
         self.buffer = max(ctx.config.channel_buffer, self.options.concurrency)

@@ -1,6 +1,6 @@
 """What the parts of a consumer agree on: the run-time ``Context`` the consumers of a flow
 share, their counters (``Stats``), and ``Settling``, what a consumer offers the code that
-settles its messages (``verdicts.py``) and guards its handler (``guards.py``).
+settles its messages (``verdicts.py``).
 ``base.Consumer`` implements ``Settling``; each kind implements the rest of ``Consumer``.
 """
 
@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 if TYPE_CHECKING:
     from ..config import FlowConfig, HandlerOptions
     from ..connection import Backoff, Connector
+    from ..features.tracking import Status
     from ..handler import Handler
     from ..keys import Keys
     from ..message import Message
-    from ..tracking import Status
+    from ..middleware import ProduceChain
 
 Item = TypeVar("Item")
 Item_contra = TypeVar("Item_contra", contravariant=True)
@@ -33,6 +34,7 @@ class Context:
     worker_id: str
     resources: Mapping[Any, Any] = field(default_factory=dict)
     spawn: Callable[..., Any] = lambda fn: None  # starts a task in the flow's task group
+    produce: ProduceChain | None = None  # the flow's produce middleware (retries, replays)
 
 
 @dataclass(slots=True)
@@ -57,7 +59,7 @@ Stats.FIELDS = tuple(f.name for f in fields(Stats))
 
 
 class Settling(Protocol[Item_contra]):
-    """What verdicts and guards use of a consumer of items of type ``Item_contra``."""
+    """What verdicts use of a consumer of items of type ``Item_contra``."""
 
     handler: Handler
     options: HandlerOptions

@@ -23,9 +23,10 @@ from ..protocol.priority import delayed_member, priority_of
 from .queue import RAW, SCORE, Batch, QueueConsumer, QueueItem
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..handler import Handler
     from .contract import Context
-    from .guards import Guards
 
 
 class PriorityConsumer(QueueConsumer):
@@ -36,9 +37,13 @@ class PriorityConsumer(QueueConsumer):
     scripts: ClassVar[tuple[scripts.Script, ...]] = scripts.PRIORITY_SCRIPTS
 
     def __init__(
-        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+        self,
+        handler: Handler,
+        ctx: Context,
+        middleware: Sequence[object] = (),
+        key: str | None = None,
     ) -> None:
-        super().__init__(handler, ctx, guards, key)
+        super().__init__(handler, ctx, middleware, key)
         self._wake_id = b"0-0"
 
     def fetch_command(self, key: str, n: int, acks: list[str]) -> list[Any]:

@@ -29,10 +29,11 @@ from ..protocol.envelope import MARK, content_id, payload_of, reenvelope, split
 from ..protocol.replies import text
 from .base import Consumer, log
 from .contract import Context
-from .guards import Guards
 from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..handler import Handler
 
 
@@ -65,9 +66,13 @@ class QueueConsumer(Consumer[QueueItem]):
     scripts: ClassVar[tuple[scripts.Script, ...]] = scripts.QUEUE_SCRIPTS
 
     def __init__(
-        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+        self,
+        handler: Handler,
+        ctx: Context,
+        middleware: Sequence[object] = (),
+        key: str | None = None,
     ) -> None:
-        super().__init__(handler, ctx, guards, key)
+        super().__init__(handler, ctx, middleware, key)
         self.name = self.key
         self.worker = ctx.worker_id
         self.wset = self.keys.batches(self.worker)

@@ -30,10 +30,11 @@ from ..protocol.envelope import parse_headers
 from ..protocol.replies import mapping, text
 from .base import Consumer, log
 from .contract import Context
-from .guards import Guards
 from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..handler import Handler
 
 PARKED_IDLE_MS = 10**9  # handed-back entries look idle at once to XAUTOCLAIM
@@ -70,9 +71,13 @@ class StreamConsumer(Consumer[StreamItem]):
     kind: ClassVar[Kind] = "stream"
 
     def __init__(
-        self, handler: Handler, ctx: Context, guards: Guards, key: str | None = None
+        self,
+        handler: Handler,
+        ctx: Context,
+        middleware: Sequence[object] = (),
+        key: str | None = None,
     ) -> None:
-        super().__init__(handler, ctx, guards, key)
+        super().__init__(handler, ctx, middleware, key)
         assert handler.source.group is not None
         self.stream = self.key
         self.group = handler.source.group

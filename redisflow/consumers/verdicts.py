@@ -22,12 +22,11 @@ import orjson
 from pydantic import ValidationError
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import DecodeError, Reject, ReplyError, Retry
-from ..idempotency import Defer
+from ..errors import DecodeError, Defer, Reject, ReplyError, Retry
 from ..protocol.envelope import now_ms
 
 if TYPE_CHECKING:
-    from ..tracking import Status
+    from ..features.tracking import Status
     from .contract import Settling
 
 Item = TypeVar("Item")

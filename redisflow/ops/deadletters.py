@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import compound
 from ..errors import ConfigError
+from ..features import compound
 from ..message import KINDS, Kind
 from ..protocol import envelope, scripts
 from ..protocol.priority import MAX_PRIORITY, check_priority

@@ -176,14 +176,18 @@ def new_item(data: Any, headers: dict[str, str] | None = None) -> tuple[str, byt
     return msg_id, envelope(encode(data), msg_id, headers=encode_headers(headers))
 
 
-def pack_items(items: Iterable[Any]) -> tuple[list[str], list[bytes]]:
-    """Encode payloads as list/sorted-set items: their new ids, and the items."""
+def pack_items(
+    items: Iterable[Any], headers: dict[str, str] | None = None
+) -> tuple[list[str], list[bytes]]:
+    """Encode payloads as list/sorted-set items (each with ``headers``): their new ids, and
+    the items."""
     ids: list[str] = []
     packed: list[bytes] = []
+    head = encode_headers(headers)
     for item in items:
         msg_id = new_id()
         ids.append(msg_id)
-        packed.append(envelope(encode(item), msg_id))
+        packed.append(envelope(encode(item), msg_id, headers=head))
     return ids, packed
 
 
@@ -193,12 +197,17 @@ def xadd(
     headers: dict[str, str] | None = None,
     maxlen: int | None = None,
     minid: str | None = None,
+    *,
+    trim: tuple[Any, ...] | None = None,
 ) -> tuple[Any, ...]:
-    """The XADD of a stream entry: the payload in the field ``data``, headers as JSON."""
+    """The XADD of a stream entry: the payload in the field ``data``, headers as JSON;
+    trimmed by ``maxlen``/``minid`` (or ``trim``, their ``trim_args`` checked already)."""
     fields = (
         ("data", encode(data), "headers", encode(headers)) if headers else ("data", encode(data))
     )
-    return ("XADD", stream, *trim_args(maxlen, minid), "*", *fields)
+    if trim is None:
+        trim = trim_args(maxlen, minid)
+    return ("XADD", stream, *trim, "*", *fields)
 
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")

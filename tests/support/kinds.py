@@ -10,7 +10,8 @@ from typing import Any, Literal, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from redisflow import Flow, Source, partitions
+from redisflow import Flow, Source
+from redisflow.features import partitions
 
 __all__ = ["ALL", "DURABLE", "GROUP", "LISTY", "RELIABLE", "Kind", "by_kind"]
 

@@ -18,16 +18,19 @@ import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .config import RateLimit
-from .protocol import scripts
+from ..config import RateLimit
+from ..errors import Defer
+from ..protocol import scripts
 
 if TYPE_CHECKING:
-    from .connection import Connector
-    from .keys import Keys
+    from ..connection import Connector
+    from ..keys import Keys
+    from ..message import Message
+    from ..middleware import ConsumeNext
 
 
 class Limiter:
@@ -66,3 +69,19 @@ class Limiter:
             await anyio.sleep(wait + random.uniform(0, min(0.1 * wait, 0.02)))
             wait = await self.try_acquire(key)
         yield
+
+
+class Throttle:
+    """The consume middleware of a handler's ``rate_limit``: a message that is not granted
+    is deferred (``Defer``: delivered again when a grant is due, its attempt not counted)."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
+        """Take a grant for the payload's key, or defer the message."""
+        rate = self.limiter.rate
+        wait = await self.limiter.try_acquire(str(rate.key(msg.payload)) if rate.key else "")
+        if wait > 0:
+            raise Defer(wait, "rate limited")
+        return await call_next(msg)

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .errors import ConfigError
-from .keys import SLOTS, check_text, layouts_key, slot
-from .protocol import scripts
+from ..errors import ConfigError
+from ..keys import SLOTS, check_text, layouts_key, slot
+from ..protocol import scripts
 
 if TYPE_CHECKING:
-    from .connection import Connector
+    from ..connection import Connector
 
 #: How long a producer trusts the layouts it read from Redis, in seconds.
 LAYOUT_TTL = 5.0

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import PermissionDenied
-from .keys import Keys
-from .protocol.replies import LENGTH, info
+from ..errors import PermissionDenied
+from ..keys import Keys
+from ..protocol.replies import LENGTH, info
 
 if TYPE_CHECKING:
-    from .connection import Connector
+    from ..connection import Connector
 
 
 async def measure(

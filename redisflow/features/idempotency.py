@@ -15,31 +15,26 @@ did not finish.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .protocol import scripts
+from ..errors import Defer, Skip
+from ..protocol import scripts
 
 if TYPE_CHECKING:
-    from .connection import Connector
-    from .keys import Keys
+    from ..connection import Connector
+    from ..keys import Keys
+    from ..message import Message
+    from ..middleware import ConsumeNext
 
-
-class Skip(Exception):
-    """The message was already handled: settle it without calling the handler."""
-
-
-class Defer(Exception):
-    """Deliver the message again after ``delay`` seconds, without counting an attempt."""
-
-    def __init__(self, delay: float, reason: str) -> None:
-        super().__init__(reason)
-        self.delay = delay
+log = logging.getLogger("redisflow")
 
 
 class Idempotency:
-    """The idempotency records of one handler."""
+    """The idempotency records of one handler, and its consume middleware: the claim before
+    the rest of the chain, "done" after it succeeds, the claim dropped after it fails."""
 
     def __init__(
         self,
@@ -80,3 +75,20 @@ class Idempotency:
     async def drop(self, record: str, token: str) -> None:
         """Release our claim after a failure."""
         await self.connector.run(scripts.idempotency(record, "drop", token, 0))
+
+    async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
+        """Run the rest of the chain once per key and window (raises Skip or Defer
+        instead)."""
+        record = self.record(msg.payload)
+        token = await self.claim(record)
+        try:
+            result = await call_next(msg)
+        except Exception:
+            await self.drop(record, token)
+            raise
+        try:
+            await self.done(record, token)
+        except Exception as exc:  # handled: never run it again for a lost record
+            log.warning("idempotency record of %s not written (%r); its claim expires"
+                        " instead", msg.id, exc)  # fmt: skip
+        return result

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import TypeAdapter
 
-from .errors import ConfigError
-from .keys import Keys
-from .protocol import envelope, scripts
+from ..errors import ConfigError
+from ..keys import Keys
+from ..protocol import envelope, scripts
 
 if TYPE_CHECKING:
-    from .connection import Connector
+    from ..connection import Connector
 
 _PRUNE_EVERY = itertools.cycle(range(1000))  # 0 once per 1,000 trimming indexed appends
 

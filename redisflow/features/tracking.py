@@ -18,17 +18,21 @@ are pipelined with concurrent traffic.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from .keys import Keys, status_key
-from .message import Message
-from .protocol.envelope import now_ms
-from .protocol.replies import mapping
+from ..keys import Keys, status_key
+from ..message import Message
+from ..protocol.envelope import now_ms
+from ..protocol.replies import mapping
 
 if TYPE_CHECKING:
-    from .connection import Connector
+    from ..connection import Connector
+    from ..middleware import ConsumeNext
+
+log = logging.getLogger("redisflow")
 
 Status = Literal["published", "processing", "completed", "failed", "dead"]
 STATUSES: tuple[Status, ...] = ("published", "processing", "completed", "failed", "dead")
@@ -116,3 +120,27 @@ class Tracker:
         """The counters of a source: ``published`` and ``<handler>:<status>``."""
         flat = await self.send("HGETALL", Keys(self.prefix, source).counts)
         return {k.decode(): int(v) for k, v in mapping(flat).items()}
+
+
+class Tracking:
+    """The consume middleware of a tracked handler: ``processing`` before the rest of the
+    chain, ``completed`` after it; the consumer records ``failed`` and ``dead`` with its
+    verdicts (``record``). Best effort: a status that cannot be written is logged, never
+    worth failing or repeating the message."""
+
+    def __init__(self, tracker: Tracker, handler: str) -> None:
+        self.tracker, self.handler = tracker, handler
+
+    async def consume(self, msg: Message[Any], call_next: ConsumeNext) -> Any:
+        """Record ``processing``, run the rest of the chain, record ``completed``."""
+        await self.record(msg, "processing")
+        result = await call_next(msg)
+        await self.record(msg, "completed")
+        return result
+
+    async def record(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
+        """Record a status change of ``msg`` (best effort)."""
+        try:
+            await self.tracker.moved(msg, self.handler, status, error)
+        except Exception as exc:  # lost connection, a full Redis, a foreign key
+            log.warning("%s: status of message %s not recorded: %r", self.handler, msg.id, exc)

@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import to_ms
-from .keys import slot
-from .protocol import scripts
+from ..config import to_ms
+from ..keys import slot
+from ..protocol import scripts
 
 if TYPE_CHECKING:
-    from .connection import Connector, Sender, WaitingSender
+    from ..connection import Connector, Sender, WaitingSender
 
 
 async def send(
