@@ -46,6 +46,13 @@ def _crc16_table() -> list[int]:
 _CRC16 = _crc16_table()
 
 
+def crc16(data: bytes, crc: int = 0) -> int:
+    """CRC16-XMODEM of ``data``, continuing from ``crc`` (the value for what came before)."""
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
+    return crc
+
+
 def slot(key: str | bytes) -> int:
     """The Redis Cluster hash slot of ``key`` (CRC16-XMODEM of its hash tag, mod 16384)."""
     data = key.encode() if isinstance(key, str) else key
@@ -54,10 +61,7 @@ def slot(key: str | bytes) -> int:
         end = data.find(b"}", start + 1)
         if end > start + 1:
             data = data[start + 1 : end]
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
-    return crc % SLOTS
+    return crc16(data) % SLOTS
 
 
 def check_text(text: str, what: str) -> str:

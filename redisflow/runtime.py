@@ -13,7 +13,7 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +58,11 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._metrics: Metrics | None = None
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
-        self._draining: list[tuple[str, int]] = []  # old layouts: (name, partitions)
+
+    @property
+    def task_group(self) -> TaskGroup | None:
+        """The task group of the running consumers (None when stopped)."""
+        return self._tg
 
     async def start(self) -> None:
         """Wait for Redis and start everything; errors during start-up are raised here."""
@@ -84,16 +88,15 @@ class Runtime:
         if config.metrics_port is not None and self.handlers:
             self._metrics = Metrics(config.metrics_port)
         self.consumers = []
+        every: list[HandlerReaders] = []
         for handler in self.handlers:
-            middleware = self._middleware(handler)
-            keys = await self._keys(handler)
-            # Partitions share the handler's concurrency: each runs up to all of it, and
-            # one gate bounds their sum.
-            gate = Gate(handler.options.concurrency) if len(keys) > 1 else None
-            for key in keys:
-                consumer = CONSUMERS[handler.source.kind](handler, ctx, middleware, key)
-                consumer.gate = gate
-                self.consumers.append(consumer)
+            source = handler.source
+            if source.kind == "channel":
+                keys = [source.name]
+            else:
+                wanted = handler.options.partitions
+                keys = await partitions.to_read(self.client.layouts, source, wanted)
+            every.append(HandlerReaders(self, handler, ctx, self._middleware(handler), keys))
         await self._register(connector)
         await self._check_eviction(connector)
         metrics = self._metrics
@@ -103,17 +106,31 @@ class Runtime:
         channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
         if channels:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
-        for consumer in self.consumers:
-            await tg.start(consumer.run)
-            opts = consumer.options
+        await self._start_consumers(tg, list(self.consumers))
+        for reader in every:
+            opts, parts = reader.handler.options, len(reader.mine)
             log.info(
-                "%s -> %s (concurrency %d%s)", consumer.handler.source, consumer.handler.name,
+                "%s -> %s (concurrency %d%s%s)", reader.source, reader.handler.name,
                 opts.concurrency, ", at-most-once" if opts.at_most_once else "",
+                f", {parts} partitions" if parts > 1 else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
-        if self._draining:
-            await tg.start(self._helper, self._retire)
+        readers = [r for r in every if r.source.kind != "channel"]
+        if readers:  # new layouts, old ones drained: docs/scaling.md, "Changing P"
+            drainer = partitions.Drainer(self.client.layouts, readers, config.claim_interval)
+            await tg.start(self._helper, drainer.run)
+
+    @staticmethod
+    async def _start_consumers(tg: TaskGroup, consumers: list[Consumer[Any]]) -> None:
+        """Start consumers at once (256 partitions connect in parallel, not one after the
+        other), returning when all are ready; the first failure is raised as itself."""
+        try:
+            async with anyio.create_task_group() as starting:
+                for consumer in consumers:
+                    starting.start_soon(tg.start, consumer.run)
+        except BaseExceptionGroup as group:
+            raise single(group) from None
 
     def _middleware(self, handler: Handler) -> list[object]:
         """The consume chain of ``handler``: the flow's middleware, then (innermost last)
@@ -136,48 +153,6 @@ class Runtime:
         if self._metrics is not None:
             chain.append(self._metrics.timing(handler))
         return chain
-
-    async def _keys(self, handler: Handler) -> list[str]:
-        """The keys a handler's consumers read: its source, or every partition of every
-        layout in use (older layouts until they are drained)."""
-        source, wanted = handler.source, handler.options.partitions
-        if source.kind == "channel":
-            return [source.name]
-        layouts, name = self.client.layouts, source.name
-        stored = await layouts.stored(name)
-        if wanted == 1 and not stored:
-            return [name]
-        # The plain key may hold messages (sent before any layout was known): drain it too.
-        if wanted > 1 and 1 not in stored and (not stored or await self._holds(name)):
-            await layouts.register(name, 1)
-        used = await layouts.register(name, wanted)
-        for old in used[1:]:
-            self._draining.append((source.name, old))
-        return [key for p in used for key in partitions.keys(source.name, p)]
-
-    async def _holds(self, name: str) -> bool:
-        """Whether the plain key of ``name`` (or its retries) holds anything."""
-        keys = self.client.keys(name)
-        return bool(
-            await self.client.send_many(("EXISTS", name), ("EXISTS", keys.delayed)) != [0, 0]
-        )
-
-    async def _retire(self) -> None:
-        """Drop an old layout from Redis once its partitions hold nothing (producers have
-        stopped using it; the consumers reading it go on until the flow stops)."""
-        while self._draining:
-            await anyio.sleep(self.config.claim_interval)
-            for entry in list(self._draining):
-                name, old = entry
-                old_keys = set(partitions.keys(name, old))
-                readers = [c for c in self.consumers if c.key in old_keys]
-                try:
-                    if all([await consumer.drained() for consumer in readers]):
-                        await self.client.layouts.retire(name, old)
-                        self._draining.remove(entry)
-                        log.info("%s: the old layout of %d partitions is drained", name, old)
-                except REDIS_ERRORS:
-                    pass
 
     async def _register(self, connector: Connector) -> None:
         """List the sources for ``redisflow stats --url`` (best effort: a full Redis
@@ -314,6 +289,53 @@ async def until_signal(
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise single(group) from None
+
+
+class HandlerReaders:
+    """The consumers of one handler, one per key it reads (its source, or partitions), as
+    ``partitions.Drainer`` sees them: it adds and removes keys as the layouts change."""
+
+    def __init__(
+        self, runtime: Runtime, handler: Handler, ctx: Context, chain: list[object],
+        keys: list[str],
+    ) -> None:  # fmt: skip
+        self.runtime, self.handler, self.ctx, self.chain = runtime, handler, ctx, chain
+        self.source = handler.source
+        # Partitions share the handler's concurrency: each runs up to all of it, and one
+        # gate bounds their sum.
+        many = len(keys) > 1 or handler.options.partitions > 1
+        self.gate = Gate(handler.options.concurrency) if many else None
+        self.mine: dict[str, Consumer[Any]] = {}
+        for key in keys:
+            self._add(key)
+
+    def _add(self, key: str) -> Consumer[Any]:
+        consumer = CONSUMERS[self.source.kind](self.handler, self.ctx, self.chain, key)
+        if self.gate is None and self.mine:  # a second key: share a gate from now on
+            self.gate = Gate(self.handler.options.concurrency)
+        consumer.gate = self.gate
+        self.mine[key] = consumer
+        self.runtime.consumers.append(consumer)
+        return consumer
+
+    def reading(self) -> set[str]:
+        return set(self.mine)
+
+    async def read(self, keys: Sequence[str]) -> None:
+        tg = self.runtime.task_group
+        for key in keys:
+            if key not in self.mine and tg is not None:
+                await tg.start(self._add(key).run)
+
+    async def drained(self, keys: Sequence[str]) -> bool:
+        return all([await self.mine[k].drained() for k in keys if k in self.mine])
+
+    async def leave(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            consumer = self.mine.pop(key, None)
+            if consumer is not None:
+                consumer.stop()
+                self.runtime.consumers.remove(consumer)
 
 
 def single(group: BaseExceptionGroup[Any]) -> BaseException:

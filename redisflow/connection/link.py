@@ -15,6 +15,7 @@ outage (docs/design.md, "Errors").
 from __future__ import annotations
 
 import asyncio
+import mmap
 import re
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -116,7 +117,10 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
-        self.buffer = bytearray(READ_SIZE)
+        # Anonymous memory, not a bytearray: the kernel backs a page only once a reply
+        # reaches it, so an idle link (a fetch loop of a quiet partition) costs a page, not
+        # 128 KiB (a bytearray is zeroed, so all of it is resident at once).
+        self.buffer = mmap.mmap(-1, READ_SIZE)
         self.view = memoryview(self.buffer)  # a view: TLS reads into slices of it
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
