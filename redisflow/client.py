@@ -81,9 +81,10 @@ class Client(Producers):
         return Keys(self.config.prefix, name)
 
     def partitions(self, name: str, partitions: int) -> None:
-        """Send to ``name`` over ``partitions`` partitions from this process, whatever
-        layout Redis records (a process that registers a handler for ``name`` records its
-        own; a producer learns it from Redis otherwise)."""
+        """Send to ``name`` over ``partitions`` partitions from this process (recorded in
+        Redis if it is not, so that consumers read it), until consumers retire that layout;
+        then to the current one. A process that registers a handler for ``name`` makes its
+        own current; a producer learns it from Redis otherwise."""
         self.layouts.declare(name, check_partitions(name, partitions))
 
     async def priority_stats(self, queue: str) -> dict[int, int]:
