@@ -37,8 +37,8 @@ class Order(BaseModel):
 
 def test_partition_tags_spread_evenly_and_never_collide() -> None:
     """Partition ``i`` of ``P`` lives in the middle half of the ``i``-th of ``P`` equal slot
-    ranges, the ranges starting at the slot of the source's name; keys of different layouts differ; the same
-    name and layout give the same keys everywhere."""
+    ranges, the ranges starting at the slot of the source's name; keys of different layouts
+    differ; the same name and layout give the same keys everywhere."""
     seen: set[str] = set()
     start = slot("jobs")
     for p in (2, 3, 6, 8, 16, 64, MAX_PARTITIONS):
