@@ -200,15 +200,7 @@ class Connector:
     async def _detect(self) -> Pipeliner | Router:
         if self.sentinels is not None:
             self.endpoint = await self.sentinels.primary()
-        link = Link(self.endpoint, name=f"{self.name}:hello")
-        try:
-            await link.open()
-            try:
-                info = ServerInfo.parse(await link.call("INFO", "server"))
-            except PermissionDenied:  # an ACL without INFO (-@dangerous): HELLO tells too
-                info = ServerInfo.hello(await link.call("HELLO"))  # any user may
-        finally:
-            await link.close()
+        info = await self._hello()
         self.info = info
         check_version(info, self.display)
         if self.spec.mode == "cluster" or info.mode == "cluster":
@@ -225,6 +217,32 @@ class Connector:
                 lambda: Link(self.endpoint, name=f"{self.name}:send"), timeout=self.timeout
             )
         return self.target
+
+    async def _hello(self) -> ServerInfo:
+        """What the server says of itself; for a ``redis+cluster://`` URL, the first seed
+        that answers (a seed that is down must not stop a cluster whose others are up)."""
+        seeds = self.spec.addresses if self.spec.mode == "cluster" else (self.endpoint.address,)
+        failure: BaseException | None = None
+        for address in seeds:
+            endpoint = self.spec.endpoint(address) if self.spec.mode == "cluster" else self.endpoint
+            link = Link(endpoint, name=f"{self.name}:hello")
+            try:
+                await link.open()
+                try:
+                    info = ServerInfo.parse(await link.call("INFO", "server"))
+                except PermissionDenied:  # an ACL without INFO (-@dangerous): HELLO tells too
+                    info = ServerInfo.hello(await link.call("HELLO"))  # any user may
+            except CONNECTION_ERRORS as exc:
+                failure = exc
+                continue
+            finally:
+                await link.close()
+            self.endpoint = endpoint
+            return info
+        assert failure is not None
+        if len(seeds) > 1:
+            raise ConnectionLost(f"no seed of {self.display} answered (last: {failure})")
+        raise failure
 
     def _link(self, role: str) -> Link:
         """A link to the primary of a sentinel service, as it is when the link opens."""
