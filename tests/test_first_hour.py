@@ -4,10 +4,14 @@ channel, validation errors that filled the log. Real Redis, private servers."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import warnings
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 from pydantic import BaseModel
 
 from redisflow import ConfigError, Flow, Message
@@ -122,3 +126,37 @@ async def test_an_invalid_payload_logs_one_line_and_keeps_the_detail_in_the_dead
 
 async def _dead(flow: Flow, name: str, n: int) -> bool:
     return await flow.dlq(name).count() >= n
+
+
+# -- one Flow, several event loops -----------------------------------------------------------
+
+
+def test_a_flow_used_by_one_asyncio_run_after_another(url: str, ns: str) -> None:
+    """A module-level Flow used from two ``asyncio.run`` calls (a script, a CLI tool, a
+    Django command): the second call connects again instead of waiting forever on the
+    first loop's sockets (its connections are closed when its loop ends)."""
+    flow = Flow(url, prefix=ns)
+    q = f"{ns}:q"
+    ids = [asyncio.run(asyncio.wait_for(flow.enqueue(q, n), 10)) for n in range(3)]
+    assert all(ids) and len(set(ids)) == 3
+    with redis.Redis.from_url(url) as r:
+        assert r.llen(q) == 3
+        names = [c.get("name", "") for c in r.client_list()]
+    assert not [n for n in names if n.startswith("redisflow:send")], "left open by ended loops"
+
+
+def test_a_loop_that_ended_without_closing_its_connections(url: str, ns: str) -> None:
+    """A loop closed without ``asyncio.run``'s shutdown (no chance to close anything): the
+    next loop abandons the dead connections and connects again."""
+    flow = Flow(url, prefix=ns)
+    q = f"{ns}:q"
+    loop = asyncio.new_event_loop()
+    with warnings.catch_warnings():  # the dead loop's transport, freed by the collector
+        warnings.simplefilter("ignore", ResourceWarning)
+        loop.run_until_complete(flow.enqueue(q, 1))
+        loop.close()
+        assert asyncio.run(asyncio.wait_for(flow.enqueue(q, 2), 10))
+        asyncio.run(flow.aclose())
+        gc.collect()
+    with redis.Redis.from_url(url) as r:
+        assert r.llen(q) == 2

@@ -15,6 +15,7 @@ outage (docs/design.md, "Errors").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import re
 import socket
@@ -343,6 +344,20 @@ class Link:
             return
         proto.lost = ConnectionLost(f"{self.endpoint}: {reason}")
         proto.transport.abort()  # connection_lost wakes the waiting read, keeping the reason
+
+    def forsake(self) -> None:
+        """Drop the connection without its event loop, which has ended: shut the socket
+        down (the server sees it go); the socket itself is freed with the transport."""
+        proto, self._proto = self._proto, None
+        self.client_id = None
+        transport = proto.transport if proto is not None else None
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, RuntimeError):
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+            transport.abort()  # a closed loop refuses the callback: RuntimeError
 
     async def close(self) -> None:
         """Drop the connection (a reply not read yet is lost with it) and wait until its
