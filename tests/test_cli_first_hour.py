@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import tomllib
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from redisflow.cli.run import UsageError, load_flow
-from tests.support.servers import RedisProc
+from tests.support.servers import RedisProc, free_port
 from tests.test_cli import ROOT, env_for, write
 
 APP = """\
@@ -116,3 +117,25 @@ def test_examples_readme_says_what_make_demo_does() -> None:
     demo = (ROOT / "examples" / "demo.py").read_text()
     assert "RedisServer.start()" in demo and "localhost" not in demo
     assert "when a Redis answers" not in text and "private\nserver it starts" in text, text
+
+
+def test_server_says_in_one_line_what_is_wrong_with_its_dir_or_port(tmp_path: Path) -> None:
+    """A file, a path that cannot be created, an empty ``--dir``, a port held by something
+    that is not Redis: one line each, exit 1, no traceback, no server log."""
+    (tmp_path / "afile").write_text("")
+    port = free_port()
+    for given, says in (
+        ("afile", "not a directory"),
+        ("/proc/x/data", "cannot create it"),
+        ("", "--dir is empty"),
+    ):
+        res = run_cli(tmp_path, "server", "--port", str(port), "--dir", given)
+        assert res.returncode == 1 and says in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        res = run_cli(tmp_path, "server", "--port", str(taken), "--dir", "data")
+    assert res.returncode == 1 and "taken by a program that is not Redis" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
