@@ -65,13 +65,11 @@ def redact(url: str) -> str:
     """``url`` with every password replaced by ``***``, whatever its form (never raises).
 
     Read leniently, so that a URL the parser refuses is shown redacted too (any scheme case,
-    spaces, a password holding any character: ``@ / ? # : &`` included). Two spans are
-    hidden: the user info, taken to run from ``://`` (or the start) to the *last* ``@`` of
-    the URL, the user name before its first ``:`` excepted; and the value of every
-    ``password``/``sentinel_password`` option (any case, its name percent-encoded or not),
-    up to the next option redisflow knows. An ``@`` in another option's value (a
-    ``client_name``) thus hides the host too: more than needed, never less.
-    """
+    spaces, a password holding ``@ / ? # : &``). Hidden: the user info, from ``://`` (or the
+    start) to the *last* ``@``, but for the user name; the value of every ``password`` and
+    ``sentinel_password`` option (any case, percent-encoded or not), up to the next option
+    redisflow knows. An ``@`` in another option (``client_name``) hides the host too: more
+    than needed, never less."""
     text = str(url)
     hidden = [False] * len(text)
     scheme = _SCHEME.match(text)
@@ -212,6 +210,7 @@ def parse_url(url: str) -> ServerSpec:
     userinfo, at, hosts = netloc.rpartition("@")
     username, password = _userinfo(userinfo if at else "", options, display)
     found = _tls(options, tls, display)
+    _only_for_sentinels(options, mode, display)
     common = dict(
         username=username, password=password, tls=found, client_name=options.get("client_name"),
         connect_timeout=_timeout(options, display), display=display,
@@ -373,6 +372,11 @@ def _timeout(options: dict[str, str], display: str) -> float:
             f"connect_timeout must be seconds > 0, not {_shown(text, display)} ({display!r})"
         )
     return value
+
+
+def _only_for_sentinels(options: dict[str, str], mode: Mode, display: str) -> None:
+    if mode != "sentinel" and (given := sorted(n for n in options if n.startswith("sentinel_"))):
+        raise ConfigError(f"{given[0]} needs a redis+sentinel:// URL ({display!r})")
 
 
 def _tls(options: dict[str, str], tls: bool, display: str) -> Tls | None:
