@@ -371,7 +371,9 @@ class Flow(Client):
             await self._stop((exc_type, exc, tb) if cancelled else (None, None, None))
 
     async def run(self, *, ready: Callable[[], object] | None = None) -> None:
-        """Run until SIGINT or SIGTERM (or cancellation), then stop gracefully. A signal
-        that arrives while the flow is still starting (waiting for Redis, say) abandons the
-        start: nothing is held yet. ``ready()`` is called once every consumer has started."""
-        await until_signal(self, ready)
+        """Run until SIGINT, SIGTERM or SIGHUP (or cancellation), then stop gracefully; a
+        second signal while handlers finish cancels them (their messages are handed back)
+        and raises ``Interrupted``. A signal that arrives while the flow is still starting
+        (waiting for Redis, say) abandons the start: nothing is held yet. ``ready()`` is
+        called once every consumer has started."""
+        await until_signal(self, ready, lambda: self._runtime)

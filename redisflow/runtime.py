@@ -222,6 +222,15 @@ class Runtime:
                 task_status.started()
                 await run()
 
+    def busy(self) -> int:
+        """Handlers running now, in every consumer."""
+        return sum(consumer.busy for consumer in self.consumers)
+
+    def hurry(self) -> None:
+        """Cancel the running handlers now instead of at the end of the grace period."""
+        for consumer in self.consumers:
+            consumer.hurry()
+
     async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every consumer is idle (twice in a row: a reply in flight cannot
         fool it); TimeoutError after ``timeout`` seconds."""
@@ -261,22 +270,55 @@ class Runtime:
                     await self.lifespan.leave()
 
 
+#: What stops a running flow: Ctrl-C, a kill, and the terminal closing (SIGHUP, which would
+#: otherwise kill the process without a stop, leaving its embedded server behind).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(RedisflowError):
+    """Raised when a second signal stopped the flow before its handlers finished (their
+    messages were handed back)."""
+
+
 async def until_signal(
-    flow: AbstractAsyncContextManager[Any], ready: Callable[[], object] | None
+    flow: AbstractAsyncContextManager[Any],
+    ready: Callable[[], object] | None,
+    running: Callable[[], Runtime | None] = lambda: None,
 ) -> None:
-    """Run ``flow`` (``async with``) until SIGINT or SIGTERM, then leave it. A signal during
-    the start abandons it; ``ready()`` is called once it has started."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        started, stop = False, anyio.Event()
+    """Run ``flow`` (``async with``) until SIGINT, SIGTERM or SIGHUP, then leave it. A
+    signal during the start abandons it; ``ready()`` is called once it has started. While
+    handlers finish, a second signal cancels them (``Interrupted``: their messages are
+    handed back)."""
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        started, stop, hurried = False, anyio.Event(), False
+        stopping: Runtime | None = None  # the run the first signal stops (it leaves the flow)
 
         async def wait(scope: anyio.CancelScope) -> None:
+            nonlocal hurried, stopping
             async for signum in signals:
-                log.info("received %s: stopping", signal.Signals(signum).name)
-                if started:
-                    stop.set()
-                else:
+                name, runtime = signal.Signals(signum).name, stopping or running()
+                if not started:
+                    log.info("received %s: stopping", name)
                     scope.cancel()
-                return
+                    return
+                if stop.is_set():
+                    log.warning("received %s again: stopping now, unfinished messages are"
+                                " handed back", name)  # fmt: skip
+                    hurried = True
+                    if runtime is not None:
+                        runtime.hurry()
+                    return
+                stop.set()
+                stopping = runtime
+                busy = runtime.busy() if runtime is not None else 0
+                if busy:
+                    log.warning(
+                        "received %s: stopping: waiting up to %g s for %d handler%s (%s"
+                        " again to stop now)", name, runtime.config.grace_period if runtime
+                        else 0, busy, "s" * (busy != 1), "Ctrl-C" if name == "SIGINT" else name,
+                    )  # fmt: skip
+                else:
+                    log.info("received %s: stopping", name)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -289,6 +331,8 @@ async def until_signal(
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise single(group) from None
+    if hurried:
+        raise Interrupted("stopped before its handlers finished (a second signal)")
 
 
 class HandlerReaders:

@@ -5,19 +5,23 @@ that say how to install what is missing. Real subprocesses, private servers."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
+import redis
 
 from redisflow.cli.run import UsageError, load_flow
 from tests.support.servers import RedisProc, free_port
-from tests.test_cli import ROOT, env_for, write
+from tests.test_cli import ROOT, env_for, wait_for, write
 
 APP = """\
 from redisflow import Flow
@@ -139,3 +143,106 @@ def test_server_says_in_one_line_what_is_wrong_with_its_dir_or_port(tmp_path: Pa
         res = run_cli(tmp_path, "server", "--port", str(taken), "--dir", "data")
     assert res.returncode == 1 and "taken by a program that is not Redis" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+SLOW_APP = """\
+import anyio
+from redisflow import Flow
+
+flow = Flow(prefix={ns!r})
+
+
+@flow.on_queue("{ns}:q")
+async def handle(n: int) -> None:
+    await anyio.sleep(n)
+"""
+
+
+def start_run(path: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    """``redisflow run slowapp --url URL`` in the background, its log in ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "redisflow", "run", "slowapp", "--url", url],
+            cwd=path, env=env_for(path), stdout=subprocess.DEVNULL, stderr=out,
+        )  # fmt: skip
+
+
+def test_closing_the_terminal_stops_run_gracefully(
+    tmp_path: Path, redis_server: RedisProc, ns: str
+) -> None:
+    """SIGHUP (the terminal closed) is a stop like SIGTERM: exit 0 after a clean stop (it
+    killed the process before, exit 129, leaving an embedded server behind)."""
+    write(tmp_path, "slowapp", SLOW_APP.format(ns=ns))
+    log = tmp_path / "run.log"
+    proc = start_run(tmp_path, redis_server.url, log)
+    try:
+        wait_for(lambda: " -> " in log.read_text() or proc.poll() is not None, 20, "started")
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "received SIGHUP: stopping" in text and "stopped" in text, text
+
+
+def test_a_second_ctrl_c_stops_now_and_hands_the_message_back(
+    tmp_path: Path, redis_server: RedisProc, ns: str
+) -> None:
+    """Ctrl-C with a slow handler says what it waits for and how to stop now; a second
+    Ctrl-C cancels the handler at once, hands its message back, and exits non-zero."""
+    write(tmp_path, "slowapp", SLOW_APP.format(ns=ns))
+    log = tmp_path / "run.log"
+    proc = start_run(tmp_path, redis_server.url, log)
+    r = redis.Redis.from_url(redis_server.url)
+    try:
+        wait_for(lambda: " -> " in log.read_text() or proc.poll() is not None, 20, "started")
+        r.rpush(f"{ns}:q", b"60")
+        wait_for(lambda: r.llen(f"{ns}:q") == 0, 10, "the message taken")
+        time.sleep(0.3)  # in the handler
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "Ctrl-C again to stop now" in log.read_text(), 10, "the notice")
+        proc.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        code = proc.wait(timeout=20)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "waiting up to 10 s for 1 handler (Ctrl-C again to stop now)" in text, text
+    assert code == 1 and took < 8, (code, took, text)
+    assert r.llen(f"{ns}:q") == 1, "the message was handed back"
+    r.close()
+
+
+def test_the_embedded_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """``redisflow run``'s embedded server (``LocalServer``) gets SIGTERM when its parent
+    dies, even by ``kill -9``: the next ``run`` does not find an orphan on the port."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from redisflow.server import LocalServer, find_binary\n"
+        "server = LocalServer(find_binary(), int(sys.argv[1]), Path(sys.argv[2]))\n"
+        "server.start()\n"
+        "print(server.proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(free_port()), str(tmp_path / "data")],
+        cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, text=True,
+    ) as parent:  # fmt: skip
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        os.kill(pid, 0)  # it runs
+        parent.kill()
+    wait_for(lambda: not _alive(pid), 10, "the server gone with its parent")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
