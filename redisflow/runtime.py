@@ -13,7 +13,7 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate
+from .consumers import ChannelConsumer, ChannelHub, Consumer, Context
+from .consumers.readers import HandlerConsumers
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
@@ -59,10 +60,10 @@ class Runtime:
         self._metrics: Metrics | None = None
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
 
-    @property
-    def task_group(self) -> TaskGroup | None:
-        """The task group of the running consumers (None when stopped)."""
-        return self._tg
+    async def _run(self, consumer: Consumer[Any]) -> None:
+        """Start a consumer added while the flow runs (a new layout to read)."""
+        if self._tg is not None:
+            await self._tg.start(consumer.run)
 
     async def start(self) -> None:
         """Wait for Redis and start everything; errors during start-up are raised here."""
@@ -88,7 +89,7 @@ class Runtime:
         if config.metrics_port is not None and self.handlers:
             self._metrics = Metrics(config.metrics_port)
         self.consumers = []
-        every: list[HandlerReaders] = []
+        every: list[HandlerConsumers] = []
         for handler in self.handlers:
             source = handler.source
             if source.kind == "channel":
@@ -96,7 +97,11 @@ class Runtime:
             else:
                 wanted = handler.options.partitions
                 keys = await partitions.to_read(self.client.layouts, source, wanted)
-            every.append(HandlerReaders(self, handler, ctx, self._middleware(handler), keys))
+            every.append(
+                HandlerConsumers(
+                    handler, ctx, self._middleware(handler), keys, self.consumers, self._run
+                )
+            )
         await self._register(connector)
         await self._check_eviction(connector)
         metrics = self._metrics
@@ -222,6 +227,19 @@ class Runtime:
                 task_status.started()
                 await run()
 
+    def _also_lost(self, exc: BaseException) -> BaseException:
+        """``exc``, naming too every other consumer in the same outage when one gave up on
+        Redis: the first to give up stops the flow, cancelling the others before they can."""
+        if not isinstance(exc, RedisflowError) or not any(
+            c.backoff.gave_up for c in self.consumers
+        ):
+            return exc
+        also = [str(c) for c in self.consumers if c.backoff.failures and str(c) not in str(exc)]
+        if not also:
+            return exc
+        lines = [f"{who}: Redis unreachable too" for who in also]
+        return RedisflowError("\n".join([str(exc), *lines]))
+
     def busy(self) -> int:
         """Handlers running now, in every consumer."""
         return sum(consumer.busy for consumer in self.consumers)
@@ -256,7 +274,7 @@ class Runtime:
             only = single(group)
             if only is group:
                 raise
-            raise only from None  # one failure (through nested task groups): raise it as is
+            raise self._also_lost(only) from None  # one failure: raised as itself
         finally:
             for consumer in self.consumers:
                 log.info("%s stopped: %s", consumer, consumer.stats)
@@ -333,53 +351,6 @@ async def until_signal(
             raise single(group) from None
     if hurried:
         raise Interrupted("stopped before its handlers finished (a second signal)")
-
-
-class HandlerReaders:
-    """The consumers of one handler, one per key it reads (its source, or partitions), as
-    ``partitions.Drainer`` sees them: it adds and removes keys as the layouts change."""
-
-    def __init__(
-        self, runtime: Runtime, handler: Handler, ctx: Context, chain: list[object],
-        keys: list[str],
-    ) -> None:  # fmt: skip
-        self.runtime, self.handler, self.ctx, self.chain = runtime, handler, ctx, chain
-        self.source = handler.source
-        # Partitions share the handler's concurrency: each runs up to all of it, and one
-        # gate bounds their sum.
-        many = len(keys) > 1 or handler.options.partitions > 1
-        self.gate = Gate(handler.options.concurrency) if many else None
-        self.mine: dict[str, Consumer[Any]] = {}
-        for key in keys:
-            self._add(key)
-
-    def _add(self, key: str) -> Consumer[Any]:
-        consumer = CONSUMERS[self.source.kind](self.handler, self.ctx, self.chain, key)
-        if self.gate is None and self.mine:  # a second key: share a gate from now on
-            self.gate = Gate(self.handler.options.concurrency)
-        consumer.gate = self.gate
-        self.mine[key] = consumer
-        self.runtime.consumers.append(consumer)
-        return consumer
-
-    def reading(self) -> set[str]:
-        return set(self.mine)
-
-    async def read(self, keys: Sequence[str]) -> None:
-        tg = self.runtime.task_group
-        for key in keys:
-            if key not in self.mine and tg is not None:
-                await tg.start(self._add(key).run)
-
-    async def drained(self, keys: Sequence[str]) -> bool:
-        return all([await self.mine[k].drained() for k in keys if k in self.mine])
-
-    async def leave(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            consumer = self.mine.pop(key, None)
-            if consumer is not None:
-                consumer.stop()
-                self.runtime.consumers.remove(consumer)
 
 
 def single(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -385,8 +385,9 @@ async def test_start_waits_for_a_redis_that_comes_up_late(ns: str) -> None:
 
 async def test_outage_longer_than_give_up_after_fails_the_flow(server: Server, ns: str) -> None:
     """A Redis that never comes back makes ``run`` fail (so the worker exits non-zero):
-    with two handlers giving up on the same outage, one ``RedisflowError`` names both (not
-    an ExceptionGroup, which the command line would print as a traceback)."""
+    with two handlers losing it to the same outage, one ``RedisflowError`` names both (not
+    an ExceptionGroup, which the command line would print as a traceback), even when the
+    first to give up cancels the other before it gives up too (a busy machine)."""
     flow = Flow(server.url, prefix=ns, block_timeout=0.5, give_up_after=1.0)
 
     @flow.on_queue(f"{ns}:q")
