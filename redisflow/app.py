@@ -139,19 +139,28 @@ class Flow(Client):
             raise ConfigError(f"{where}: cannot add a handler to a running flow")
         if kind == "channel" and options.get("pattern") is None:
             options["pattern"] = is_pattern(name)
+        handler = Handler.build(fn, Source(kind, name, group), HandlerOptions(**options))
+        clash = handler.clash(self.handlers.values())
+        if clash:
+            raise ConfigError(f"{where}: {clash}")
+        key = (kind, name, group)
+        if key in self.handlers:
+            other = self.handlers[key].name
+            raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
         partitions = options.get("partitions", 1)
         if partitions != 1 or isinstance(partitions, bool):  # True == 1: refused too
             try:
                 self.partitions(name, partitions)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-        handler = Handler.build(fn, Source(kind, name, group), HandlerOptions(**options))
-        key = (kind, name, group)
-        if key in self.handlers:
-            other = self.handlers[key].name
-            raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
         self.handlers[key] = handler
         return handler
+
+    def problems(self) -> list[str]:
+        """What ``start`` would refuse, found without connecting (``redisflow check`` says
+        them): handler parameters that no ``@flow.resource`` provides."""
+        provided = self._lifespan.resources
+        return [p for h in self.handlers.values() if (p := h.unprovided(provided)) is not None]
 
     def on_startup(self, fn: F) -> F:
         """Run ``fn()`` (sync or async) when the flow starts, before any consumer."""

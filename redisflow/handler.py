@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -76,16 +76,40 @@ class Handler:
             fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order)
         )
 
+    def clash(self, others: Iterable[Handler]) -> str | None:
+        """Why this handler cannot join ``others``: its name is already a key of another
+        type (a queue, a priority queue and a stream are each one key; a producer of the
+        other kind would get WRONGTYPE). None when it can."""
+        source = self.source
+        for other in others if source.kind != "channel" else ():
+            if other.source.name == source.name and other.source.kind not in (
+                "channel",
+                source.kind,
+            ):
+                return (
+                    f"{source.name!r} is already a {other.source.kind} (handler"
+                    f" {other.name!r}); a name is one Redis key, of one type"
+                )
+        return None
+
+    def unprovided(self, provided: Collection[Any]) -> str | None:
+        """What ``bind`` would refuse with ``provided`` resource types: the parameters that
+        none of them fills (None: every one is)."""
+        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in provided]
+        if not missing:
+            return None
+        return (
+            f"handler {self.name!r}: no resource provides {', '.join(missing)}"
+            " (register one with @flow.resource)"
+        )
+
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
         """The call adapter with this handler's resource parameters filled in."""
         if not self.deps:
             return self.invoke
-        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in resources]
-        if missing:
-            raise ConfigError(
-                f"handler {self.name!r}: no resource provides {', '.join(missing)}"
-                " (register one with @flow.resource)"
-            )
+        problem = self.unprovided(resources)
+        if problem:
+            raise ConfigError(problem)
         bound = partial(self.fn, **{name: resources[kind] for name, kind in self.deps})
         return _invoker(bound, self.order)
 

@@ -171,23 +171,10 @@ class Runtime:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 
     async def _check_eviction(self, connector: Connector) -> None:
-        """Warn once when Redis may evict keys (``maxmemory-policy`` other than
-        ``noeviction``): a full Redis would then drop queued messages silently. A user
-        without ``CONFIG GET`` (the usual ACL) is not told: noted at DEBUG."""
-        if not any(h.source.kind != "channel" for h in self.handlers):
-            return
-        try:
-            replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")
-        except REDIS_ERRORS as exc:
-            log.debug("maxmemory-policy not checked (%s)", exc)
-            return
-        policies = {text(reply[1]) for reply in replies if len(reply) == 2}
-        for policy in sorted(policies - {"noeviction"}):
-            log.warning(
-                "Redis at %s has maxmemory-policy %s: when full it evicts keys, queued"
-                " messages included, silently; set noeviction (a full Redis then refuses"
-                " new messages and workers go on draining)", connector.display, policy,
-            )  # fmt: skip
+        """Warn once when Redis may evict keys (``evicting``)."""
+        if any(h.source.kind != "channel" for h in self.handlers):
+            for warning in await evicting(connector):
+                log.warning("%s", warning)
 
     async def _wait_for_redis(self, connector: Connector) -> None:
         """PING until Redis answers; log once while waiting; fail after ``give_up_after``.
@@ -286,6 +273,24 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await stack.aclose()
                     await self.lifespan.leave()
+
+
+async def evicting(connector: Connector) -> list[str]:
+    """A warning per ``maxmemory-policy`` other than ``noeviction`` (on any master): a full
+    Redis would then drop queued messages silently. A user without ``CONFIG GET`` (the
+    usual ACL) is not told: noted at DEBUG. What a start warns of, and ``redisflow check``."""
+    try:
+        replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")
+    except REDIS_ERRORS as exc:
+        log.debug("maxmemory-policy not checked (%s)", exc)
+        return []
+    policies = {text(reply[1]) for reply in replies if len(reply) == 2}
+    return [
+        f"Redis at {connector.display} has maxmemory-policy {policy}: when full it evicts"
+        " keys, queued messages included, silently; set noeviction (a full Redis then"
+        " refuses new messages and workers go on draining)"
+        for policy in sorted(policies - {"noeviction"})
+    ]
 
 
 #: What stops a running flow: Ctrl-C, a kill, and the terminal closing (SIGHUP, which would

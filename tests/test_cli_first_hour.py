@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from redisflow.cli.run import UsageError, load_flow
-from tests.support.servers import RedisProc, free_port
+from tests.support.servers import RedisProc, free_port, start_redis, stop_redis
 from tests.test_cli import ROOT, env_for, wait_for, write
 
 APP = """\
@@ -246,3 +246,44 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text()
+
+
+RESOURCE_APP = """\
+from redisflow import Flow
+
+flow = Flow(prefix={ns!r})
+
+
+class Mailer:
+    pass
+
+
+@flow.on_queue("{ns}:q")
+async def handle(n: int, mailer: Mailer) -> None:
+    pass
+"""
+
+
+def test_check_finds_what_run_would_refuse(
+    tmp_path: Path, redis_server: RedisProc, ns: str
+) -> None:
+    """A handler parameter that no ``@flow.resource`` provides: ``run`` refuses to start,
+    so ``check`` says so (it said ok)."""
+    write(tmp_path, "resapp", RESOURCE_APP.format(ns=ns))
+    res = run_cli(tmp_path, "check", "resapp", "--url", redis_server.url)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "problem: handler 'handle': no resource provides mailer" in res.stdout, res.stdout
+
+
+def test_check_warns_of_an_evicting_redis(tmp_path: Path, ns: str) -> None:
+    """``maxmemory-policy allkeys-lru``: the worker warns at start, and so does ``check``
+    (it said a plain ok)."""
+    proc = start_redis(["--maxmemory-policy", "allkeys-lru"])
+    try:
+        write(tmp_path, "evictapp", APP.format(ns=ns))
+        res = run_cli(tmp_path, "check", "evictapp", "--url", proc.url)
+    finally:
+        stop_redis(proc)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "warning: Redis at" in res.stdout and "allkeys-lru" in res.stdout, res.stdout
+    assert "(1 warning)" in res.stdout, res.stdout

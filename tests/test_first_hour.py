@@ -160,3 +160,19 @@ def test_a_loop_that_ended_without_closing_its_connections(url: str, ns: str) ->
         gc.collect()
     with redis.Redis.from_url(url) as r:
         assert r.llen(q) == 2
+
+
+def test_one_name_as_two_kinds_of_key_is_refused_at_decoration() -> None:
+    """A queue and a priority queue (or a stream) of the same name would be one Redis key
+    of two types: the producer of one would get WRONGTYPE. A channel is no key: allowed."""
+    flow = Flow("redis://localhost")
+    flow.on_queue("jobs")(lambda n: None)
+    flow.on_channel("jobs")(lambda n: None)
+
+    def second(n: int) -> None:
+        pass
+
+    for decorate in (flow.on_priority("jobs"), flow.on_stream("jobs", group="g")):
+        with pytest.raises(ConfigError, match=r"second.*'jobs' is already a queue"):
+            decorate(second)
+    assert len(flow.handlers) == 2 and not flow.client.layouts.declared
