@@ -40,11 +40,22 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    payload: Any = Any  # the payload's type
 
     @property
     def name(self) -> str:
         """The function's qualified name, used in logs and dead letters."""
         return getattr(self.fn, "__qualname__", repr(self.fn))
+
+    @property
+    def identity(self) -> str:
+        """Its module, name and payload type: ``app.send(app.Email)`` (two apps handling
+        one source differ in it: ``ops/handlers.py``)."""
+        payload = self.payload
+        shown = getattr(payload, "__qualname__", None) or repr(payload)
+        module = getattr(payload, "__module__", "builtins")
+        shown = shown if module in ("builtins", "typing") else f"{module}.{shown}"
+        return f"{getattr(self.fn, '__module__', '?')}.{self.name}({shown})"
 
     @classmethod
     def build(cls, fn: HandlerFunc, source: Source, options: HandlerOptions) -> Handler:
@@ -73,8 +84,9 @@ class Handler:
             ) from None
         invoke = _invoker(fn, tuple(order))
         return cls(
-            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order)
-        )
+            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order),
+            payload_type,
+        )  # fmt: skip
 
     def clash(self, others: Iterable[Handler]) -> str | None:
         """Why this handler cannot join ``others``: its name is already a key of another

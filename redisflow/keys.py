@@ -176,6 +176,12 @@ class Keys:
         return f"{self.base}:stats"
 
     @property
+    def handlers(self) -> str:
+        """Hash of the handlers live workers run for the source: ``<group>|<worker>`` ->
+        JSON ``[identity, ms]``, refreshed every few seconds (``ops/handlers.py``)."""
+        return f"{self.base}:handlers"
+
+    @property
     def inflight(self) -> str:
         """Hash ``<handler>:<worker>`` -> ``<messages held>:<worker's clock, ms>``, refreshed
         by live workers (entries older than a few seconds belong to dead ones)."""

@@ -9,6 +9,7 @@ consumer drain for the grace period, and closes the resources.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -31,6 +32,7 @@ from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
+from .ops import handlers
 from .ops.stats import source_member
 from .protocol.replies import text
 
@@ -58,6 +60,7 @@ class Runtime:
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._metrics: Metrics | None = None
+        self._worker = ""  # this run's id, once started
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
 
     async def _run(self, consumer: Consumer[Any]) -> None:
@@ -103,6 +106,7 @@ class Runtime:
                 )
             )
         await self._register(connector)
+        await self._introduce(ctx.worker_id)
         await self._check_eviction(connector)
         metrics = self._metrics
         if metrics is not None:
@@ -170,6 +174,13 @@ class Runtime:
         except ReplyError as exc:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 
+    async def _introduce(self, worker: str) -> None:
+        """Record the handler this worker runs for each source, again every few seconds,
+        warning of another live worker that handles one differently (``ops/handlers.py``)."""
+        self._worker = worker
+        if await handlers.introduce(self.client, self.handlers, worker) and self._tg:
+            await self._tg.start(self._helper, handlers.keep, self.client, self.handlers, worker)
+
     async def _check_eviction(self, connector: Connector) -> None:
         """Warn once when Redis may evict keys (``evicting``)."""
         if any(h.source.kind != "channel" for h in self.handlers):
@@ -203,16 +214,16 @@ class Runtime:
         )
 
     async def _helper(
-        self, run: Callable[..., Any], *, task_status: anyio.abc.TaskStatus[None]
+        self, run: Callable[..., Any], *args: Any, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         """Run a task that lives as long as the flow and is cancelled when it stops."""
         with anyio.CancelScope() as scope:
             self._helpers.append(scope)
             if "task_status" in inspect.signature(run).parameters:
-                await run(task_status=task_status)
+                await run(*args, task_status=task_status)
             else:
                 task_status.started()
-                await run()
+                await run(*args)
 
     def _also_lost(self, exc: BaseException) -> BaseException:
         """``exc``, naming too every other consumer in the same outage when one gave up on
@@ -268,6 +279,10 @@ class Runtime:
             if self._metrics is not None:
                 self._metrics.close()
                 self._metrics = None
+            if self._worker:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    with contextlib.suppress(Exception):
+                        await handlers.leave(self.client, self.handlers, self._worker)
             stack, self._stack = self._stack, None
             if stack is not None:
                 with anyio.CancelScope(shield=True):

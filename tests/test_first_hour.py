@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from redisflow import ConfigError, Flow, Message
 from redisflow.cli import main
+from redisflow.ops.stats import collect
 from tests.support.flows import eventually, make_flow
 
 pytestmark = pytest.mark.anyio
@@ -176,3 +177,40 @@ def test_one_name_as_two_kinds_of_key_is_refused_at_decoration() -> None:
         with pytest.raises(ConfigError, match=r"second.*'jobs' is already a queue"):
             decorate(second)
     assert len(flow.handlers) == 2 and not flow.client.layouts.declared
+
+
+class Order(BaseModel):
+    order_id: int
+
+
+async def test_two_apps_handling_one_queue_differently_are_told(
+    url: str, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two flows on one prefix with handlers for the same queue but other functions and
+    payload types would split its messages silently (half dead-lettered as invalid by the
+    other): the second warns at start, naming both, and ``stats`` says so while both run."""
+    q = f"{ns}:jobs"
+    mailer, billing = make_flow(url, ns), make_flow(url, ns)
+
+    @mailer.on_queue(q)
+    async def send(email: Email) -> None:
+        pass
+
+    @billing.on_queue(q)
+    async def bill(order: Order) -> None:
+        pass
+
+    async with mailer:
+        with caplog.at_level(logging.WARNING, logger="redisflow"):
+            async with billing:
+                snapshot = await collect(billing.client)
+            warned = [
+                r.getMessage() for r in caplog.records if "another live worker" in r.getMessage()
+            ]
+        after = await collect(mailer.client)
+    assert len(warned) == 1, warned
+    assert "send(tests.test_first_hour.Email)" in warned[0], warned[0]
+    assert "bill(tests.test_first_hour.Order)" in warned[0], warned[0]
+    assert len(snapshot.warnings) == 1 and "2 different live handlers" in snapshot.warnings[0]
+    assert after.warnings == [], "the stopped one left the record"
+    await mailer.aclose()

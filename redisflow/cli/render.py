@@ -86,7 +86,8 @@ def render_text(snapshot: Snapshot, url: str) -> str:
     if not snapshot.rows:
         return f"{title(snapshot, url)}\nno sources registered under prefix {snapshot.prefix!r}"
     table = text_table([h for h, _ in COLUMNS], [cells(r) for r in snapshot.rows], TEXT_COLUMNS)
-    return f"{title(snapshot, url)}\n\n{table}"
+    warnings = "".join(f"\nwarning: {w}" for w in snapshot.warnings)
+    return f"{title(snapshot, url)}\n\n{table}{warnings}"
 
 
 def render_rich(snapshot: Snapshot, url: str) -> Any:
@@ -107,6 +108,9 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
         )
     if not snapshot.rows:
         table.caption = f"no sources registered under prefix {snapshot.prefix!r}"
+    elif snapshot.warnings:
+        table.caption = "\n".join(f"[yellow]warning: {escape(w)}[/]" for w in snapshot.warnings)
+        table.caption_justify = "left"
     return table
 
 

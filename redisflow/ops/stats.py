@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from dataclasses import field as datafield
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from ..keys import sources_key
 from ..message import KINDS, Source
 from ..protocol.envelope import now_ms
 from ..protocol.replies import mapping, pairs
+from .handlers import conflicts
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -69,6 +71,7 @@ class Snapshot:
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
+    warnings: list[str] = datafield(default_factory=list)  # sources with differing handlers
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -77,6 +80,7 @@ class Snapshot:
             "taken_at": self.taken_at.isoformat(),
             "used_memory": self.used_memory,
             "handlers": [asdict(row) for row in self.rows],
+            "warnings": self.warnings,
         }
 
 
@@ -160,7 +164,8 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
             )
         entries = [(s, h) for s, h in targets if s.name == name]
         rows += reads[name].rows(entries, size)
-    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows)
+    warnings = await conflicts(client, dict.fromkeys(source for source, _ in targets))
+    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows, warnings)
 
 
 class _Reads:
