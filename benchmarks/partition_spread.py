@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from redisflow.features.partitions import Layout  # noqa: E402
-from redisflow.keys import slot  # noqa: E402
-from redisflow.testing.cluster import RedisCluster  # noqa: E402
+from redisflow.features.partitions import Layout
+from redisflow.keys import slot
+from redisflow.testing.cluster import RedisCluster
 
 NAMES = [
     "emails", "orders", "invoices", "signups", "webhooks",

@@ -13,17 +13,21 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     DecodeError,
+    Defer,
     PermissionDenied,
     RedisflowError,
     Reject,
     ReplicationError,
     ReplyError,
     Retry,
+    Skip,
 )
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus
 from .message import Kind, Message, Source
-from .ops.deadletters import DeadLetter, DeadLetters
+from .middleware import Middleware, Outgoing
+from .ops.deadletters import DeadLetters
+from .protocol.records import DeadLetter
 
 __all__ = [
     "AuthError",
@@ -33,6 +37,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "DecodeError",
+    "Defer",
     "Flow",
     "FlowConfig",
     "HandlerOptions",
@@ -40,6 +45,8 @@ __all__ = [
     "Limiter",
     "Message",
     "MessageStatus",
+    "Middleware",
+    "Outgoing",
     "PermissionDenied",
     "RateLimit",
     "RedisflowError",
@@ -47,6 +54,7 @@ __all__ = [
     "ReplicationError",
     "ReplyError",
     "Retry",
+    "Skip",
     "Source",
 ]
 __version__ = "0.2.0"

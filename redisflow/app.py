@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 import anyio
 
 from .client import Client
-from .config import FlowConfig, FlowOptions, HandlerOptions, RateLimit
+from .config import (
+    ChannelOptions,
+    FlowConfig,
+    FlowOptions,
+    HandlerOptions,
+    QueueOptions,
+    StreamOptions,
+)
 from .consumers import Consumer
 from .consumers.channel import is_pattern
+from .consumers.kinds import TRAITS
 from .errors import ConfigError, RedisflowError
 from .handler import Handler
 from .keys import check_name
@@ -139,7 +147,11 @@ class Flow(Client):
             raise ConfigError(f"{where}: cannot add a handler to a running flow")
         if kind == "channel" and options.get("pattern") is None:
             options["pattern"] = is_pattern(name)
-        handler = Handler.build(fn, Source(kind, name, group), HandlerOptions(**options))
+        try:
+            built = HandlerOptions.build(kind, options)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        handler = Handler.build(fn, Source(kind, name, group), built)
         clash = handler.clash(self.handlers.values())
         if clash:
             raise ConfigError(f"{where}: {clash}")
@@ -147,10 +159,9 @@ class Flow(Client):
         if key in self.handlers:
             other = self.handlers[key].name
             raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
-        partitions = options.get("partitions", 1)
-        if partitions != 1 or isinstance(partitions, bool):  # True == 1: refused too
+        if built.partitions != 1:  # declared once the handler is sure to be added
             try:
-                self.partitions(name, partitions)
+                self.partitions(name, built.partitions)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         self.handlers[key] = handler
@@ -181,96 +192,40 @@ class Flow(Client):
         self._lifespan.add_resource(fn)
         return fn
 
-    def on_channel(
-        self,
-        channel: str,
-        *,
-        pattern: bool | None = None,
-        concurrency: int = 16,
-        max_attempts: int = 1,
-        retry_delay: float = 1.0,
-        timeout: float | None = None,
-        track: bool | None = None,
-    ) -> Callable[[F], F]:
+    def on_channel(self, channel: str, **options: Unpack[ChannelOptions]) -> Callable[[F], F]:
         """Handle the messages of a Pub/Sub channel. ``pattern``: whether ``channel`` is a
         glob (``orders.*``, PSUBSCRIBE) or a literal name; by default a name with ``*`` or
         ``?`` is a pattern (``news[1]`` is literal: say ``pattern=True``). At-most-once:
         messages published while the flow is down are gone; a failing message is retried
-        in memory up to ``max_attempts``, then dead-lettered."""
-        options = dict(locals())
-        return self._decorator("channel", options.pop("channel"), None, options)
+        in memory up to ``max_attempts`` (default 1), then dead-lettered. The options are
+        those of ``HandlerOptions``, which documents each one."""
+        return self._decorator("channel", channel, None, dict(options))
 
-    def on_queue(
-        self,
-        queue: str,
-        *,
-        concurrency: int = 16,
-        max_attempts: int = 5,
-        retry_delay: float = 1.0,
-        retry_max_delay: float = 300.0,
-        timeout: float | None = None,
-        at_most_once: bool = False,
-        idempotency_key: Callable[[Any], str] | None = None,
-        idempotency_ttl: float = 86400.0,
-        rate_limit: RateLimit | None = None,
-        track: bool | None = None,
-        partitions: int = 1,
-    ) -> Callable[[F], F]:
+    def on_queue(self, queue: str, **options: Unpack[QueueOptions]) -> Callable[[F], F]:
         """Handle a list queue (producers RPUSH, the consumer takes from the left).
 
         At-least-once: a message leaves Redis only once its handler is done with it. The
         options are those of ``HandlerOptions``, which documents each one.
         """
-        options = dict(locals())
-        return self._decorator("queue", options.pop("queue"), None, options)
+        return self._decorator("queue", queue, None, dict(options))
 
-    def on_priority(
-        self,
-        queue: str,
-        *,
-        concurrency: int = 16,
-        max_attempts: int = 5,
-        retry_delay: float = 1.0,
-        retry_max_delay: float = 300.0,
-        timeout: float | None = None,
-        at_most_once: bool = False,
-        idempotency_key: Callable[[Any], str] | None = None,
-        idempotency_ttl: float = 86400.0,
-        rate_limit: RateLimit | None = None,
-        track: bool | None = None,
-        partitions: int = 1,
-    ) -> Callable[[F], F]:
+    def on_priority(self, queue: str, **options: Unpack[QueueOptions]) -> Callable[[F], F]:
         """Handle a sorted-set priority queue: lowest priority number first, FIFO within a
         level. Options as for ``on_queue``."""
-        options = dict(locals())
-        return self._decorator("priority", options.pop("queue"), None, options)
+        return self._decorator("priority", queue, None, dict(options))
 
     def on_stream(
-        self,
-        stream: str,
-        *,
-        group: str | None = None,  # required: None is a ConfigError naming the function
-        concurrency: int = 16,
-        max_attempts: int = 5,
-        retry_delay: float = 1.0,
-        retry_max_delay: float = 300.0,
-        timeout: float | None = None,
-        idempotency_key: Callable[[Any], str] | None = None,
-        idempotency_ttl: float = 86400.0,
-        rate_limit: RateLimit | None = None,
-        track: bool | None = None,
-        partitions: int = 1,
+        self, stream: str, *, group: str | None = None, **options: Unpack[StreamOptions]
     ) -> Callable[[F], F]:
-        """Handle a stream through consumer group ``group`` (created with MKSTREAM, reading
-        from ``stream_start``). At-least-once; options as for ``on_queue`` (a rate limited
-        entry keeps its place in the group's pending list while it waits)."""
-        options = dict(locals())
-        return self._decorator("stream", options.pop("stream"), options.pop("group"), options)
+        """Handle a stream through consumer group ``group`` (required; created with
+        MKSTREAM, reading from ``stream_start``). At-least-once; options as for
+        ``on_queue`` (a rate limited entry keeps its place in the group's pending list
+        while it waits)."""
+        return self._decorator("stream", stream, group, dict(options))
 
     def _decorator(
         self, kind: Kind, name: Any, group: str | None, options: dict[str, Any]
     ) -> Callable[[F], F]:
-        options.pop("self")
         if callable(name):  # @flow.on_queue without the parentheses
             usage = f'@flow.on_{kind}("name"{", group=...)" if kind == "stream" else ")"}'
             raise ConfigError(
@@ -298,10 +253,33 @@ class Flow(Client):
             kind = kinds.pop() if len(kinds) == 1 else "queue"
         return DeadLetters(self.client, name, kind)
 
+    async def kinds(self, name: str) -> set[str]:
+        """``Client.kinds``, with this flow's own handlers for ``name``."""
+        mine = {h.source.kind for h in self.handlers.values() if h.source.name == name}
+        return mine | await super().kinds(name)
+
+    async def pause(self, name: str, *, group: str | None = None) -> None:
+        """``Client.pause``; returns once this flow's own consumers of ``name`` fetch
+        nothing more (a fetch in flight has returned)."""
+        await super().pause(name, group=group)
+        await self._pauses_changed()
+        if self._runtime is not None:
+            await self._runtime.parked()
+
+    async def resume(self, name: str, *, group: str | None = None) -> bool:
+        """``Client.resume``; this flow's own consumers fetch again at once."""
+        resumed = await super().resume(name, group=group)
+        await self._pauses_changed()
+        return resumed
+
+    async def _pauses_changed(self) -> None:
+        if self._runtime is not None:
+            self._runtime.apply_pauses(await self.pauses.targets())
+
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        mine = {h.source.name for h in self.handlers.values() if h.source.kind == "channel"}
+        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].keyed}
         return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------

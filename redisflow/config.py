@@ -209,11 +209,13 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class HandlerOptions:
-    """The delivery options of one handler.
+    """The delivery options of one handler, each documented here once (the ``on_*``
+    decorators take them as keywords: ``ChannelOptions``, ``QueueOptions``,
+    ``StreamOptions`` say which apply to which kind). Checked when built: ConfigError.
 
     ``concurrency``: handlers running at once. ``max_attempts``: deliveries before the dead
-    letters. ``retry_delay``/``retry_max_delay``: a failure is retried after
-    ``retry_delay * 2**(attempt-1)`` seconds (jittered to [d/2, d], at most
+    letters (channels: 1 unless given). ``retry_delay``/``retry_max_delay``: a failure is
+    retried after ``retry_delay * 2**(attempt-1)`` seconds (jittered to [d/2, d], at most
     ``retry_max_delay``). ``timeout``: a handler running longer is cancelled (a failed
     attempt). ``at_most_once`` (queues): pop destructively, losing the messages in hand on a
     crash. ``idempotency_key`` (payload -> str): each key is handled once per
@@ -222,7 +224,8 @@ class HandlerOptions:
     ``pattern`` (channels): whether the name is a glob pattern (PSUBSCRIBE) or a literal
     channel; the decorator decides from the name when it is not given. ``partitions``
     (queues, priority queues, streams): spread the source over that many keys, and so over
-    the masters of a cluster (``redisflow.partitions``); ``concurrency`` is shared by them.
+    the masters of a cluster (``redisflow.features.partitions``); ``concurrency`` is shared
+    by them.
     """
 
     concurrency: int = 16
@@ -238,23 +241,81 @@ class HandlerOptions:
     pattern: bool | None = None
     partitions: int = 1
 
-    def check(self, where: str) -> None:
-        """Raise ConfigError naming ``where`` for an impossible value."""
+    def __post_init__(self) -> None:
         if not _int(self.concurrency) or self.concurrency < 1:
-            raise ConfigError(f"{where}: concurrency must be an int >= 1, got {self.concurrency!r}")
+            raise ConfigError(f"concurrency must be an int >= 1, got {self.concurrency!r}")
         if not _int(self.max_attempts) or self.max_attempts < 1:
-            raise ConfigError(
-                f"{where}: max_attempts must be an int >= 1, got {self.max_attempts!r}"
-            )
+            raise ConfigError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
         if not (_number(self.retry_delay) and _number(self.retry_max_delay)) or not (
             0 <= self.retry_delay <= self.retry_max_delay
         ):
-            raise ConfigError(f"{where}: need 0 <= retry_delay <= retry_max_delay")
+            raise ConfigError("need 0 <= retry_delay <= retry_max_delay")
         if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
-            raise ConfigError(f"{where}: timeout must be > 0 seconds, got {self.timeout!r}")
+            raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if self.idempotency_key is not None and not callable(self.idempotency_key):
-            raise ConfigError(f"{where}: idempotency_key must be a function of the payload")
+            raise ConfigError("idempotency_key must be a function of the payload")
         if not _number(self.idempotency_ttl) or self.idempotency_ttl <= 0:
-            raise ConfigError(f"{where}: idempotency_ttl must be > 0 seconds")
+            raise ConfigError("idempotency_ttl must be > 0 seconds")
         if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
-            raise ConfigError(f"{where}: rate_limit must be a RateLimit, got {self.rate_limit!r}")
+            raise ConfigError(f"rate_limit must be a RateLimit, got {self.rate_limit!r}")
+        for name in ("at_most_once", "track", "pattern"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and (value is not None or name == "at_most_once"):
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
+        if isinstance(self.partitions, bool) or not _int(self.partitions):
+            raise ConfigError(f"partitions must be an int, got {self.partitions!r}")
+
+    @classmethod
+    def build(cls, kind: str, options: dict[str, Any]) -> HandlerOptions:
+        """The options of a handler of ``kind``: ConfigError naming an option that does
+        not apply to that kind (or does not exist)."""
+        allowed = set(KIND_OPTIONS[kind].__annotations__)
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"unknown option{'s' * (len(unknown) > 1)} for a {kind} handler:"
+                f" {', '.join(unknown)} (one of {', '.join(sorted(allowed))})"
+            )
+        if kind == "channel":
+            options = {"max_attempts": 1, **options}  # Pub/Sub cannot deliver again
+        return cls(**options)
+
+
+class _Options(TypedDict, total=False):
+    """What every handler takes (``HandlerOptions`` documents each)."""
+
+    concurrency: int
+    max_attempts: int
+    retry_delay: float
+    retry_max_delay: float
+    timeout: float | None
+    track: bool | None
+
+
+class ChannelOptions(_Options, total=False):
+    """The keyword options of ``Flow.on_channel``."""
+
+    pattern: bool | None
+
+
+class StreamOptions(_Options, total=False):
+    """The keyword options of ``Flow.on_stream`` (besides ``group``)."""
+
+    idempotency_key: Callable[[Any], str] | None
+    idempotency_ttl: float
+    rate_limit: RateLimit | None
+    partitions: int
+
+
+class QueueOptions(StreamOptions, total=False):
+    """The keyword options of ``Flow.on_queue`` and ``Flow.on_priority``."""
+
+    at_most_once: bool
+
+
+KIND_OPTIONS: dict[str, type[_Options]] = {
+    "channel": ChannelOptions,
+    "queue": QueueOptions,
+    "priority": QueueOptions,
+    "stream": StreamOptions,
+}

@@ -69,7 +69,6 @@ class Handler:
                 f"{where} is a generator (it uses yield): calling it would not run its body;"
                 " a handler returns, it does not yield"
             )
-        options.check(where)
         try:
             signature = inspect.signature(fn)
             hints = typing.get_type_hints(fn, include_extras=True)

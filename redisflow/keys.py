@@ -207,3 +207,9 @@ def layouts_key(prefix: str) -> str:
     """Hash of the partition layouts in use: source name -> JSON list of partition counts,
     current first (``partitions.py``)."""
     return f"{prefix}:partitions"
+
+
+def paused_key(prefix: str) -> str:
+    """Hash of the paused sources of the prefix: JSON ``[name, group]`` -> when paused, ms
+    (``features/pauses.py``)."""
+    return f"{prefix}:paused"

@@ -16,31 +16,35 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
+from .connection import CONNECTION_ERRORS, Backoff, Connector
 from .consumers import ChannelConsumer, ChannelHub, Consumer, Context
+from .consumers.kinds import TRAITS
 from .consumers.readers import HandlerConsumers
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
+from .features.pauses import Target, paused_for
 from .features.ratelimit import Limiter, Throttle
 from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
 from .ops import handlers
-from .ops.stats import source_member
-from .protocol.replies import text
+from .ops.health import evicting
+from .protocol.records import source_member
 
 if TYPE_CHECKING:
     from .client import Client
     from .config import FlowConfig
     from .handler import Handler
     from .lifespan import Lifespan
+    from .message import Source
 
 log = logging.getLogger("redisflow")
 
@@ -95,7 +99,7 @@ class Runtime:
         every: list[HandlerConsumers] = []
         for handler in self.handlers:
             source = handler.source
-            if source.kind == "channel":
+            if not TRAITS[source.kind].keyed:
                 keys = [source.name]
             else:
                 wanted = handler.options.partitions
@@ -112,6 +116,9 @@ class Runtime:
         if metrics is not None:
             metrics.watch(self.consumers)
             metrics.serve()
+        if any(not isinstance(c, ChannelConsumer) for c in self.consumers):
+            # read before any consumer starts: a source paused now is not fetched at all
+            await tg.start(self._helper, partial(self.client.pauses.watch, self.apply_pauses))
         channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
         if channels:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
@@ -125,8 +132,8 @@ class Runtime:
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
-        readers = [r for r in every if r.source.kind != "channel"]
-        if readers:  # new layouts, old ones drained: docs/scaling.md, "Changing P"
+        if readers := [r for r in every if TRAITS[r.source.kind].keyed]:  # layouts change:
+            # docs/scaling.md, "Changing P"
             drainer = partitions.Drainer(self.client.layouts, readers, config.claim_interval)
             await tg.start(self._helper, drainer.run)
 
@@ -140,6 +147,27 @@ class Runtime:
                     starting.start_soon(tg.start, consumer.run)
         except BaseExceptionGroup as group:
             raise single(group) from None
+
+    def apply_pauses(self, targets: set[Target]) -> None:
+        """Pause the consumers whose source ``targets`` names, resume the others."""
+        changed: dict[tuple[Source, str], bool] = {}
+        for consumer in self.consumers:
+            if isinstance(consumer, ChannelConsumer):
+                continue
+            source = consumer.handler.source
+            paused = paused_for(targets, source.kind, source.name, source.group)
+            if paused != consumer.paused:
+                consumer.pause(paused)
+                changed[source, consumer.handler.name] = paused
+        for (source, name), paused in changed.items():
+            log.info("%s [%s]: %s", source, name, "paused" if paused else "resumed")
+
+    async def parked(self) -> None:
+        """Wait until every paused consumer's fetch has returned (at most until a blocked
+        fetch returns by itself, for a user without ``CLIENT UNBLOCK``)."""
+        with anyio.move_on_after(self.config.block_timeout + 1):
+            for consumer in self.consumers:
+                await consumer.wait_parked()
 
     def _middleware(self, handler: Handler) -> list[object]:
         """The consume chain of ``handler``: the flow's middleware, then (innermost last)
@@ -183,7 +211,7 @@ class Runtime:
 
     async def _check_eviction(self, connector: Connector) -> None:
         """Warn once when Redis may evict keys (``evicting``)."""
-        if any(h.source.kind != "channel" for h in self.handlers):
+        if any(TRAITS[h.source.kind].keyed for h in self.handlers):
             for warning in await evicting(connector):
                 log.warning("%s", warning)
 
@@ -228,15 +256,11 @@ class Runtime:
     def _also_lost(self, exc: BaseException) -> BaseException:
         """``exc``, naming too every other consumer in the same outage when one gave up on
         Redis: the first to give up stops the flow, cancelling the others before they can."""
-        if not isinstance(exc, RedisflowError) or not any(
-            c.backoff.gave_up for c in self.consumers
-        ):
-            return exc
+        gave_up = any(c.backoff.gave_up for c in self.consumers)
         also = [str(c) for c in self.consumers if c.backoff.failures and str(c) not in str(exc)]
-        if not also:
+        if not (isinstance(exc, RedisflowError) and gave_up and also):
             return exc
-        lines = [f"{who}: Redis unreachable too" for who in also]
-        return RedisflowError("\n".join([str(exc), *lines]))
+        return RedisflowError("\n".join([str(exc), *(f"{c}: Redis unreachable too" for c in also)]))
 
     def busy(self) -> int:
         """Handlers running now, in every consumer."""
@@ -288,24 +312,6 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await stack.aclose()
                     await self.lifespan.leave()
-
-
-async def evicting(connector: Connector) -> list[str]:
-    """A warning per ``maxmemory-policy`` other than ``noeviction`` (on any master): a full
-    Redis would then drop queued messages silently. A user without ``CONFIG GET`` (the
-    usual ACL) is not told: noted at DEBUG. What a start warns of, and ``redisflow check``."""
-    try:
-        replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")
-    except REDIS_ERRORS as exc:
-        log.debug("maxmemory-policy not checked (%s)", exc)
-        return []
-    policies = {text(reply[1]) for reply in replies if len(reply) == 2}
-    return [
-        f"Redis at {connector.display} has maxmemory-policy {policy}: when full it evicts"
-        " keys, queued messages included, silently; set noeviction (a full Redis then"
-        " refuses new messages and workers go on draining)"
-        for policy in sorted(policies - {"noeviction"})
-    ]
 
 
 #: What stops a running flow: Ctrl-C, a kill, and the terminal closing (SIGHUP, which would

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from redisflow.config import FlowConfig, FlowOptions
+from redisflow.config import KIND_OPTIONS, FlowConfig, FlowOptions, HandlerOptions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "redisflow"
 LAYERS = [
@@ -137,6 +137,13 @@ def test_no_module_is_over_400_lines() -> None:
 def test_flow_options_are_the_config_fields() -> None:
     """``Flow(**options)`` is typed by ``FlowOptions``: it lists every ``FlowConfig`` field."""
     assert set(FlowOptions.__annotations__) == {f.name for f in fields(FlowConfig)} - {"url"}
+
+
+def test_handler_options_are_written_once() -> None:
+    """The ``on_*`` decorators take ``**options`` typed by the per-kind TypedDicts, which
+    together list every ``HandlerOptions`` field (its defaults and docs are there, once)."""
+    keys = set().union(*(set(options.__annotations__) for options in KIND_OPTIONS.values()))
+    assert keys == {f.name for f in fields(HandlerOptions)}
 
 
 def test_every_cited_doc_section_exists() -> None:

@@ -18,13 +18,14 @@ from ..ops.stats import STAT_FIELDS, Row, Snapshot, collect
 if TYPE_CHECKING:
     from ..client import Client
     from ..message import Source
-    from ..ops.deadletters import DeadLetter
+    from ..protocol.records import DeadLetter
 
 COLUMNS = (
     ("KIND", "kind"),
     ("SOURCE", "source"),
     ("GROUP", "group"),
     ("HANDLER", "handler"),
+    ("PAUSED", "paused"),
     ("WAITING", "waiting"),
     ("PENDING", "pending"),
     ("DELAYED", "delayed"),
@@ -36,7 +37,7 @@ COLUMNS = (
     ("DLQ", "dead_letters"),
     ("MEMORY", "memory"),
 )
-TEXT_COLUMNS = 4  # the first four are left-aligned text, the rest numbers
+TEXT_COLUMNS = 5  # the first five are left-aligned text, the rest numbers
 
 
 def cells(row: Row) -> list[str]:
@@ -48,7 +49,9 @@ def cells(row: Row) -> list[str]:
         value = counters.get(field) if field in STAT_FIELDS else values[field]
         if row.counters is None and field in STAT_FIELDS:
             value = None
-        if value is None:
+        if field == "paused":
+            out.append("paused" if value else "")
+        elif value is None:
             out.append("-")
         elif field == "memory":
             out.append(human_bytes(value))
@@ -81,13 +84,28 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int)
     return "\n".join([line(headers), *(line(row) for row in rows)])
 
 
+def paused_line(snapshot: Snapshot) -> str:
+    """Every paused source and since when (``""``: none)."""
+    if not snapshot.paused:
+        return ""
+    shown = [
+        f"{p.name}{f' (group {p.group})' if p.group else ''}"
+        + (f" since {p.since.astimezone():%Y-%m-%d %H:%M:%S}" if p.since else "")
+        for p in snapshot.paused
+    ]
+    return "paused: " + ", ".join(shown)
+
+
 def render_text(snapshot: Snapshot, url: str) -> str:
     """The snapshot as a plain-text table."""
+    paused = paused_line(snapshot)
+    below = f"\n{paused}" if paused else ""
     if not snapshot.rows:
-        return f"{title(snapshot, url)}\nno sources registered under prefix {snapshot.prefix!r}"
+        empty = f"no sources registered under prefix {snapshot.prefix!r}"
+        return f"{title(snapshot, url)}\n{empty}{below}"
     table = text_table([h for h, _ in COLUMNS], [cells(r) for r in snapshot.rows], TEXT_COLUMNS)
     warnings = "".join(f"\nwarning: {w}" for w in snapshot.warnings)
-    return f"{title(snapshot, url)}\n\n{table}{warnings}"
+    return f"{title(snapshot, url)}\n\n{table}\n{below}".rstrip("\n") + warnings
 
 
 def render_rich(snapshot: Snapshot, url: str) -> Any:
@@ -106,10 +124,12 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
                 for style, cell in zip(_styles(row), cells(row), strict=True)
             )
         )
-    if not snapshot.rows:
-        table.caption = f"no sources registered under prefix {snapshot.prefix!r}"
-    elif snapshot.warnings:
-        table.caption = "\n".join(f"[yellow]warning: {escape(w)}[/]" for w in snapshot.warnings)
+    caption = [] if snapshot.rows else [f"no sources registered under prefix {snapshot.prefix!r}"]
+    if snapshot.paused:
+        caption.append(escape(paused_line(snapshot)))
+    caption += [f"[yellow]warning: {escape(w)}[/]" for w in snapshot.warnings]
+    if caption:
+        table.caption = "\n".join(caption)
         table.caption_justify = "left"
     return table
 
@@ -126,6 +146,7 @@ def _styles(row: Row) -> list[str]:
         "bold",
         "",
         "",
+        "bold yellow",
         warn(row.waiting),
         warn(row.pending),
         warn(row.delayed),

@@ -122,8 +122,10 @@ def _import_failed(module_name: str) -> str:
 def override_concurrency(flow: Flow, concurrency: int) -> None:
     """Give every handler of ``flow`` this concurrency (``--concurrency``)."""
     for key, handler in flow.handlers.items():
-        options = dataclasses.replace(handler.options, concurrency=concurrency)
-        options.check(f"handler {handler.name!r}")
+        try:  # checked when built
+            options = dataclasses.replace(handler.options, concurrency=concurrency)
+        except ConfigError as exc:
+            raise ConfigError(f"handler {handler.name!r}: {exc}") from None
         flow.handlers[key] = dataclasses.replace(handler, options=options)
 
 

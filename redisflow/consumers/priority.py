@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..message import Kind
 from ..protocol import scripts
-from ..protocol.envelope import reenvelope
 from ..protocol.priority import delayed_member, priority_of
 from .queue import RAW, SCORE, Batch, QueueConsumer, QueueItem
 
@@ -72,8 +71,8 @@ class PriorityConsumer(QueueConsumer):
             out += (item[SCORE], item[RAW])
         return out
 
-    def retry_member(self, item: QueueItem, attempt: int) -> bytes:
-        return delayed_member(priority_of(item[SCORE] or 0), reenvelope(item[RAW], attempt))
+    def retry_member(self, item: QueueItem, raw: bytes) -> bytes:
+        return delayed_member(priority_of(item[SCORE] or 0), raw)
 
-    async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:
-        await super().bury(item, {**fields, "priority": priority_of(item[SCORE] or 0)})
+    def dead_extra(self, item: QueueItem) -> dict[str, Any]:
+        return {"priority": priority_of(item[SCORE] or 0)}

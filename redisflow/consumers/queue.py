@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from ..connection import REDIS_ERRORS
 from ..errors import DecodeError, ReplyError
 from ..message import Kind, Message
+from ..middleware import Outgoing
 from ..protocol import scripts
 from ..protocol.envelope import MARK, content_id, payload_of, reenvelope, split
 from ..protocol.replies import text
@@ -120,9 +121,9 @@ class QueueConsumer(Consumer[QueueItem]):
         """Unfinished items as release.lua takes them."""
         return [item[RAW] for item in items]
 
-    def retry_member(self, item: QueueItem, attempt: int) -> bytes:
-        """The delayed-set member of a retry."""
-        return reenvelope(item[RAW], attempt)
+    def retry_member(self, item: QueueItem, raw: bytes) -> bytes:
+        """The delayed-set member of a retry whose item is now ``raw``."""
+        return raw
 
     # -- setup, fetch, maintain -----------------------------------------------------------
 
@@ -164,7 +165,7 @@ class QueueConsumer(Consumer[QueueItem]):
         pending: str | None = None
         while True:
             if pending is None:
-                if self.stopping:
+                if self.halted:
                     return
                 n = self.want()
                 if n == 0:
@@ -181,11 +182,11 @@ class QueueConsumer(Consumer[QueueItem]):
                 self._known[key] = batch
             if items:
                 n = self.want() - len(items)
-                if n > 0 and not self.stopping:
+                if n > 0 and not self.halted:
                     pending = await self._send_fetch(n)  # Redis works while we dispatch
                 self.feed(items)
                 continue
-            if self.stopping:
+            if self.halted:
                 return
             self._blocked = True
             try:
@@ -323,8 +324,34 @@ class QueueConsumer(Consumer[QueueItem]):
             self._room.set()
 
     async def retry(self, item: QueueItem, delay: float, count: bool = True) -> None:
-        member = self.retry_member(item, self.attempt(item) + count)
-        await self.connector.run(scripts.delay(self.keys.delayed, int(delay * 1000), [member]))
+        attempt = self.attempt(item) + count
+        wrote = False
+
+        async def write(out: Outgoing | None) -> None:
+            nonlocal wrote
+            changes = {} if out is None else {"payload": out.payload, "headers": out.headers}
+            member = self.retry_member(item, reenvelope(item[RAW], attempt, **changes))
+            delay_ms = int(delay * 1000)
+            await self.connector.run(scripts.delay(self.keys.delayed, delay_ms, [member]))
+            wrote = True
+
+        produce = self.ctx.produce
+        if produce is None or not count:  # a deferral is no new attempt: no send
+            await write(None)
+        else:
+            msg = self.message(item, None)
+            out = Outgoing(
+                self.kind, self.handler.source.name, msg.raw, dict(msg.headers),
+                reason="retry", id=msg.id, attempt=attempt,
+            )  # fmt: skip
+            try:
+                await produce(out, write)
+            except Exception as exc:
+                if isinstance(exc, REDIS_ERRORS) or wrote:
+                    raise
+                log.exception("%s: produce middleware failed on the retry of %s: written"
+                              " without it", self, msg.id)  # fmt: skip
+                await write(None)
         self.done(item)
 
     async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:

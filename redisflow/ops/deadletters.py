@@ -22,15 +22,16 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
-
+from ..consumers.kinds import TRAITS, Letter
 from ..errors import ConfigError
 from ..features import compound
 from ..message import KINDS, Kind
-from ..protocol import envelope, scripts
-from ..protocol.priority import MAX_PRIORITY, check_priority
+from ..middleware import Outgoing
+from ..protocol import scripts
+from ..protocol.priority import check_priority
+from ..protocol.records import DeadLetter
 from ..protocol.replies import mapping
 
 if TYPE_CHECKING:
@@ -40,88 +41,6 @@ if TYPE_CHECKING:
 PAGE = 500
 BATCH = 100
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One dead letter: the payload bytes, and why and when its message died.
-
-    ``id`` is the entry id in the dead-letter stream (what ``show``, ``replay(ids=...)`` and
-    ``purge(ids=...)`` take); ``message_id`` the id of the message that died. ``channel`` is
-    the channel a Pub/Sub message came from (None for other kinds).
-    """
-
-    id: str
-    data: bytes
-    message_id: str
-    error: str
-    where: str
-    attempts: int
-    handler: str
-    source: str
-    failed_at: datetime | None
-    channel: str | None = None
-    priority: int | None = None  # the level of a priority-queue message
-    headers: dict[str, str] | None = None
-    partition: str = ""  # the key of the source (or partition) it came from
-
-    @classmethod
-    def parse(
-        cls, entry_id: bytes | str, fields: dict[bytes, bytes], partition: str = ""
-    ) -> DeadLetter:
-        """Build one from a dead-letter stream entry (missing fields are empty)."""
-
-        def text(name: bytes) -> str:
-            return fields.get(name, b"").decode("utf-8", "replace")
-
-        failed = fields.get(b"failed_at", b"")
-        channel = fields.get(b"channel")
-        attempts = fields.get(b"attempts", b"")
-        return cls(
-            id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-            data=fields.get(b"data", b""),
-            message_id=text(b"message_id"),
-            error=text(b"error"),
-            where=text(b"where"),
-            attempts=int(attempts) if attempts.isdigit() else 0,
-            handler=text(b"handler"),
-            source=text(b"source"),
-            failed_at=_time(failed),
-            channel=channel.decode("utf-8", "replace") if channel is not None else None,
-            priority=int(fields[b"priority"]) if fields.get(b"priority", b"").isdigit() else None,
-            headers=envelope.parse_headers(fields.get(b"headers")) or None,
-            partition=partition,
-        )
-
-    @property
-    def payload(self) -> Any:
-        """The payload decoded as JSON (raises ``orjson.JSONDecodeError`` if it is not)."""
-        return orjson.loads(self.data)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``data`` as text, ``failed_at`` in ISO 8601."""
-        return {
-            "id": self.id,
-            "message_id": self.message_id,
-            "handler": self.handler,
-            "source": self.source,
-            "attempts": self.attempts,
-            "error": self.error,
-            "where": self.where,
-            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
-            "channel": self.channel,
-            "priority": self.priority,
-            "data": self.data.decode("utf-8", "replace"),
-        }
-
-
-def _time(ms: bytes) -> datetime | None:
-    if not ms.isdigit():
-        return None
-    try:
-        return datetime.fromtimestamp(int(ms) / 1000, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +83,7 @@ class DeadLetters:
 
     async def partitions(self) -> builtins.list[str]:
         """The keys whose dead letters these are: the source, or each of its partitions."""
-        if self.kind == "channel":
+        if not TRAITS[self.kind].keyed:
             return [self.name]
         return await self.client.layouts.all_keys(self.name)
 
@@ -301,29 +220,46 @@ class DeadLetters:
     async def _replay(
         self, part: str, batch: builtins.list[DeadLetter], priority: int | None
     ) -> int:
-        letters: builtins.list[tuple[str, bytes, int | str]] = []
-        for dead in batch:
-            if self.kind in ("queue", "priority"):
-                item = envelope.envelope(
-                    dead.data, dead.message_id or envelope.new_id(), headers=dead.headers
-                )
-                level = priority if priority is not None else min(dead.priority or 0, MAX_PRIORITY)
-                letters.append((dead.id, item, level))
-            elif self.kind == "channel" and dead.headers:
-                headers = {k: v for k, v in dead.headers.items() if k != "channel"}
-                item = envelope.envelope(dead.data, dead.message_id, headers=headers or None)
-                letters.append((dead.id, item, dead.channel or self.name))
-            else:
-                letters.append((dead.id, dead.data, dead.channel or self.name))
+        if self.client.produce_chain is None:
+            return await self._write(
+                part, [(dead, dead.data, dead.headers) for dead in batch], priority
+            )
+        done = 0
+        for dead in batch:  # one letter per call: its write happens inside the chain
+
+            async def send(out: Outgoing, dead: DeadLetter = dead) -> int:
+                return await self._write(part, [(dead, out.payload, out.headers)], priority)
+
+            headers = {k: v for k, v in (dead.headers or {}).items() if k != "channel"}
+            out = Outgoing(
+                self.kind, self.name, dead.data, headers, reason="replay", id=dead.message_id
+            )
+            done += int(await self.client.send_outgoing(out, send) or 0)
+        return done
+
+    async def _write(
+        self,
+        part: str,
+        letters: builtins.list[tuple[DeadLetter, bytes, dict[str, str] | None]],
+        priority: int | None,
+    ) -> int:
+        """Send ``letters`` (each with the payload and headers to write) back and delete
+        them, in one script call; how many this call replayed."""
+        traits = TRAITS[self.kind]
+        args: builtins.list[Letter] = []
+        for dead, data, headers in letters:
+            if headers:
+                headers = {k: v for k, v in headers.items() if k != "channel"} or None
+            args.append(traits.letter(dead, data, headers or None, priority, self.name))
         keys, kind = self.client.keys(part), str(self.kind)
-        target = keys.dead if self.kind == "channel" else part
-        if self.kind == "channel" and all(dead.channel == self.name for dead in batch):
+        target = part if traits.keyed else keys.dead  # a channel: any key of the slot
+        if not traits.keyed and all(dead.channel == self.name for dead, _, _ in letters):
             # An exact channel (a pattern's letters come from other channels: classic).
             command, inline = await compound.publish_command(
                 self.client.connector, self.client.config.sharded_pubsub, self.name, None, keys.dead
             )
             kind = "schannel" if command == "SPUBLISH" and inline else kind
-        call = scripts.dlq_replay(keys.dead, target, keys.seq, keys.wake, kind, letters)
+        call = scripts.dlq_replay(keys.dead, target, keys.seq, keys.wake, kind, args)
         replayed: int = await self.client.connector.run(call)
         return replayed
 

@@ -11,19 +11,21 @@ consumer groups (``XINFO GROUPS``: lag and pending).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from dataclasses import field as datafield
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
 from ..consumers.contract import Stats
+from ..consumers.kinds import DEPTH, TRAITS
+from ..features.pauses import Paused, Target, paused_for
 from ..keys import sources_key
-from ..message import KINDS, Source
+from ..message import Source
 from ..protocol.envelope import now_ms
+from ..protocol.records import parse_counter, parse_inflight, parse_source
 from ..protocol.replies import mapping, pairs
 from .handlers import conflicts
 
@@ -46,6 +48,7 @@ class Row:
     summed over every worker since the keys were created (None when the handler is not
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
+    ``paused``: whether the source (the stream group) is paused (``Client.pause``).
     """
 
     kind: str
@@ -60,18 +63,21 @@ class Row:
     counters: dict[str, int] | None
     dead_letters: int
     memory: int
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``)."""
+    run ``INFO``) and every paused source of the prefix (``paused``, also those no row
+    shows)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
-    warnings: list[str] = datafield(default_factory=list)  # sources with differing handlers
+    paused: list[Paused] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # differing handlers
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -80,30 +86,9 @@ class Snapshot:
             "taken_at": self.taken_at.isoformat(),
             "used_memory": self.used_memory,
             "handlers": [asdict(row) for row in self.rows],
+            "paused": [p.to_json() for p in self.paused],
             "warnings": self.warnings,
         }
-
-
-def source_member(source: Source) -> str:
-    """The member of ``sources_key`` that registers ``source`` (JSON: names may hold any
-    character)."""
-    return orjson.dumps([source.kind, source.name, source.group]).decode()
-
-
-def parse_source(member: bytes | str) -> Source | None:
-    """A member of ``sources_key`` (None if it is not one)."""
-    try:
-        found = orjson.loads(member)
-    except orjson.JSONDecodeError:
-        found = None
-    if not isinstance(found, list) or len(found) != 3:
-        return None
-    kind, name, group = found
-    if kind not in KINDS or not isinstance(name, str) or not name:
-        return None
-    if group is not None and not isinstance(group, str):
-        return None
-    return Source(kind, name, group or None)
 
 
 async def registered_sources(client: Client) -> list[Source]:
@@ -132,6 +117,10 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     }
     memory: dict[str, Any] = {}
     reads: dict[str, _Reads] = {}
+    paused: list[Paused] = []
+
+    async def read_paused() -> None:
+        paused.extend(await client.paused())
 
     async def read_memory() -> None:
         channels = [name for name in names if kinds[name] == "channel"]
@@ -149,6 +138,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
             tg.start_soon(read_memory)
             tg.start_soon(read_sources)
+            tg.start_soon(read_paused)
     except BaseExceptionGroup as group:  # both fail alike (Redis gone, NOPERM): raise one
         raise group.exceptions[0] from None
     rows: list[Row] = []
@@ -163,9 +153,10 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        rows += reads[name].rows(entries, size)
+        rows += reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
     warnings = await conflicts(client, dict.fromkeys(source for source, _ in targets))
-    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows, warnings)
+    taken = datetime.now(UTC)
+    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused, warnings)
 
 
 class _Reads:
@@ -178,6 +169,7 @@ class _Reads:
         self.stale: list[bytes] = []
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
+        self.paused: set[Target] = set()
 
     def add(self, part: _Reads) -> None:
         """Count a partition's numbers in this (logical) source's."""
@@ -202,17 +194,21 @@ class _Reads:
 
     def parse(self, stats: list[bytes], inflight: list[bytes], now: int) -> None:
         for field, value in pairs(stats):
-            handler, _, counter = field.decode().rpartition(":")
-            self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))[counter] = int(value)
+            handler, counter = parse_counter(field)
+            if value.lstrip(b"-").isdigit():
+                counters = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
+                counters[counter] = int(value)
         for field, value in pairs(inflight):
-            held, _, at = value.partition(b":")
-            if not at.isdigit() or now - int(at) > STALE_MS:
+            gauge = parse_inflight(field, value, now, STALE_MS)
+            if gauge is None:
                 self.stale.append(field)
                 continue
-            handler = field.decode().rpartition(":")[0]
-            self.inflight.setdefault(handler, []).append(int(held))
+            self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
-    def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
+    def rows(
+        self, entries: list[tuple[Source, str | None]], memory: int, paused: set[Target]
+    ) -> list[Row]:
+        self.paused = paused
         if all(handler is not None for _, handler in entries):
             return [self._row(source, handler, memory) for source, handler in entries]
         known: list[str | None] = [*sorted(self.counters.keys() | self.inflight.keys())]
@@ -227,9 +223,10 @@ class _Reads:
 
     def _row(self, source: Source, handler: str | None, memory: int, counters: bool = True) -> Row:
         waiting = pending = delayed = None
-        if source.kind in ("queue", "priority"):
+        traits = TRAITS[source.kind]
+        if traits.delays:
             waiting, delayed = self.length, self.delayed
-        elif source.kind == "stream":
+        elif traits.grouped:
             group = self.groups.get(source.group or "")
             if group is not None:
                 lag = group.get(b"lag")
@@ -251,6 +248,8 @@ class _Reads:
             counters=self._counters(handler) if counters else None,
             dead_letters=self.dead,
             memory=memory,
+            paused=source.kind != "channel"
+            and paused_for(self.paused, source.kind, source.name, source.group),
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
@@ -280,22 +279,19 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
         read = reads[name] = _Reads(name, kind.decode())
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
-        if read.type in _LENGTH:
-            second.append((*_LENGTH[read.type], name))
+        if read.type in DEPTH:
+            second.append((*DEPTH[read.type], name))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
-        if read.type == "stream":
+        if read.type == TRAITS["stream"].redis_type:
             for group in next(answers):
                 info = mapping(group)
                 read.groups[info[b"name"].decode()] = info
-        elif read.type in _LENGTH:
+        elif read.type in DEPTH:
             read.length = int(next(answers))
         if read.stale:
             next(answers)
     return reads
-
-
-_LENGTH = {"list": ("LLEN",), "zset": ("ZCARD",), "stream": ("XINFO", "GROUPS")}

@@ -144,12 +144,21 @@ def payload_of(raw: bytes) -> bytes:
     return raw
 
 
-def reenvelope(raw: bytes, attempt: int) -> bytes:
-    """The same item with its attempt set to ``attempt`` (foreign items get an envelope)."""
-    head, payload = split(raw)
+def reenvelope(
+    raw: bytes,
+    attempt: int,
+    *,
+    payload: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """The same item with its attempt set to ``attempt`` (foreign items get an envelope),
+    and with ``payload`` and ``headers`` instead of its own when given (``{}``: none)."""
+    head, own = split(raw)
+    payload = own if payload is None else payload
     if head is None:
-        return envelope(payload, content_id(raw), attempt=attempt)
-    return envelope(payload, head[0], attempt=attempt, enqueued_ms=head[1], headers=head[3])
+        return envelope(payload, content_id(raw), attempt=attempt, headers=headers or None)
+    headers = head[3] if headers is None else encode_headers(headers)
+    return envelope(payload, head[0], attempt=attempt, enqueued_ms=head[1], headers=headers)
 
 
 def content_id(raw: bytes) -> str:

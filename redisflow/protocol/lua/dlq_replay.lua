@@ -5,7 +5,7 @@
 -- ARGV[1] 'queue' | 'priority' | 'stream' | 'channel' | 'schannel' (sharded: SPUBLISH to
 -- channels of this slot), then per letter three values:
 -- entry id, item (list/sorted-set item, stream payload, or channel message), and its
--- priority level or channel.
+-- priority level, its channel, or a stream entry's headers (JSON; '' for none).
 -- Returns the number of letters replayed.
 local kind = ARGV[1]
 local want = ({queue = 'list', priority = 'zset', stream = 'stream'})[kind]
@@ -35,7 +35,13 @@ elseif kind == 'priority' then
   call_chunked('ZADD', KEYS[2], args)
   redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'n', #mine)
 elseif kind == 'stream' then
-  for _, i in ipairs(mine) do redis.call('XADD', KEYS[2], '*', 'data', ARGV[i + 1]) end
+  for _, i in ipairs(mine) do
+    if ARGV[i + 2] == '' then
+      redis.call('XADD', KEYS[2], '*', 'data', ARGV[i + 1])
+    else
+      redis.call('XADD', KEYS[2], '*', 'data', ARGV[i + 1], 'headers', ARGV[i + 2])
+    end
+  end
 else
   local publish = kind == 'schannel' and 'SPUBLISH' or 'PUBLISH'
   for _, i in ipairs(mine) do redis.call(publish, ARGV[i + 2], ARGV[i + 1]) end
