@@ -65,10 +65,14 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._metrics: Metrics | None = None
         self._worker = ""  # this run's id, once started
+        self._paused: set[Target] = set()  # what apply_pauses was last told
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
 
     async def _run(self, consumer: Consumer[Any]) -> None:
-        """Start a consumer added while the flow runs (a new layout to read)."""
+        """Start a consumer added while the flow runs (a new layout to read), paused if
+        its source is."""
+        source = consumer.handler.source
+        consumer.pause(paused_for(self._paused, source.kind, source.name, source.group))
         if self._tg is not None:
             await self._tg.start(consumer.run)
 
@@ -150,7 +154,7 @@ class Runtime:
 
     def apply_pauses(self, targets: set[Target]) -> None:
         """Pause the consumers whose source ``targets`` names, resume the others."""
-        changed: dict[tuple[Source, str], bool] = {}
+        self._paused, changed = targets, dict[tuple[Source, str], bool]()
         for consumer in self.consumers:
             if isinstance(consumer, ChannelConsumer):
                 continue
@@ -203,8 +207,7 @@ class Runtime:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 
     async def _introduce(self, worker: str) -> None:
-        """Record the handler this worker runs for each source, again every few seconds,
-        warning of another live worker that handles one differently (``ops/handlers.py``)."""
+        """Record the handler this worker runs per source (``ops/handlers.py``)."""
         self._worker = worker
         if await handlers.introduce(self.client, self.handlers, worker) and self._tg:
             await self._tg.start(self._helper, handlers.keep, self.client, self.handlers, worker)
@@ -314,8 +317,7 @@ class Runtime:
                     await self.lifespan.leave()
 
 
-#: What stops a running flow: Ctrl-C, a kill, and the terminal closing (SIGHUP, which would
-#: otherwise kill the process without a stop, leaving its embedded server behind).
+#: What stops a flow: Ctrl-C, a kill, the terminal closing (SIGHUP killed it, server left).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
