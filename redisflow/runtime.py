@@ -69,8 +69,7 @@ class Runtime:
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
 
     async def _run(self, consumer: Consumer[Any]) -> None:
-        """Start a consumer added while the flow runs (a new layout to read), paused if
-        its source is."""
+        """Start a consumer added while the flow runs (a new layout), paused if need be."""
         source = consumer.handler.source
         consumer.pause(paused_for(self._paused, source.kind, source.name, source.group))
         if self._tg is not None:
@@ -154,7 +153,8 @@ class Runtime:
 
     def apply_pauses(self, targets: set[Target]) -> None:
         """Pause the consumers whose source ``targets`` names, resume the others."""
-        self._paused, changed = targets, dict[tuple[Source, str], bool]()
+        self._paused = targets
+        changed: dict[tuple[Source, str], bool] = {}
         for consumer in self.consumers:
             if isinstance(consumer, ChannelConsumer):
                 continue
@@ -207,7 +207,7 @@ class Runtime:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 
     async def _introduce(self, worker: str) -> None:
-        """Record the handler this worker runs per source (``ops/handlers.py``)."""
+        """Record the handler run per source (``ops/handlers.py``)."""
         self._worker = worker
         if await handlers.introduce(self.client, self.handlers, worker) and self._tg:
             await self._tg.start(self._helper, handlers.keep, self.client, self.handlers, worker)
