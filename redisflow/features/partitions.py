@@ -198,6 +198,10 @@ class Layouts:
             self._read_at = time.monotonic()
         return self._stored.get(name, Record())
 
+    def forget(self) -> None:
+        """Read the record again at the next use."""
+        self._read_at = -LAYOUT_TTL
+
     async def fresh(self, name: str) -> Record:
         """The record of ``name`` as Redis has it now (no cache)."""
         return Record.parse(await self.connector.send("HGET", self.key, name))
@@ -356,7 +360,8 @@ async def to_read(layouts: Layouts, source: Source, wanted: int) -> list[str]:
     recorded and it wants one partition, else every partition of every layout in use, its
     own made current (with the plain key, when it holds messages sent before any layout)."""
     name = source.name
-    record = await layouts.fresh(name)
+    layouts.forget()  # read now (and warm the producers' cache: their first send awaits none)
+    record = await layouts.record(name)
     if wanted == 1 and record.current is None:
         return [name]
     plain = Layout(1)
