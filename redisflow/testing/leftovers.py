@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 _CHECKOUT = str(Path(__file__).resolve().parents[2]).encode()
@@ -57,6 +58,9 @@ def sweep() -> int:
         cmdline = Path(f"/proc/{pid}/cmdline")
         if alive(pid) and (not cmdline.exists() or f":{port}" in cmdline.read_text()):
             os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5  # gone once the kernel has taken it down
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
             stopped += 1
         if found.get("dir"):
             shutil.rmtree(found["dir"], ignore_errors=True)
