@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -21,12 +22,14 @@ from .config import (
     FlowOptions,
     HandlerOptions,
     QueueOptions,
+    ScheduleOptions,
     StreamOptions,
 )
 from .consumers import Consumer
 from .consumers.channel import is_pattern
 from .consumers.kinds import TRAITS
 from .errors import ConfigError, RedisflowError
+from .features.schedules import Missed, Schedule
 from .handler import Handler
 from .keys import check_name
 from .lifespan import Lifespan
@@ -133,9 +136,11 @@ class Flow(Client):
         fn: Callable[..., Any],
         *,
         group: str | None = None,
+        schedule: Schedule | None = None,
         **options: Any,
     ) -> Handler:
-        """Register ``fn`` for a source; what the ``on_*`` decorators call."""
+        """Register ``fn`` for a source (a ``schedule`` for kind ``schedule``); what the
+        decorators call."""
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         try:
             check_name(name, kind)
@@ -149,29 +154,20 @@ class Flow(Client):
             options["pattern"] = is_pattern(name)
         try:
             built = HandlerOptions.build(kind, options)
+            if built.partitions != 1:
+                self.partitions(name, built.partitions)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        handler = Handler.build(fn, Source(kind, name, group), built)
-        clash = handler.clash(self.handlers.values())
-        if clash:
+        handler = Handler.build(fn, Source(kind, name, group), built, schedule)
+        if clash := handler.clash(self.handlers.values()):  # a duplicate, or another kind
             raise ConfigError(f"{where}: {clash}")
-        key = (kind, name, group)
-        if key in self.handlers:
-            other = self.handlers[key].name
-            raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
-        if built.partitions != 1:  # declared once the handler is sure to be added
-            try:
-                self.partitions(name, built.partitions)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-        self.handlers[key] = handler
+        self.handlers[kind, name, group] = handler
         return handler
 
     def problems(self) -> list[str]:
-        """What ``start`` would refuse, found without connecting (``redisflow check`` says
-        them): handler parameters that no ``@flow.resource`` provides."""
-        provided = self._lifespan.resources
-        return [p for h in self.handlers.values() if (p := h.unprovided(provided)) is not None]
+        """What ``start`` would refuse, without connecting: unprovided resources."""
+        found = (h.unprovided(self._lifespan.resources) for h in self.handlers.values())
+        return [problem for problem in found if problem]
 
     def on_startup(self, fn: F) -> F:
         """Run ``fn()`` (sync or async) when the flow starts, before any consumer."""
@@ -223,6 +219,55 @@ class Flow(Client):
         while it waits)."""
         return self._decorator("stream", stream, group, dict(options))
 
+    def cron(
+        self,
+        expr: str,
+        *,
+        tz: str | None = None,
+        name: str | None = None,
+        missed: Missed = "skip",
+        **options: Unpack[ScheduleOptions],
+    ) -> Callable[[F], F]:
+        """As ``every``, at each tick of the cron expression ``expr`` (five fields, or six
+        with seconds first: cronsim's, ``pip install cronsim``) in the IANA zone
+        ``tz`` (default UTC); DST days: the README, "Schedules"."""
+        when = lambda name: Schedule.from_cron(name, expr, tz, missed)  # noqa: E731
+        return self._schedule(expr, name, when, dict(options))
+
+    def every(
+        self,
+        period: float | timedelta,
+        *,
+        name: str | None = None,
+        missed: Missed = "skip",
+        **options: Unpack[ScheduleOptions],
+    ) -> Callable[[F], F]:
+        """Run the function every ``period`` (seconds of real time or a timedelta, ticking
+        on its multiples since the epoch) once per tick across the prefix's workers, as a
+        message of an internal queue (``ScheduleOptions``: retries, timeout...). ``name``
+        (default: its qualified name) identifies it; ``missed``: ticks no worker claimed in
+        time: ``skip``, ``once`` (one run), ``all`` (each). ``msg.scheduled_for``: the tick."""
+        when = lambda name: Schedule.every(name, period, missed)  # noqa: E731
+        return self._schedule(period, name, when, dict(options))
+
+    def _schedule(
+        self, first: Any, name: str | None, when: Callable[[str], Schedule], options: Any
+    ) -> Callable[[F], F]:
+        if callable(first):  # @flow.every without the parentheses
+            raise ConfigError(f"handler {getattr(first, '__qualname__', first)!r}: write"
+                              " @flow.every(seconds) or @flow.cron('expression')")  # fmt: skip
+
+        def register(fn: F) -> F:
+            qualname = getattr(fn, "__qualname__", repr(fn))
+            try:
+                schedule = when(qualname if name is None else name)
+            except ConfigError as exc:
+                raise ConfigError(f"handler {qualname!r}: {exc}") from None
+            self.add_handler("schedule", schedule.name, fn, schedule=schedule, **options)
+            return fn
+
+        return register
+
     def _decorator(
         self, kind: Kind, name: Any, group: str | None, options: dict[str, Any]
     ) -> Callable[[F], F]:
@@ -258,28 +303,18 @@ class Flow(Client):
         mine = {h.source.kind for h in self.handlers.values() if h.source.name == name}
         return mine | await super().kinds(name)
 
-    async def pause(self, name: str, *, group: str | None = None) -> None:
-        """``Client.pause``; returns once this flow's own consumers of ``name`` fetch
-        nothing more (a fetch in flight has returned)."""
-        await super().pause(name, group=group)
-        await self._pauses_changed()
-        if self._runtime is not None:
-            await self._runtime.parked()
-
-    async def resume(self, name: str, *, group: str | None = None) -> bool:
-        """``Client.resume``; this flow's own consumers fetch again at once."""
-        resumed = await super().resume(name, group=group)
-        await self._pauses_changed()
-        return resumed
-
-    async def _pauses_changed(self) -> None:
+    async def pauses_changed(self, paused: bool) -> None:
+        """This flow's own consumers take a pause or resume made here at once; a pause
+        returns once their fetches in flight have returned."""
         if self._runtime is not None:
             self._runtime.apply_pauses(await self.pauses.targets())
+            if paused:
+                await self._runtime.parked()
 
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].keyed}
+        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].named}
         return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -358,9 +393,7 @@ class Flow(Client):
             await self._stop((exc_type, exc, tb) if cancelled else (None, None, None))
 
     async def run(self, *, ready: Callable[[], object] | None = None) -> None:
-        """Run until SIGINT, SIGTERM or SIGHUP (or cancellation), then stop gracefully; a
-        second signal while handlers finish cancels them (their messages are handed back)
-        and raises ``Interrupted``. A signal that arrives while the flow is still starting
-        (waiting for Redis, say) abandons the start: nothing is held yet. ``ready()`` is
-        called once every consumer has started."""
+        """Run until SIGINT, SIGTERM or SIGHUP (or cancellation), then stop gracefully (a
+        second signal cancels running handlers: ``Interrupted``). A signal during the start
+        abandons it. ``ready()`` is called once every consumer has started."""
         await until_signal(self, ready, lambda: self._runtime)

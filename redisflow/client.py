@@ -98,13 +98,20 @@ class Client(Producers):
         that is no stream."""
         check_target(name, group, await self.kinds(name))
         await self.pauses.pause(name, group)
+        await self.pauses_changed(True)
 
     async def resume(self, name: str, *, group: str | None = None) -> bool:
         """Resume what ``pause`` paused (``group`` None: all of ``name``, its groups paused
         one by one too); whether anything was paused. ConfigError for one group of a
         stream paused whole."""
         check_target(name, group, ())
-        return await self.pauses.resume(name, group)
+        resumed = await self.pauses.resume(name, group)
+        await self.pauses_changed(False)
+        return resumed
+
+    async def pauses_changed(self, paused: bool) -> None:
+        """Called after a pause (``paused``) or resume made by this client (a running flow
+        applies it to its own consumers at once; others read it within 0.25 s)."""
 
     async def paused(self) -> list[Paused]:
         """The paused sources of the prefix (name, group, since when)."""

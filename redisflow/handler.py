@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from .config import HandlerOptions
 from .errors import ConfigError
+from .features.schedules import Schedule
 from .message import Message, Source
 
 HandlerFunc = Callable[..., Any]
@@ -40,6 +41,7 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    schedule: Schedule | None = None  # when its ticks fall (a schedule's handler)
     payload: Any = Any  # the payload's type
 
     @property
@@ -58,8 +60,16 @@ class Handler:
         return f"{getattr(self.fn, '__module__', '?')}.{self.name}({shown})"
 
     @classmethod
-    def build(cls, fn: HandlerFunc, source: Source, options: HandlerOptions) -> Handler:
-        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it."""
+    def build(
+        cls,
+        fn: HandlerFunc,
+        source: Source,
+        options: HandlerOptions,
+        schedule: Schedule | None = None,
+    ) -> Handler:
+        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it. A
+        ``schedule``'s handler takes no payload: its parameters are a ``Message`` and
+        resources."""
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
@@ -74,7 +84,7 @@ class Handler:
             hints = typing.get_type_hints(fn, include_extras=True)
         except (NameError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot read its signature: {exc}") from None
-        payload_type, order, deps = _parameters(where, signature, hints)
+        payload_type, order, deps = _parameters(where, signature, hints, schedule is None)
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(payload_type)
         except Exception as exc:  # pydantic raises several kinds for unusable types
@@ -82,21 +92,28 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
+        wants_message = "message" in order
         return cls(
-            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order),
-            payload_type,
+            fn, source, options, adapter, wants_message, invoke, tuple(deps), tuple(order),
+            schedule, payload_type,
         )  # fmt: skip
 
     def clash(self, others: Iterable[Handler]) -> str | None:
-        """Why this handler cannot join ``others``: its name is already a key of another
-        type (a queue, a priority queue and a stream are each one key; a producer of the
-        other kind would get WRONGTYPE). None when it can."""
+        """Why this handler cannot join ``others`` (None when it can): its source has one
+        already; its name is already a key of another type (a queue, a priority queue and a
+        stream are each one key: a producer of the other kind would get WRONGTYPE), or a
+        schedule's (whose keys are those of its name: they would be shared). A channel is
+        no key."""
         source = self.source
-        for other in others if source.kind != "channel" else ():
-            if other.source.name == source.name and other.source.kind not in (
-                "channel",
-                source.kind,
-            ):
+        for other in others:
+            if other.source == source:
+                return f"{source} already has a handler, {other.name!r}"
+            kinds = {source.kind, other.source.kind}
+            if other.source.name != source.name or len(kinds) == 1:
+                continue
+            if "schedule" in kinds:
+                return f"{other.source} has the same name ({other.name!r})"
+            if "channel" not in kinds:
                 return (
                     f"{source.name!r} is already a {other.source.kind} (handler"
                     f" {other.name!r}); a name is one Redis key, of one type"
@@ -126,9 +143,10 @@ class Handler:
 
 
 def _parameters(
-    where: str, signature: inspect.Signature, hints: dict[str, Any]
+    where: str, signature: inspect.Signature, hints: dict[str, Any], payload: bool = True
 ) -> tuple[Any, list[str], list[tuple[str, Any]]]:
-    """Sort a handler's parameters: the payload (and its type), the Message, resources."""
+    """Sort a handler's parameters: the payload (and its type; none when not ``payload``),
+    the Message, resources."""
     payload_type: Any = Any
     order: list[str] = []  # "payload" / "message", in call order
     deps: list[tuple[str, Any]] = []  # keyword parameters filled from flow resources
@@ -139,17 +157,18 @@ def _parameters(
         if _is_message(annotation) and "message" not in order:
             order.append("message")
             args = typing.get_args(annotation)
-            if args and "payload" not in order:
+            if args and "payload" not in order and payload:
                 payload_type = args[0]
-        elif "payload" not in order and param.kind is not param.KEYWORD_ONLY:
+        elif payload and "payload" not in order and param.kind is not param.KEYWORD_ONLY:
             order.append("payload")
             if annotation is not inspect.Parameter.empty:
                 payload_type = annotation
         elif annotation is not inspect.Parameter.empty and param.default is param.empty:
             deps.append((param.name, annotation))  # a resource, bound at start
         elif param.default is param.empty:
+            what = "the payload, a Message," if payload else "a Message (a schedule has no payload)"
             raise ConfigError(
-                f"{where}: parameter {param.name!r} is neither the payload, a Message,"
+                f"{where}: parameter {param.name!r} is neither {what}"
                 " nor annotated with the type of a resource"
             )
     return payload_type, order, deps

@@ -188,9 +188,21 @@ class Keys:
         return f"{self.base}:inflight"
 
     @property
+    def ticks(self) -> str:
+        """The internal queue (a list) of a schedule: one message per tick to run."""
+        return f"{self.base}:ticks"
+
+    @property
+    def schedule(self) -> str:
+        """Hash of a schedule's state: its spec, next and last tick, counts, last outcome."""
+        return f"{self.base}:schedule"
+
+    @property
     def owned(self) -> tuple[str, ...]:
-        """The source and the keys of it that ``memory`` and ``stats`` measure."""
-        return (self.name, self.delayed, self.dead, self.counts, self.indexes)
+        """The source and the keys of it that ``memory`` and ``stats`` measure (a
+        schedule's internal queue and state included)."""
+        return (self.name, self.delayed, self.dead, self.counts, self.indexes, self.ticks,
+                self.schedule)  # fmt: skip
 
 
 def status_key(prefix: str, message_id: str) -> str:

@@ -23,13 +23,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, Backoff, Connector
-from .consumers import ChannelConsumer, ChannelHub, Consumer, Context
+from .consumers import ChannelConsumer, ChannelHub, Consumer, Context, TickOutcome
 from .consumers.kinds import TRAITS
 from .consumers.readers import HandlerConsumers
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
-from .features.pauses import Target, paused_for
+from .features.pauses import paused_for
 from .features.ratelimit import Limiter, Throttle
 from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
@@ -37,7 +37,7 @@ from .metrics import Metrics
 from .middleware import takes
 from .ops import handlers
 from .ops.health import evicting
-from .protocol.records import source_member
+from .protocol.records import Target, source_member
 
 if TYPE_CHECKING:
     from .client import Client
@@ -102,7 +102,7 @@ class Runtime:
         every: list[HandlerConsumers] = []
         for handler in self.handlers:
             source = handler.source
-            if not TRAITS[source.kind].keyed:
+            if not TRAITS[source.kind].named:  # a channel or a schedule: never partitioned
                 keys = [source.name]
             else:
                 wanted = handler.options.partitions
@@ -128,22 +128,22 @@ class Runtime:
         await self._start_consumers(tg, list(self.consumers))
         for reader in every:
             opts, parts = reader.handler.options, len(reader.mine)
+            when = reader.handler.schedule
             log.info(
-                "%s -> %s (concurrency %d%s%s)", reader.source, reader.handler.name,
+                "%s -> %s (concurrency %d%s%s%s)", reader.source, reader.handler.name,
                 opts.concurrency, ", at-most-once" if opts.at_most_once else "",
-                f", {parts} partitions" if parts > 1 else "",
+                f", {parts} partitions" if parts > 1 else "", f", {when}" if when else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
-        if readers := [r for r in every if TRAITS[r.source.kind].keyed]:  # layouts change:
-            # docs/scaling.md, "Changing P"
+        if readers := [r for r in every if TRAITS[r.source.kind].named]:  # "Changing P"
             drainer = partitions.Drainer(self.client.layouts, readers, config.claim_interval)
             await tg.start(self._helper, drainer.run)
 
     @staticmethod
     async def _start_consumers(tg: TaskGroup, consumers: list[Consumer[Any]]) -> None:
-        """Start consumers at once (256 partitions connect in parallel, not one after the
-        other), returning when all are ready; the first failure is raised as itself."""
+        """Start consumers at once (256 partitions connect in parallel); the first failure
+        is raised as itself."""
         try:
             async with anyio.create_task_group() as starting:
                 for consumer in consumers:
@@ -193,6 +193,8 @@ class Runtime:
             chain.append(Tracking(tracker, handler.name))
         if self._metrics is not None:
             chain.append(self._metrics.timing(handler))
+        if handler.source.kind == "schedule":
+            chain.append(TickOutcome(connector, keys))
         return chain
 
     async def _register(self, connector: Connector) -> None:
@@ -331,10 +333,8 @@ async def until_signal(
     ready: Callable[[], object] | None,
     running: Callable[[], Runtime | None] = lambda: None,
 ) -> None:
-    """Run ``flow`` (``async with``) until SIGINT, SIGTERM or SIGHUP, then leave it. A
-    signal during the start abandons it; ``ready()`` is called once it has started. While
-    handlers finish, a second signal cancels them (``Interrupted``: their messages are
-    handed back)."""
+    """Run ``flow`` until SIGINT, SIGTERM or SIGHUP (one during the start abandons it); a
+    second one cancels running handlers (``Interrupted``). ``ready()``: once started."""
     with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         started, stop, hurried = False, anyio.Event(), False
         stopping: Runtime | None = None  # the run the first signal stops (it leaves the flow)

@@ -5,11 +5,10 @@ be paused. The multi-process run is in ``test_chaos_pause.py``."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
+import io
 from collections import Counter
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import orjson
@@ -17,14 +16,13 @@ import pytest
 from pydantic import BaseModel
 
 from redisflow import Client, ConfigError, Flow, FlowConfig
+from redisflow.cli import main
 from redisflow.ops.stats import collect
 from redisflow.testing import RedisCluster
 from tests.support.flows import eventually, make_flow
 from tests.support.kinds import DURABLE, GROUP, Kind, by_kind
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: How long a test watches a paused source for a message handled by mistake: longer than
 #: the 0.25 s between two readings of the paused state, and the fetch it may interrupt.
@@ -214,19 +212,19 @@ async def test_stats_and_the_command_line(url: str, ns: str) -> None:
     async def news(item: Any) -> None: ...
 
     async with flow:
-        out = _cli("pause", "jobs", "--url", url, "--prefix", ns)
+        out = await _cli("pause", "jobs", "--url", url, "--prefix", ns)
         assert out.returncode == 0 and "paused queue 'jobs'" in out.stdout, out
-        out = _cli("pause", "events", "--group", "g", "--url", url, "--prefix", ns)
+        out = await _cli("pause", "events", "--group", "g", "--url", url, "--prefix", ns)
         assert out.returncode == 0, out
-        out = _cli("pause", "news", "--url", url, "--prefix", ns)
+        out = await _cli("pause", "news", "--url", url, "--prefix", ns)
         assert out.returncode == 2 and "channel cannot be paused" in out.stderr, out
-        out = _cli("pause", "nothing", "--url", url, "--prefix", ns)
+        out = await _cli("pause", "nothing", "--url", url, "--prefix", ns)
         assert out.returncode == 0 and "no flow under prefix" in out.stderr, out
         await paused_everywhere(flow)
         snapshot = await collect(flow.client)
         paused = {(row.source, row.group): row.paused for row in snapshot.rows}
         assert paused == {("jobs", None): True, ("events", "g"): True, ("news", None): False}
-        stats = _cli("stats", "--json", "--url", url, "--prefix", ns)
+        stats = await _cli("stats", "--json", "--url", url, "--prefix", ns)
         rows = orjson.loads(stats.stdout)["handlers"]
         assert {r["source"]: r["paused"] for r in rows} == {
             "jobs": True,
@@ -239,9 +237,9 @@ async def test_stats_and_the_command_line(url: str, ns: str) -> None:
             ("nothing", None),
         }
         for name in ("jobs", "events", "nothing"):
-            out = _cli("resume", name, "--url", url, "--prefix", ns)
+            out = await _cli("resume", name, "--url", url, "--prefix", ns)
             assert out.returncode == 0 and "resumed" in out.stdout, out
-        out = _cli("resume", "jobs", "--url", url, "--prefix", ns)
+        out = await _cli("resume", "jobs", "--url", url, "--prefix", ns)
         assert out.returncode == 0 and "was not paused" in out.stdout, out
         await paused_everywhere(flow, False)
 
@@ -270,15 +268,25 @@ async def test_pause_on_a_cluster_with_partitions(redisflow_cluster: RedisCluste
     assert sorted(got) == list(range(30))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "redisflow", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def _cli(*args: str) -> Ran:
+    """``redisflow ARGS`` in this process (in a thread: the command runs its own loop)."""
+
+    def run() -> Ran:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # a usage error
+                code = int(exc.code or 0)
+        return Ran(code, out.getvalue(), err.getvalue())
+
+    return await anyio.to_thread.run_sync(run)
 
 
 async def _scan(flow: Flow, pattern: str) -> Any:

@@ -108,11 +108,18 @@ class ChannelConsumer(Consumer[ChannelItem]):
         source = self.handler.source
         if head is None:
             return Message(
-                content_id(raw), source, item[ATTEMPT], None, headers, payload, value, channel
+                content_id(raw),
+                source,
+                item[ATTEMPT],
+                None,
+                headers,
+                payload,
+                value,
+                channel=channel,
             )
         return Message(
             head[0], source, item[ATTEMPT], Message.time(head[1]),
-            {**(head[3] or {}), **headers}, payload, value, channel,
+            {**(head[3] or {}), **headers}, payload, value, channel=channel,
         )  # fmt: skip
 
     def dead_extra(self, item: ChannelItem) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """Pausing sources: a paused queue, priority queue, stream (one consumer group, or all) or
 schedule is fetched by no worker of the prefix until it is resumed; producers go on.
 
-The state is one hash per prefix (``paused_key``): a field per paused source, the JSON
-``[name, group]`` (``group`` null: the whole source, every group of a stream), whose value
-is when it was paused (ms). Every running flow reads it (one ``HGETALL``) every
-``POLL`` seconds and before its consumers start, so a worker that starts while a source is
+The state is one hash per prefix (``paused_key``: its format is in ``protocol/records.py``),
+a field per paused source or stream group. Every running flow reads it (one ``HGETALL``)
+every ``POLL`` seconds and before its consumers start, so a worker that starts while a source is
 paused fetches nothing, and a pause reaches every worker of every process within about
 ``POLL`` seconds; a consumer that learns it is paused wakes its blocked fetch (``CLIENT
 UNBLOCK``, as a stop does) and finishes what it holds. Keyspace notifications are not used:
@@ -24,12 +23,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
 from ..connection import REDIS_ERRORS
-from ..errors import ConfigError
+from ..errors import ConfigError, ReplyError
 from ..keys import check_name, paused_key, sources_key
 from ..protocol.envelope import now_ms
+from ..protocol.records import Target, parse_paused, parse_source, paused_field
 from ..protocol.replies import pairs
 
 if TYPE_CHECKING:
@@ -42,9 +41,6 @@ log = logging.getLogger("redisflow")
 
 #: How often a running flow reads what is paused, in seconds.
 POLL = 0.25
-
-#: A paused source as the hash holds it: its name and group (None: all of it).
-Target = tuple[str, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,25 +56,6 @@ class Paused:
         """A JSON-ready dict."""
         since = self.since.isoformat() if self.since else None
         return {"name": self.name, "group": self.group, "since": since}
-
-
-def field(name: str, group: str | None) -> str:
-    """The field of the paused hash for ``name`` (and ``group``)."""
-    return orjson.dumps([name, group]).decode()
-
-
-def parse(raw: bytes | str) -> Target | None:
-    """A field of the paused hash (None if another client wrote something else there)."""
-    try:
-        found = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(found, list) or len(found) != 2:
-        return None
-    name, group = found
-    if not isinstance(name, str) or not (group is None or isinstance(group, str)):
-        return None
-    return name, group
 
 
 def check_target(name: object, group: object, kinds: Collection[Kind | str]) -> None:
@@ -110,7 +87,7 @@ class Pauses:
 
     async def pause(self, name: str, group: str | None = None) -> None:
         """Pause ``name`` (one stream ``group``, or all of it)."""
-        await self.connector.send("HSET", self.key, field(name, group), now_ms())
+        await self.connector.send("HSET", self.key, paused_field(name, group), now_ms())
 
     async def resume(self, name: str, group: str | None = None) -> bool:
         """Resume ``name`` (``group`` None: all of it, every group paused alone too); whether
@@ -131,7 +108,7 @@ class Pauses:
         flat = await self.connector.send("HGETALL", self.key)
         found = []
         for raw, at in pairs(flat):
-            target = parse(raw)
+            target = parse_paused(raw)
             if target is not None:
                 ms = int(at) if at.isdigit() else None
                 since = datetime.fromtimestamp(ms / 1000, UTC) if ms is not None else None
@@ -139,17 +116,9 @@ class Pauses:
         return sorted(found, key=lambda p: (p.name, p.group or ""))
 
     async def kinds(self, name: str) -> set[str]:
-        """The kinds of source the flows of the prefix registered under ``name`` (the
-        sources registry, ``sources_key``: JSON ``[kind, name, group]`` members)."""
-        found = set()
-        for member in await self.connector.send("SMEMBERS", self.sources):
-            try:
-                entry = orjson.loads(member)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(entry, list) and len(entry) == 3 and entry[1] == name:
-                found.add(str(entry[0]))
-        return found
+        """The kinds of source the flows of the prefix registered under ``name``."""
+        found = (parse_source(m) for m in await self.connector.send("SMEMBERS", self.sources))
+        return {source.kind for source in found if source is not None and source.name == name}
 
     async def targets(self) -> set[Target]:
         """What is paused, as ``(name, group)`` pairs."""
@@ -157,7 +126,7 @@ class Pauses:
 
     async def _fields(self) -> list[tuple[bytes, Target]]:
         flat = await self.connector.send("HGETALL", self.key)
-        found = ((raw, parse(raw)) for raw, _ in pairs(flat))
+        found = ((raw, parse_paused(raw)) for raw, _ in pairs(flat))
         return [(raw, target) for raw, target in found if target is not None]
 
     async def watch(
@@ -167,17 +136,23 @@ class Pauses:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Read what is paused every ``POLL`` seconds and ``apply`` it when it changed (the
-        first reading before reporting started). Redis unreachable or refusing keeps the
-        last state; the consumers' own loops report the outage."""
+        first reading before reporting started). Redis unreachable keeps the last state (the
+        consumers' own loops report the outage); a refusal (an ACL without the prefix's
+        keys) is logged once until a reading works again."""
         last: set[Target] | None = None
-        started = False
+        started = failing = False
         while True:
             try:
                 now = await self.targets()
             except REDIS_ERRORS as exc:
-                if last is None:
-                    log.debug("paused sources not read (%s); fetching meanwhile", exc)
+                if isinstance(exc, ReplyError) and not failing:
+                    log.warning("cannot read the paused sources (%s): pauses are not followed"
+                                " until it can", exc)  # fmt: skip
+                failing = failing or isinstance(exc, ReplyError)
             else:
+                if failing:
+                    log.warning("the paused sources are read again")
+                failing = False
                 if now != last:
                     apply(now)
                     last = now

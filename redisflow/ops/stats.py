@@ -21,11 +21,17 @@ import anyio
 
 from ..consumers.contract import Stats
 from ..consumers.kinds import DEPTH, TRAITS
-from ..features.pauses import Paused, Target, paused_for
+from ..features.pauses import Paused, paused_for
 from ..keys import sources_key
 from ..message import Source
 from ..protocol.envelope import now_ms
-from ..protocol.records import parse_counter, parse_inflight, parse_source
+from ..protocol.records import (
+    ScheduleState,
+    Target,
+    parse_counter,
+    parse_inflight,
+    parse_source,
+)
 from ..protocol.replies import mapping, pairs
 from .handlers import conflicts
 
@@ -49,6 +55,8 @@ class Row:
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
     ``paused``: whether the source (the stream group) is paused (``Client.pause``).
+    ``schedule``: a schedule's state (its spec, next and last tick, runs and missed ticks,
+    the last run's outcome); ``waiting`` then counts its runs not yet taken.
     """
 
     kind: str
@@ -64,6 +72,7 @@ class Row:
     dead_letters: int
     memory: int
     paused: bool = False
+    schedule: ScheduleState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +121,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     names = sorted({source.name for source, _ in targets})
     kinds = {source.name: source.kind for source, _ in targets}
     parts = {
-        name: [name] if kinds[name] == "channel" else await client.layouts.all_keys(name)
+        name: [name] if not TRAITS[kinds[name]].named else await client.layouts.all_keys(name)
         for name in names
     }
     memory: dict[str, Any] = {}
@@ -123,12 +132,15 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         paused.extend(await client.paused())
 
     async def read_memory() -> None:
-        channels = [name for name in names if kinds[name] == "channel"]
+        # neither a channel nor a schedule is a key of its name (the user may lack ~NAME)
+        channels = [name for name in names if not TRAITS[kinds[name]].named]
         memory.update(await client.memory(*names, channels=channels))
 
     async def read_sources() -> None:
-        channels = {name for name in names if kinds[name] == "channel"}
-        physical = await _read(client, [key for name in names for key in parts[name]], channels)
+        channels = {name for name in names if not TRAITS[kinds[name]].keyed}
+        schedules = {name for name in names if TRAITS[kinds[name]].internal}
+        keys = [key for name in names for key in parts[name]]
+        physical = await _read(client, keys, channels, schedules)
         for name in names:  # a partitioned source: the sum of its partitions
             reads[name] = _Reads(name, "none")
             for key in parts[name]:
@@ -170,11 +182,13 @@ class _Reads:
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
         self.paused: set[Target] = set()
+        self.schedule: ScheduleState | None = None
 
     def add(self, part: _Reads) -> None:
         """Count a partition's numbers in this (logical) source's."""
         if self.type == "none":
             self.type = part.type
+        self.schedule = self.schedule or part.schedule
         for handler, counters in part.counters.items():
             mine = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
             for field, value in counters.items():
@@ -248,8 +262,8 @@ class _Reads:
             counters=self._counters(handler) if counters else None,
             dead_letters=self.dead,
             memory=memory,
-            paused=source.kind != "channel"
-            and paused_for(self.paused, source.kind, source.name, source.group),
+            paused=traits.keyed and paused_for(self.paused, source.kind, source.name, source.group),
+            schedule=self.schedule if traits.internal else None,
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
@@ -257,14 +271,16 @@ class _Reads:
         return dict(found) if found else dict.fromkeys(STAT_FIELDS, 0)
 
 
-async def _read(client: Client, names: list[str], channels: set[str]) -> dict[str, _Reads]:
+async def _read(
+    client: Client, names: list[str], channels: set[str], schedules: set[str]
+) -> dict[str, _Reads]:
     send = client.connector.send
     first: list[tuple[Any, ...]] = []
     for name in names:
         keys = client.keys(name)
         first += [
             # A channel is no key: PING keeps the reply's place (the user may lack ~NAME).
-            ("PING", "none") if name in channels else ("TYPE", name),
+            ("PING", "none") if name in channels else ("TYPE", _measured(client, name, schedules)),
             ("HGETALL", keys.stats),
             ("HGETALL", keys.inflight),
             ("ZCARD", keys.delayed),
@@ -280,9 +296,11 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
         if read.type in DEPTH:
-            second.append((*DEPTH[read.type], name))
+            second.append((*DEPTH[read.type], _measured(client, name, schedules)))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
+        if name in schedules:
+            second.append(("HGETALL", client.keys(name).schedule))
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
@@ -294,4 +312,11 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
             read.length = int(next(answers))
         if read.stale:
             next(answers)
+        if name in schedules:
+            read.schedule = ScheduleState.parse(next(answers))
     return reads
+
+
+def _measured(client: Client, name: str, schedules: set[str]) -> str:
+    """The key where the messages of ``name`` wait: itself, or a schedule's internal queue."""
+    return client.keys(name).ticks if name in schedules else name
