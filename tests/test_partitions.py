@@ -54,6 +54,8 @@ def test_partition_tags_spread_evenly_and_never_collide() -> None:
         Flow("redis://localhost").on_queue("{t}:jobs", partitions=3)(lambda e: None)
     with pytest.raises(ConfigError, match="partitions"):
         Flow("redis://localhost").on_queue("jobs", partitions=0)(lambda e: None)
+    with pytest.raises(ConfigError, match="from 1 to 256"):  # 1024 died under ulimit -n 1024
+        Flow("redis://localhost").on_queue("jobs", partitions=MAX_PARTITIONS + 1)(lambda e: None)
 
 
 @by_kind([Kind("queue"), Kind("priority"), Kind("stream")])
