@@ -8,7 +8,7 @@ STAMP = $(VENV)/.installed
 # Only lint directories that exist (examples/ and benchmarks/ may come later).
 LINT_DIRS := $(wildcard redisflow tests examples benchmarks)
 
-.PHONY: venv test chaos lint typecheck check demo bench-smoke bench dist clean
+.PHONY: venv test chaos lint typecheck check demo screenshots bench-smoke bench dist clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ check: lint typecheck test
 
 demo: venv
 	$(PY) examples/demo.py
+
+# The dashboard screenshots the README shows (docs/img/): the browser test, with the shop
+# running a minute first so the charts have a history. Needs chromium (Debian package).
+screenshots: venv
+	REDISFLOW_SCREENSHOTS=docs/img $(PY) -m pytest tests/test_browser.py -p no:xdist -q
 
 # redisflow only, small N, one run each, no files written: keeps the suite from rotting (CI).
 bench-smoke: venv

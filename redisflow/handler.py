@@ -15,7 +15,8 @@ from pydantic import TypeAdapter
 from .config import HandlerOptions
 from .errors import ConfigError
 from .features.schedules import Schedule
-from .message import Message, Source
+from .keys import check_name
+from .message import KINDS, Message, Source
 
 HandlerFunc = Callable[..., Any]
 
@@ -41,8 +42,8 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    payload: Any = Any  # the payload's type, as the adapter was built from it
     schedule: Schedule | None = None  # when its ticks fall (a schedule's handler)
-    payload: Any = Any  # the payload's type
 
     @property
     def name(self) -> str:
@@ -92,11 +93,10 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
-        wants_message = "message" in order
+        wants, deps_, order_ = "message" in order, tuple(deps), tuple(order)
         return cls(
-            fn, source, options, adapter, wants_message, invoke, tuple(deps), tuple(order),
-            schedule, payload_type,
-        )  # fmt: skip
+            fn, source, options, adapter, wants, invoke, deps_, order_, payload_type, schedule
+        )
 
     def clash(self, others: Iterable[Handler]) -> str | None:
         """Why this handler cannot join ``others`` (None when it can): its source has one
@@ -194,3 +194,33 @@ def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Aw
     if order == ("message",):
         return lambda value, message: fn(message)
     return lambda value, message: fn()
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What an app declares it sends (``Flow.produces``): messages of ``payload``'s type to
+    the source ``source``. Documentation (``redisflow docs``), not a check on sends."""
+
+    source: Source
+    payload: Any
+    adapter: TypeAdapter[Any]
+    summary: str | None = None
+
+    @classmethod
+    def build(cls, name: str, payload: Any, kind: str, summary: str | None) -> Produced:
+        """Check the declaration; ConfigError naming it when something is unusable."""
+        where = f"flow.produces({name!r})"
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        try:
+            check_name(name, kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        source = Source(kind, name)
+        if summary is not None and not isinstance(summary, str):
+            raise ConfigError(f"{where}: summary must be a string, got {summary!r}")
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(payload)
+        except Exception as exc:  # pydantic raises several kinds for unusable types
+            raise ConfigError(f"{where}: payload type {payload!r} is unusable: {exc}") from None
+        return cls(source, payload, adapter, summary)

@@ -34,7 +34,7 @@ def connect(args: argparse.Namespace) -> tuple[Client, Flow | None]:
     """A client on ``--url``/``--prefix``, or the app's (whose options they override)."""
     if args.app:
         use_url(args.url)
-    flow = load_flow(args.app) if args.app else None
+    flow = load_flow(args.app, factory=getattr(args, "factory", False)) if args.app else None
     try:
         if flow is not None:
             config = flow.config
