@@ -8,7 +8,7 @@ STAMP = $(VENV)/.installed
 # Only lint directories that exist (examples/ and benchmarks/ may come later).
 LINT_DIRS := $(wildcard redisflow tests examples benchmarks)
 
-.PHONY: venv test chaos lint typecheck check demo screenshots bench-smoke bench clean
+.PHONY: venv test chaos lint typecheck check demo screenshots bench-smoke bench dist clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ bench-smoke: venv
 bench: venv
 	-$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/suite.py
+
+# A wheel in dist/, to install redisflow (and its extras) elsewhere: it is not on PyPI.
+# `pip install 'dist/redisflow-<version>-py3-none-any.whl[server]'`
+dist: venv
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -3,7 +3,7 @@
 The web process only produces (its connections open on first use and close with the app);
 the worker process consumes. Both share the module, so the model and names are defined once.
 
-    pip install 'redisflow[web]'          # fastapi, uvicorn; jinja2 for the dashboard
+    pip install fastapi uvicorn jinja2  # the web extra (jinja2 for the dashboard)
     uvicorn examples.web:app            # the web app
     redisflow run examples.web:flow     # the worker
     curl -X POST localhost:8000/orders -H 'content-type: application/json' \\

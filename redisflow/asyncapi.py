@@ -117,7 +117,9 @@ def dumps(doc: dict[str, Any], fmt: Literal["json", "yaml"] = "json") -> str:
         try:
             import yaml
         except ImportError:
-            raise ImportError("YAML output needs PyYAML: pip install 'redisflow[docs]'") from None
+            raise ImportError(
+                "YAML output needs PyYAML: pip install pyyaml (the docs extra)"
+            ) from None
         text: str = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
         return text
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 
 from .config import FlowConfig, RateLimit
 from .connection import Connector
-from .features.groups import Groups
+from .features.groups import GroupedQueues, Groups
 from .features.indexes import StreamIndexes
 from .features.memory import measure
 from .features.partitions import Layouts, check_partitions
@@ -53,6 +53,7 @@ class Client(Producers):
         self.config = config
         self.connector = connector
         self.layouts = Layouts(connector, config.prefix)
+        self.grouped = GroupedQueues(connector, config.prefix)
         self.tracker = Tracker(connector, config.prefix, config.track_ttl)
         self.indexes = StreamIndexes(connector, config.prefix)
         self.pauses = Pauses(connector, config.prefix)
@@ -87,9 +88,10 @@ class Client(Producers):
         return Keys(self.config.prefix, name)
 
     def partitions(self, name: str, partitions: int) -> None:
-        """Send to ``name`` over ``partitions`` partitions from this process, whatever
-        layout Redis records (a process that registers a handler for ``name`` records its
-        own; a producer learns it from Redis otherwise)."""
+        """Send to ``name`` over ``partitions`` partitions from this process (recorded in
+        Redis if it is not, so that consumers read it), until consumers retire that layout;
+        then to the current one. A process that registers a handler for ``name`` makes its
+        own current; a producer learns it from Redis otherwise."""
         self.layouts.declare(name, check_partitions(name, partitions))
 
     def produces(
@@ -126,7 +128,7 @@ class Client(Producers):
         fair = await self._fair(name, group)
         check_target(name, group, (), fair=fair)
         resumed = False
-        if await self.layouts.grouped(name):  # its fair groups (all of them for None)
+        if await self.grouped.contains(name):  # its fair groups (all of them for None)
             groups = self.groups(name)
             for fair_group in [group] if group is not None else await groups.paused():
                 resumed = await groups.resume(fair_group) or resumed
@@ -136,7 +138,7 @@ class Client(Producers):
 
     async def _fair(self, name: str, group: str | None) -> bool:
         """Whether ``group`` names a fair group of the queue ``name``."""
-        return group is not None and await self.layouts.grouped(name)
+        return group is not None and await self.grouped.contains(name)
 
     async def pauses_changed(self, paused: bool) -> None:
         """Called after a pause (``paused``) or resume made by this client (a running flow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -67,6 +67,16 @@ class Handler:
         """The function's qualified name, used in logs and dead letters."""
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
+    @property
+    def identity(self) -> str:
+        """Its module, name and payload type: ``app.send(app.Email)`` (two apps handling
+        one source differ in it: ``ops/handlers.py``)."""
+        payload = self.payload
+        shown = getattr(payload, "__qualname__", None) or repr(payload)
+        module = getattr(payload, "__module__", "builtins")
+        shown = shown if module in ("builtins", "typing") else f"{module}.{shown}"
+        return f"{getattr(self.fn, '__module__', '?')}.{self.name}({shown})"
+
     @classmethod
     def build(
         cls,
@@ -81,6 +91,12 @@ class Handler:
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
+        call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        if any(inspect.isasyncgenfunction(f) or inspect.isgeneratorfunction(f) for f in (fn, call)):
+            raise ConfigError(
+                f"{where} is a generator (it uses yield): calling it would not run its body;"
+                " a handler returns, it does not yield"
+            )
         try:
             signature = inspect.signature(fn)
             hints = typing.get_type_hints(fn, include_extras=True)
@@ -102,16 +118,46 @@ class Handler:
             fn, source, options, adapter, wants, invoke, deps_, order_, payload_type, schedule
         )
 
+    def clash(self, others: Iterable[Handler]) -> str | None:
+        """Why this handler cannot join ``others`` (None when it can): its source has one
+        already; its name is already a key of another type (a queue, a priority queue and a
+        stream are each one key: a producer of the other kind would get WRONGTYPE), or a
+        schedule's (whose keys are those of its name: they would be shared). A channel is
+        no key."""
+        source = self.source
+        for other in others:
+            if other.source == source:
+                return f"{source} already has a handler, {other.name!r}"
+            kinds = {source.kind, other.source.kind}
+            if other.source.name != source.name or len(kinds) == 1:
+                continue
+            if "schedule" in kinds:
+                return f"{other.source} has the same name ({other.name!r})"
+            if "channel" not in kinds:
+                return (
+                    f"{source.name!r} is already a {other.source.kind} (handler"
+                    f" {other.name!r}); a name is one Redis key, of one type"
+                )
+        return None
+
+    def unprovided(self, provided: Collection[Any]) -> str | None:
+        """What ``bind`` would refuse with ``provided`` resource types: the parameters that
+        none of them fills (None: every one is)."""
+        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in provided]
+        if not missing:
+            return None
+        return (
+            f"handler {self.name!r}: no resource provides {', '.join(missing)}"
+            " (register one with @flow.resource)"
+        )
+
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
         """The call adapter with this handler's resource parameters filled in."""
         if not self.deps:
             return self.invoke
-        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in resources]
-        if missing:
-            raise ConfigError(
-                f"handler {self.name!r}: no resource provides {', '.join(missing)}"
-                " (register one with @flow.resource)"
-            )
+        problem = self.unprovided(resources)
+        if problem:
+            raise ConfigError(problem)
         bound = partial(self.fn, **{name: resources[kind] for name, kind in self.deps})
         return _invoker(bound, self.order)
 

@@ -36,6 +36,9 @@ class Message(Generic[T]):
     record it (a message written by another client). ``payload`` is the validated payload.
     ``group``: the fair group of a message of a queue consumed with ``groups=`` (None: the
     default group, or any other source).
+    ``channel`` is the channel a Pub/Sub message was published to: for a pattern handler
+    (``source.name`` is the pattern, ``orders.*``) the one that matched, ``orders.created``
+    (also in ``headers["channel"]``); None for the other kinds.
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary"). ``scheduled_for``: the tick a
     schedule's run is for (UTC; None for other sources).
@@ -50,6 +53,7 @@ class Message(Generic[T]):
     payload: T | None = field(default=None, repr=False)
     group: str | None = None
     scheduled_for: datetime | None = None
+    channel: str | None = None
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:

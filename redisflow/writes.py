@@ -22,6 +22,7 @@ from .protocol.priority import delayed_member
 if TYPE_CHECKING:
     from .config import FlowConfig
     from .connection import Connector, Sender, WaitingSender
+    from .features.groups import GroupedQueues
     from .features.indexes import StreamIndexes
     from .features.partitions import Layouts
     from .features.tracking import Tracker
@@ -38,6 +39,7 @@ class Writes:
     connector: Connector
     config: FlowConfig
     layouts: Layouts
+    grouped: GroupedQueues
     tracker: Tracker
     indexes: StreamIndexes
 
@@ -145,7 +147,10 @@ class Writes:
         send = self._sender(wait_replicas)
         target = await self.layouts.pick(check_name(queue, "queue"), group or key or dedup_key)
         msg_id, item = envelope.new_item(out.payload, out.headers)
-        if notify is None and (group is not None or self.layouts.known_grouped(queue)):
+        grouped = self.grouped.cached(queue)  # without a round trip, most of the time
+        if grouped is None:
+            grouped = await self.grouped.contains(queue)
+        if notify is None and (group is not None or grouped):
             sent = await self._to_group("queue", target, group, [(0, item)], delay, dedup_key,
                                         dedup_ttl, send)  # fmt: skip
             if sent:
@@ -191,7 +196,7 @@ class Writes:
         ids, packed = envelope.pack_items(out.payload, out.headers)
         for target, part in (await self._spread(name, packed, group or key)).items():
             keys = self._keys(target)
-            if notify is None and (group is not None or self.layouts.known_grouped(name)):
+            if notify is None and (group is not None or await self._grouped(name)):
                 items = [(0, item) for item in part]
                 await self._to_group("queue", target, group, items, delay, None, 0, send)
             elif delay:
@@ -227,7 +232,7 @@ class Writes:
         keys = self._keys(target)
         msg_id, item = envelope.new_item(out.payload, out.headers)
         added: int | None
-        if group is not None or self.layouts.known_grouped(queue):
+        if group is not None or await self._grouped(queue):
             sent = await self._to_group(
                 "priority", target, group, [(level, item)], delay, dedup_key, dedup_ttl, send
             )
@@ -265,7 +270,7 @@ class Writes:
         name = check_name(out.name, "queue")
         send = self._sender(wait_replicas)
         ids, packed = envelope.pack_items(out.payload, out.headers)
-        grouped = group is not None or self.layouts.known_grouped(name)
+        grouped = group is not None or await self._grouped(name)
         for target, part in (await self._spread(name, packed, group or key)).items():
             if grouped:
                 items = [(level, item) for item in part]
@@ -275,6 +280,10 @@ class Writes:
         if ids:
             await self._track("priority", name, ids)
         return ids
+
+    async def _grouped(self, name: str) -> bool:
+        """Whether ``name`` is consumed in fair groups."""
+        return await self.grouped.contains(name)
 
     async def _to_group(
         self,

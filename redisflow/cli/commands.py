@@ -25,13 +25,15 @@ from ..message import KINDS, Kind
 from ..ops.deadletters import DeadLetters
 from ..ops.stats import registered_sources
 from . import render
-from .run import UsageError, load_flow
+from .run import UsageError, load_flow, use_url
 
 Action = Callable[[Client, Flow | None], Awaitable[int]]
 
 
 def connect(args: argparse.Namespace) -> tuple[Client, Flow | None]:
     """A client on ``--url``/``--prefix``, or the app's (whose options they override)."""
+    if args.app:
+        use_url(args.url)
     flow = load_flow(args.app, factory=getattr(args, "factory", False)) if args.app else None
     try:
         if flow is not None:
@@ -132,9 +134,9 @@ def pause(args: argparse.Namespace) -> int:
         if group is not None:  # a fair group of a queue (the app's handler says, or Redis)
             handlers = flow.handlers.values() if flow is not None else ()
             fair = any(h.source.name == name and h.options.groups for h in handlers)
-            fair = fair or await client.layouts.grouped(name)
+            fair = fair or await client.grouped.contains(name)
             if fair:
-                client.layouts.declared_groups.add(name)
+                client.grouped.declared.add(name)
         check_target(name, group, kinds, fair=fair)  # a ConfigError is a usage error
         what = " and ".join(sorted(kinds - {"channel"}))
         where = f"{what} {name!r}" if what else repr(name)

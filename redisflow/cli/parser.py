@@ -8,11 +8,12 @@ import sys
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..connection import parse_url
+from ..connection import parse_url, redact
 from ..errors import ConfigError
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
 from . import check, commands, local, web
+from .run import env_flag
 from .run import run as run_command
 
 
@@ -48,6 +49,8 @@ def _url(text: str) -> str:
         parse_url(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    except Exception as exc:  # never argparse's "invalid value: <the URL>": it is not redacted
+        raise argparse.ArgumentTypeError(f"invalid Redis URL {redact(text)!r} ({exc!r})") from None
     return text
 
 
@@ -83,7 +86,10 @@ def env(option: str, default: str | None = None) -> str | None:
 
 
 def _run_options() -> tuple[tuple[str, dict[str, Any]], ...]:
-    reload = (env("reload") or "").lower() in ("1", "true", "yes")
+    try:
+        reload: bool | None = env_flag("reload")
+    except argparse.ArgumentTypeError:
+        reload = None  # ``run`` reports it (parsing other commands must not fail on it)
     return (
         ("--url", dict(type=_url, help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
         ("--log-level", dict(default=env("log-level", "INFO"), type=_choice(*LEVELS),

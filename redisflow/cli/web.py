@@ -25,7 +25,7 @@ def ui(args: argparse.Namespace) -> int:
         from ..web import dashboard
         from ..web.security import is_local
     except ImportError as exc:
-        hint = "the dashboard needs the ui extra: pip install 'redisflow[ui]'"
+        hint = "the dashboard needs the ui extra: pip install starlette jinja2 uvicorn"
         return fail(str(exc) if "redisflow[ui]" in str(exc) else f"{hint} ({exc})")
     if not args.auth and not is_local(args.host):
         raise UsageError(

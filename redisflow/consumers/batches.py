@@ -61,8 +61,8 @@ class Batching(Generic[Item]):
     _all_idle: anyio.Event
     #: The worker waiting for its batch to fill (its wake-up), and when the oldest message
     #: in the deque arrived (``time.monotonic``).
-    _filler: asyncio.Future[None] | None
-    _first_at: float
+    _filler: asyncio.Future[None] | None = None
+    _first_at: float = 0.0
 
     if TYPE_CHECKING:
 

@@ -54,6 +54,7 @@ class Claims:
     halted: bool
     _batches: list[Batch]
     _cursor: bytes
+    _connected: bool
 
     if TYPE_CHECKING:
 
@@ -62,6 +63,10 @@ class Claims:
         def want(self) -> int: ...
 
         async def _dispatch(self, batch: Batch, items: list[StreamItem]) -> None: ...
+
+        def unsent(self) -> list[Any]: ...
+
+        def _held(self) -> set[bytes]: ...
 
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -85,7 +90,11 @@ class Claims:
                 await anyio.sleep(self.config.tick)
 
     async def _touch(self) -> None:
-        """Reset the idle time of entries we still hold, so no peer reclaims them."""
+        """Reset the idle time of entries we still hold, so no peer reclaims them; while the
+        fetch link is down, send its acks through the shared connections (before a peer's
+        reclaim takes those entries)."""
+        if not self._connected and (unsent := self.unsent()):
+            await self.connector.send("XACK", self.stream, self.group, *unsent)
         self._batches = [b for b in self._batches if b.left > 0]
         stale = time.monotonic() - self.config.claim_idle / 3
         ids: list[Any] = []
@@ -99,15 +108,22 @@ class Claims:
             )
 
     async def _reclaim(self) -> None:
+        """Take entries idle for ``claim_idle`` (their consumer died), once our unanswered
+        acks went out (their entries look idle too); one we hold (a failover kept us from
+        touching it) is never delivered again."""
         n = self.want()
         if n <= 0:
             return
+        if unsent := self.unsent():
+            await self.connector.send("XACK", self.stream, self.group, *unsent)
         call = scripts.stream_claim(
             self.stream, self.group, self.consumer, int(self.config.claim_idle * 1000),
             self._cursor, n,
         )  # fmt: skip
         cursor, entries, _deleted = await self.connector.run(call)
         self._cursor = cursor
+        held = self._held()
+        entries = [e for e in entries if e[0] not in held]
         if entries:
             log.warning("%s: reclaimed %d idle entries", self, len(entries))
             batch = Batch([e[0] for e in entries])

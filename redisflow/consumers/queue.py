@@ -30,6 +30,7 @@ from ..protocol.replies import text
 from .base import Consumer, log
 from .contract import Context
 from .leases import Leases
+from .verdicts import invalid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -224,7 +225,7 @@ class QueueConsumer(Leases, Consumer[QueueItem]):
         try:
             return self._validate(raw)
         except ValidationError as exc:
-            raise DecodeError(f"invalid payload: {exc}") from None
+            raise invalid(exc) from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 

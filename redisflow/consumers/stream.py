@@ -6,10 +6,10 @@ lost its connection; ``lua/stream_own.lua``, which counts a delivery only after 
 then new ones (``>``), in batches: one request carries the acks of the previous batch
 (``XACK`` pipelined with ``XREADGROUP``), and the next request is written before the current
 batch is dispatched. Entries of dead consumers are reclaimed with ``XAUTOCLAIM`` (keeping its
-cursor) once idle for ``claim_idle``; a live consumer keeps its own long-running entries
-fresh with ``XCLAIM ... JUSTID`` so they are never stolen. Delivery counts decide the
-dead-letter verdict. A retry keeps the entry pending, bumps its delivery count (``XCLAIM``
-without JUSTID) and delivers it again locally after the backoff.
+cursor) once idle for ``claim_idle``, after our own unanswered acks; a live consumer keeps
+its own long-running entries fresh with ``XCLAIM ... JUSTID``, and never reclaims them.
+Delivery counts decide the dead-letter verdict. A retry keeps the entry pending, bumps its
+delivery count (``XCLAIM`` without JUSTID) and delivers it again locally after the backoff.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..protocol.replies import mapping, text
 from .base import Consumer, log
 from .claims import ATTEMPT, BATCH, FIELDS, ID, Batch, Claims, StreamItem
 from .contract import Context
-from .verdicts import Failure
+from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,12 +49,9 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
     kind: ClassVar[Kind] = "stream"
 
     def __init__(
-        self,
-        handler: Handler,
-        ctx: Context,
-        middleware: Sequence[object] = (),
+        self, handler: Handler, ctx: Context, middleware: Sequence[object] = (),
         key: str | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__(handler, ctx, middleware, key)
         assert handler.source.group is not None
         self.stream = self.key
@@ -86,8 +83,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
             self._pel_cursor = "-"
 
     def recoverable(self, exc: ReplyError) -> bool:
-        # The group or the stream was deleted under us (XGROUP DESTROY, DEL, FLUSHALL):
-        # connecting creates them again.
+        # The group or stream was deleted (XGROUP DESTROY, DEL...): connecting creates them.
         return exc.code in ("NOGROUP", "UNBLOCKED")
 
     # -- fetching -------------------------------------------------------------------------
@@ -224,7 +220,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
                     return self._validate_json(fields[i + 1])
             return self._validate(entry_fields(fields))
         except ValidationError as exc:
-            raise DecodeError(f"invalid payload: {exc}") from None
+            raise invalid(exc) from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 
@@ -233,14 +229,9 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
         fields = dict(zip(item[FIELDS][::2], item[FIELDS][1::2], strict=False))
         ms = int(entry_id.split(b"-", 1)[0])
         return Message(
-            entry_id.decode(),
-            self.handler.source,
-            item[ATTEMPT],
-            Message.time(ms),
-            parse_headers(fields.get(b"headers")),
-            fields.get(b"data", b""),
-            value,
-        )
+            entry_id.decode(), self.handler.source, item[ATTEMPT], Message.time(ms),
+            parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value,
+        )  # fmt: skip
 
     def attempt(self, item: StreamItem) -> int:
         return item[ATTEMPT]
@@ -309,8 +300,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
 
     def _redeliver(self, entry_id: bytes) -> None:
         if not self.stopping:  # else it stays waiting, and release hands it back
-            _, item = self._waiting.pop(entry_id)
-            self.feed([item])
+            self.feed([self._waiting.pop(entry_id)[1]])
 
     async def bury(self, item: StreamItem, fields: dict[str, Any]) -> None:
         flat = [part for pair in fields.items() for part in pair]
@@ -326,8 +316,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
             handle.cancel()
             unstarted.append(item)
         self._waiting.clear()
-        acks = [*self.acks_sent, *self.acks]
-        if acks:
+        if acks := [*self.acks_sent, *self.acks]:
             await self.connector.send("XACK", self.stream, self.group, *acks)
         self.acks.clear()
         self.acks_sent.clear()

@@ -19,13 +19,14 @@ the backlogs of the largest groups (``Groups``); ``consumers/groups.py`` consume
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import to_ms
 from ..errors import ConfigError
-from ..keys import Keys
+from ..keys import Keys, grouped_key
 from ..protocol import scripts
 from ..protocol.priority import delayed_member as priority_member
 from ..protocol.replies import text
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from ..connection import Connector, Sender, WaitingSender
     from .partitions import Layouts
 
+#: How long a process trusts what it read of the grouped queues, in seconds (as layouts).
+GROUPED_TTL = 5.0
 #: The longest group name, in bytes (a key embeds it).
 MAX_GROUP = 512
 #: Marks a delayed member of a named group: ``\x1d<length>:<group><rest>``.
@@ -120,6 +123,43 @@ async def push(
     ttl_ms = to_ms(ttl) if dedup else 0
     call = push_call(keys, kind, group, flat, dedup=dedup, ttl_ms=ttl_ms)
     return await connector.run(call, through) is not None
+
+
+class GroupedQueues:
+    """Which queues of a prefix are consumed in fair groups (``grouped_key``): their
+    consumers add them at start; a producer reads the set every ``GROUPED_TTL`` seconds and
+    sends a message without a group to the default group through the group script, so that
+    it wakes the consumers."""
+
+    def __init__(self, connector: Connector, prefix: str) -> None:
+        self.connector = connector
+        self.key = grouped_key(prefix)
+        self.declared: set[str] = set()  # known here (a handler of this process)
+        self._known: set[str] = set()
+        self._read_at = -GROUPED_TTL
+
+    def cached(self, name: str) -> bool | None:
+        """Whether ``name`` is grouped, as last read (None: time to read again)."""
+        if name in self.declared:
+            return True
+        if time.monotonic() - self._read_at > GROUPED_TTL:
+            return None
+        return name in self._known
+
+    async def contains(self, name: str) -> bool:
+        """Whether ``name`` is consumed in fair groups (read again when stale)."""
+        found = self.cached(name)
+        if found is None:
+            members = await self.connector.send("SMEMBERS", self.key)
+            self._known = {text(m) for m in members}
+            self._read_at = time.monotonic()
+            found = name in self._known
+        return found
+
+    async def register(self, name: str) -> None:
+        """Record that ``name`` is consumed in fair groups (a consumer, at start)."""
+        self.declared.add(name)
+        await self.connector.send("SADD", self.key, name)
 
 
 @dataclass(frozen=True, slots=True)

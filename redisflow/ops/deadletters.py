@@ -252,7 +252,7 @@ class DeadLetters:
                 headers = {k: v for k, v in headers.items() if k != "channel"} or None
             args.append(traits.letter(dead, data, headers or None, priority, self.name))
         keys, kind = self.client.keys(part), str(self.kind)
-        if self.kind in ("queue", "priority") and await self.client.layouts.grouped(self.name):
+        if self.kind in ("queue", "priority") and await self.client.grouped.contains(self.name):
             pairs = zip(args, letters, strict=True)
             grouped = [(*letter, dead.group or "") for letter, (dead, _, _) in pairs]
             call = scripts.group_replay(

@@ -34,6 +34,7 @@ from ..protocol.records import (
     parse_source,
 )
 from ..protocol.replies import mapping, pairs
+from .handlers import conflicts
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -94,6 +95,7 @@ class Snapshot:
     rows: list[Row]
     paused: list[Paused] = dataclasses.field(default_factory=list)
     server: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)  # differing handlers
     groups: dict[str, list[Backlog]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +107,7 @@ class Snapshot:
             "server": self.server,
             "handlers": [asdict(row) for row in self.rows],
             "paused": [p.to_json() for p in self.paused],
+            "warnings": self.warnings,
             "groups": {name: [asdict(b) for b in top] for name, top in self.groups.items()},
         }
 
@@ -180,15 +183,18 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        spread = 1 if kinds[name] == "channel" else await client.layouts.current(name)
+        spread = 1 if kinds[name] == "channel" else (await client.layouts.current(name)).partitions
         found = reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
         if name in groups:  # every group waits, not only the default one (the key's length)
             found = [replace(row, waiting=groups[name][0]) for row in found]
         rows += [replace(row, partitions=spread) for row in found]
+    warnings = await conflicts(client, dict.fromkeys(source for source, _ in targets))
     taken = datetime.now(UTC)
     server = str(client.connector.info) if client.connector.info is not None else None
     top = {name: backlogs for name, (_, backlogs) in groups.items()}
-    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused, server, top)
+    return Snapshot(
+        client.config.prefix, taken, memory["used_memory"], rows, paused, server, warnings, top
+    )
 
 
 async def _group_backlogs(
@@ -198,7 +204,7 @@ async def _group_backlogs(
     with the longest backlogs."""
     found = {}
     for name, kind in kinds.items():
-        if kind in ("queue", "priority") and await client.layouts.grouped(name):
+        if kind in ("queue", "priority") and await client.grouped.contains(name):
             found[name] = await client.groups(name, kind).summary(TOP_GROUPS)
     return found
 

@@ -4,7 +4,7 @@
 
     app.mount("/redisflow", dashboard(flow, auth="ops:a-long-password"))
 
-Needs the ``ui`` extra (Starlette, Jinja2, uvicorn): ``pip install 'redisflow[ui]'``.
+Needs the ``ui`` extra (Starlette, Jinja2, uvicorn): ``pip install starlette jinja2 uvicorn``.
 ``app.py`` has the routes, ``data.py`` what the pages show (read through ``ops/``),
 ``security.py`` auth, CSRF and headers, ``render.py`` and ``templates/`` the HTML,
 ``static/`` the stylesheet and the one small script.
@@ -12,7 +12,7 @@ Needs the ``ui`` extra (Starlette, Jinja2, uvicorn): ``pip install 'redisflow[ui
 
 from __future__ import annotations
 
-INSTALL_HINT = "the dashboard needs the ui extra: pip install 'redisflow[ui]'"
+INSTALL_HINT = "the dashboard needs the ui extra: pip install starlette jinja2 uvicorn"
 
 try:
     import jinja2  # noqa: F401
