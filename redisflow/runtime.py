@@ -205,8 +205,6 @@ class Runtime:
         members = [source_member(h.source) for h in self.handlers]
         try:
             await connector.send("SADD", sources_key(self.config.prefix), *members)
-            for name in {h.source.name for h in self.handlers if h.options.groups is not None}:
-                await self.client.grouped.register(name)  # producers send to groups
         except ReplyError as exc:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 

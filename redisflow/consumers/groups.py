@@ -20,6 +20,7 @@ from __future__ import annotations
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from ..keys import grouped_key
 from ..message import Kind, Message
 from ..protocol import scripts
 from ..protocol.priority import delayed_member, priority_of
@@ -68,6 +69,12 @@ class GroupQueueConsumer(QueueConsumer):
             # places are not taken by messages waiting here behind others.
             self.prefetch = self.options.concurrency * (self.options.batch or 1)
         self._wake_id = b"0-0"
+
+    async def connect(self) -> None:
+        # Producers then send a message without a group through the group script (which
+        # wakes consumers): features/groups.py, GroupedQueues.
+        await self.connector.send("SADD", grouped_key(self.config.prefix), self.handler.source.name)
+        await super().connect()
 
     # -- fetch ----------------------------------------------------------------------------
 
