@@ -27,17 +27,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
 RECOVERED = re.compile(r"died; (\d+) messages delivered again|reclaimed (\d+) idle entries")
 
+BATCH = {"batch": 50, "batch_wait": 0.05, "concurrency": 2}
 CASES = {
-    # name: (kind, handler options, groups, groups per backlog)
-    "queue-batch": ("queue", {"batch": 50, "batch_wait": 0.05, "concurrency": 2}, "", 0),
-    "stream-batch": ("stream", {"batch": 50, "batch_wait": 0.05, "concurrency": 2}, "", 0),
-    "queue-groups": ("queue", {"concurrency": 4}, "2,,", 30),
-    "priority-groups-batch": (
-        "priority",
-        {"batch": 20, "batch_wait": 0.05, "concurrency": 2},
-        "3,,",
-        30,
-    ),
+    # name: (kind, handler options, groups, groups per backlog, handler time range): a batch
+    # handler sleeps once per batch, long enough that a kill finds one running
+    "queue-batch": ("queue", BATCH, "", 0, (0.02, 0.05)),
+    "stream-batch": ("stream", BATCH, "", 0, (0.02, 0.05)),
+    "queue-groups": ("queue", {"concurrency": 4}, "2,,", 30, (0.005, 0.02)),
+    "priority-groups-batch": ("priority", {**BATCH, "batch": 20}, "3,,", 30, (0.01, 0.03)),
 }
 
 
@@ -71,15 +68,15 @@ async def test_killed_workers_lose_nothing(
     figures: Callable[..., None],
     ns: str,
 ) -> None:
-    """Three workers drain 6,000 messages (handlers of 0-5 ms) while one of them is killed
+    """Three workers drain 6,000 messages (handlers of a few ms) while one of them is killed
     with SIGKILL at random moments, four times, and replaced: every message is handled, no
     live worker handles one twice, and Redis ends with nothing held (for fair groups: no
     group key, lease token, ring or held entry left)."""
-    kind, handler, groups, spread = CASES[case]
+    kind, handler, groups, spread, sleep = CASES[case]
     total, kills_wanted = 6000, 4
     url = private_redis.url
     pool = workers(url, ns, kinds=[kind], flow=dict(lease=2, claim_idle=2, block_timeout=0.5),
-                   handler=handler, groups=groups, sleep=(0.0, 0.005))  # fmt: skip
+                   handler=handler, groups=groups, sleep=sleep)  # fmt: skip
     for _ in range(3):
         pool.start()
     seed = random.randrange(10**6)
