@@ -31,7 +31,9 @@ class Source:
 class Message(Generic[T]):
     """A delivered message: its id, source, attempt number, time of enqueueing, headers, bytes.
 
-    ``attempt`` is 1 on the first delivery. ``enqueued_at`` is None when the producer did not
+    ``attempt`` is 1 on the first delivery; ``max_attempts`` is the handler's option of that
+    name (a failure on that attempt goes to the dead letters; 1 when a ``Message`` is built
+    by hand). ``enqueued_at`` is None when the producer did not
     record it (a message written by another client). ``payload`` is the validated payload.
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary").
@@ -44,6 +46,7 @@ class Message(Generic[T]):
     headers: dict[str, str]
     raw: bytes
     payload: T | None = field(default=None, repr=False)
+    max_attempts: int = 1
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:

@@ -14,7 +14,7 @@ or lower ones)::
     client, produce, writes, handler      producers and reads; a handler's signature
     consumers/                            the runtime of each kind
     ops/                                  dead letters and stats, as data
-    metrics, lifespan, runtime, app       a running flow
+    metrics, otel, lifespan, runtime, app a running flow (otel: tracing middleware)
     testing/, cli/                        what users run; nothing imports them
 """
 
@@ -36,7 +36,7 @@ LAYERS = [
     {"client", "handler", "produce", "writes"},
     {"consumers"},
     {"ops"},
-    {"metrics", "lifespan", "runtime", "app"},
+    {"metrics", "otel", "lifespan", "runtime", "app"},
     {"__init__", "__main__", "testing", "cli"},
 ]
 MAX_LINES = 400

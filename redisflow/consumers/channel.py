@@ -103,12 +103,13 @@ class ChannelConsumer(Consumer[ChannelItem]):
         raw = item[DATA]
         head, payload = split(raw)
         headers = {"channel": item[CHANNEL].decode("utf-8", "replace")}
-        source = self.handler.source
+        source, most = self.handler.source, self.options.max_attempts
         if head is None:
-            return Message(content_id(raw), source, item[ATTEMPT], None, headers, payload, value)
+            msg_id = content_id(raw)
+            return Message(msg_id, source, item[ATTEMPT], None, headers, payload, value, most)
         return Message(
             head[0], source, item[ATTEMPT], Message.time(head[1]),
-            {**(head[3] or {}), **headers}, payload, value,
+            {**(head[3] or {}), **headers}, payload, value, most,
         )  # fmt: skip
 
     def attempt(self, item: ChannelItem) -> int:

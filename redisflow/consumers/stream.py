@@ -316,14 +316,10 @@ class StreamConsumer(Consumer[StreamItem]):
         fields = dict(zip(item[FIELDS][::2], item[FIELDS][1::2], strict=False))
         ms = int(entry_id.split(b"-", 1)[0])
         return Message(
-            entry_id.decode(),
-            self.handler.source,
-            item[ATTEMPT],
-            Message.time(ms),
-            parse_headers(fields.get(b"headers")),
-            fields.get(b"data", b""),
-            value,
-        )
+            entry_id.decode(), self.handler.source, item[ATTEMPT], Message.time(ms),
+            parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value,
+            self.options.max_attempts,
+        )  # fmt: skip
 
     def attempt(self, item: StreamItem) -> int:
         return item[ATTEMPT]
