@@ -28,7 +28,6 @@ import json
 import os
 import queue
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import common
 from common import Email
-
-if TYPE_CHECKING:
-    from report import Outcome, Row
 
 HERE = Path(__file__).resolve().parent
 MASTERS = 3
@@ -177,24 +173,24 @@ class Children:
 
 
 def measure(
-    python: str, row: Row, cluster: BenchCluster, n: int, args: argparse.Namespace,
-    env: dict[str, str],
+    python: str, case: str, partitions: int, processes: int, cluster: BenchCluster, n: int,
+    args: argparse.Namespace, env: dict[str, str],
 ) -> dict[str, Any]:  # fmt: skip
-    """One run of a cluster row: msg/s from GO to the N-th handled message, and the Redis CPU
-    each master spent per message over the same span. RuntimeError with the reason on failure."""
-    assert row.case is not None
+    """One run of a cluster row (``case`` over ``partitions``, consumed by ``processes``):
+    msg/s from GO to the N-th handled message, and the Redis CPU each master spent per message
+    over the same span. RuntimeError with the reason on failure."""
     cluster.flush()
-    k = row.processes
+    k = processes
     cmds, envs = [], []
     for i in range(k):
-        cmd = [python, str(HERE / "cluster.py"), "--kind", row.case, "--url", cluster.url]
-        cmd += ["--n", str(n), "--partitions", str(row.partitions)]
+        cmd = [python, str(HERE / "cluster.py"), "--kind", case, "--url", cluster.url]
+        cmd += ["--n", str(n), "--partitions", str(partitions)]
         cmd += ["--index", str(i), "--processes", str(k)] + (["--uvloop"] if args.uvloop else [])
         cmds.append(cmd)
         envs.append(dict(env))
         if args.profile:
             Path(args.profile).mkdir(parents=True, exist_ok=True)
-            name = f"cluster-{row.case}-p{row.partitions}-{i + 1}of{k}-{time.time_ns()}.prof"
+            name = f"cluster-{case}-p{partitions}-{i + 1}of{k}-{time.time_ns()}.prof"
             envs[-1]["BENCH_PROFILE"] = str((Path(args.profile) / name).resolve())
     children = Children(cmds, envs)
     try:
@@ -236,52 +232,6 @@ def _run(children: Children, cluster: BenchCluster, n: int, deadline: float) -> 
         "redis_us": [u / n * 1e6 for u in used],  # per master, by slot range
         "share": [u / total for u in used],
     }
-
-
-# -- results.md ------------------------------------------------------------------------------
-
-
-def table(rows: list[Outcome], outcomes: list[Outcome]) -> list[str]:
-    """The cluster table: msg/s, Redis CPU per message on each master and the largest share."""
-    from report import GRADED, verdicts, versus
-
-    nodes = " / ".join(str(i + 1) for i in range(MASTERS))
-    lines = [
-        f"| row | N | msg/s median | min - max | Redis us CPU/msg, node {nodes} | total "
-        "| max node share | target | notes |",
-        "|---|--:|--:|--:|--:|--:|--:|---|---|",
-    ]
-    for o in rows:
-        if not o.runs:
-            lines.append(f"| {o.row.label} | {o.n:,} | - | | | | | | failed: {o.error} |")
-            continue
-        values = [r["value"] for r in o.runs]
-        per_node = [statistics.median(r["redis_us"][j] for r in o.runs) for j in range(MASTERS)]
-        total = statistics.median(sum(r["redis_us"]) for r in o.runs)
-        shares = [max(r["share"]) for r in o.runs]
-        share = f"{statistics.median(shares):.0%} ({min(shares):.0%}-{max(shares):.0%})"
-        target = ""
-        if GRADED and o.row.partitions >= MASTERS:
-            met = max(shares) <= MAX_SHARE
-            target = f"{'met' if met else 'NOT met'} (every run <= {MAX_SHARE:.0%})"
-        notes = [f"consumers {statistics.median(r['cpu_us'] for r in o.runs):.1f} us CPU/msg"]
-        if o.row.processes > 1:
-            split = [sum(r["handled"][j] for r in o.runs) for j in range(o.row.processes)]
-            notes.append("handled " + " / ".join(f"{c / sum(split):.0%}" for c in split))
-        extra = max(sum(r["handled"]) - r["n"] for r in o.runs)
-        if extra:
-            notes.append(f"{extra:,} redelivered")
-        if o.row.baseline:
-            notes.append("current / baseline {} ({})".format(*versus(o, outcomes)))
-        if o.error:
-            notes.append(f"failed after {len(o.runs)} runs: {o.error}")
-        lines.append(
-            f"| {o.row.label} | {o.n:,} | {statistics.median(values):,.0f} "
-            f"| {min(values):,.0f} - {max(values):,.0f} "
-            f"| {' / '.join(f'{u:.1f}' for u in per_node)} | {total:.1f} | {share} "
-            f"| {target} | {'; '.join(notes)} |"
-        )
-    return lines + verdicts(rows, outcomes)
 
 
 # -- a consumer process ------------------------------------------------------------------------

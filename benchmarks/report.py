@@ -220,7 +220,7 @@ def table(outcomes: list[Outcome]) -> str:
             continue
         lines += ["", f"### {title}", ""]
         if workload == "cluster":
-            lines += cluster.table(rows, outcomes)
+            lines += cluster_table(rows, outcomes)
             continue
         if compare:
             lines += [
@@ -315,3 +315,46 @@ def report(outcomes: list[Outcome], info: dict[str, Any], out_dir: str) -> None:
         chart(outcomes, info, out / "results.png")
     except ImportError:
         print("matplotlib is missing: no chart (pip install -e '.[bench]')", file=sys.stderr)
+
+
+def cluster_table(rows: list[Outcome], outcomes: list[Outcome]) -> list[str]:
+    """The cluster table: msg/s, Redis CPU per message on each master and the largest share."""
+    nodes = " / ".join(str(i + 1) for i in range(cluster.MASTERS))
+    lines = [
+        f"| row | N | msg/s median | min - max | Redis us CPU/msg, node {nodes} | total "
+        "| max node share | target | notes |",
+        "|---|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for o in rows:
+        if not o.runs:
+            lines.append(f"| {o.row.label} | {o.n:,} | - | | | | | | failed: {o.error} |")
+            continue
+        values = [r["value"] for r in o.runs]
+        per_node = [
+            statistics.median(r["redis_us"][j] for r in o.runs) for j in range(cluster.MASTERS)
+        ]
+        total = statistics.median(sum(r["redis_us"]) for r in o.runs)
+        shares = [max(r["share"]) for r in o.runs]
+        share = f"{statistics.median(shares):.0%} ({min(shares):.0%}-{max(shares):.0%})"
+        target = ""
+        if GRADED and o.row.partitions >= cluster.MASTERS:
+            met = max(shares) <= cluster.MAX_SHARE
+            target = f"{'met' if met else 'NOT met'} (every run <= {cluster.MAX_SHARE:.0%})"
+        notes = [f"consumers {statistics.median(r['cpu_us'] for r in o.runs):.1f} us CPU/msg"]
+        if o.row.processes > 1:
+            split = [sum(r["handled"][j] for r in o.runs) for j in range(o.row.processes)]
+            notes.append("handled " + " / ".join(f"{c / sum(split):.0%}" for c in split))
+        extra = max(sum(r["handled"]) - r["n"] for r in o.runs)
+        if extra:
+            notes.append(f"{extra:,} redelivered")
+        if o.row.baseline:
+            notes.append("current / baseline {} ({})".format(*versus(o, outcomes)))
+        if o.error:
+            notes.append(f"failed after {len(o.runs)} runs: {o.error}")
+        lines.append(
+            f"| {o.row.label} | {o.n:,} | {statistics.median(values):,.0f} "
+            f"| {min(values):,.0f} - {max(values):,.0f} "
+            f"| {' / '.join(f'{u:.1f}' for u in per_node)} | {total:.1f} | {share} "
+            f"| {target} | {'; '.join(notes)} |"
+        )
+    return lines + verdicts(rows, outcomes)

@@ -362,7 +362,11 @@ def run_one(
     assert row.case is not None
     if row.workload == "cluster":
         assert servers.cluster is not None
-        return cluster.measure(python, row, servers.cluster, n, args, child_env(source(row)))
+        assert row.case is not None
+        return cluster.measure(
+            python, row.case, row.partitions, row.processes, servers.cluster, n, args,
+            child_env(source(row)),
+        )  # fmt: skip
     url = servers.url(row)
     cmd = [python, str(HERE / FRAMEWORKS[row.framework].module), "--case", row.case]
     cmd += ["--url", url, "--n", str(n), "--samples", str(args.samples)]

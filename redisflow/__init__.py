@@ -26,7 +26,8 @@ from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus
 from .message import Kind, Message, Source
 from .middleware import Middleware, Outgoing
-from .ops.deadletters import DeadLetter, DeadLetters
+from .ops.deadletters import DeadLetters
+from .protocol.records import DeadLetter
 
 __all__ = [
     "AuthError",

@@ -30,7 +30,7 @@ from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
-from .ops.stats import source_member
+from .protocol.records import source_member
 from .protocol.replies import text
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from redisflow.cli.render import dead_table as table
 from redisflow.cli.render import describe, human_bytes, render_rich, render_text
 from redisflow.cli.supervisor import RestartPolicy, Supervisor
 from redisflow.keys import Keys, sources_key
-from redisflow.ops.deadletters import DeadLetter
-from redisflow.ops.stats import Row, collect, parse_source, source_member
+from redisflow.ops.stats import Row, collect
 from redisflow.protocol.envelope import now_ms, split
+from redisflow.protocol.records import DeadLetter, parse_source, source_member
 from tests.support.flows import eventually, make_flow
 from tests.support.kinds import GROUP, Kind, by_kind
 

@@ -18,7 +18,7 @@ from ..ops.stats import STAT_FIELDS, Row, Snapshot, collect
 if TYPE_CHECKING:
     from ..client import Client
     from ..message import Source
-    from ..ops.deadletters import DeadLetter
+    from ..protocol.records import DeadLetter
 
 COLUMNS = (
     ("KIND", "kind"),

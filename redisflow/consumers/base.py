@@ -118,6 +118,10 @@ class Consumer(Window, ABC, Generic[Item]):
     def raw(self, item: Item) -> bytes:
         """The payload bytes of an item, for the dead letters."""
 
+    def dead_extra(self, item: Item) -> dict[str, Any]:
+        """What this kind adds to an item's dead letter (``protocol/records.py``)."""
+        return {}
+
     @abstractmethod
     def done(self, item: Item) -> None:
         """Record that an item is settled (its ack is sent in a later request)."""

@@ -112,6 +112,9 @@ class ChannelConsumer(Consumer[ChannelItem]):
             {**(head[3] or {}), **headers}, payload, value, most,
         )  # fmt: skip
 
+    def dead_extra(self, item: ChannelItem) -> dict[str, Any]:
+        return {"channel": item[CHANNEL]}
+
     def attempt(self, item: ChannelItem) -> int:
         return item[ATTEMPT]
 
@@ -135,7 +138,7 @@ class ChannelConsumer(Consumer[ChannelItem]):
     async def bury(self, item: ChannelItem, fields: dict[str, Any]) -> None:
         await self.connector.send(
             "XADD", self.keys.dead, "MAXLEN", "~", self.config.dead_maxlen, "*",
-            *(part for pair in {**fields, "channel": item[CHANNEL]}.items() for part in pair),
+            *(part for pair in fields.items() for part in pair),
         )  # fmt: skip
 
     async def release(self, started: list[ChannelItem], unstarted: list[ChannelItem]) -> None:

@@ -81,6 +81,10 @@ class Settling(Protocol[Item_contra]):
         """The payload bytes of an item, for the dead letters."""
         ...
 
+    def dead_extra(self, item: Item_contra) -> dict[str, Any]:
+        """What the kind adds to an item's dead letter."""
+        ...
+
     async def retry(self, item: Item_contra, delay: float, count: bool = True) -> None:
         """Deliver the item again after ``delay`` seconds, then settle it."""
         ...

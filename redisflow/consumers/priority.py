@@ -74,5 +74,5 @@ class PriorityConsumer(QueueConsumer):
     def retry_member(self, item: QueueItem, raw: bytes) -> bytes:
         return delayed_member(priority_of(item[SCORE] or 0), raw)
 
-    async def bury(self, item: QueueItem, fields: dict[str, Any]) -> None:
-        await super().bury(item, {**fields, "priority": priority_of(item[SCORE] or 0)})
+    def dead_extra(self, item: QueueItem) -> dict[str, Any]:
+        return {"priority": priority_of(item[SCORE] or 0)}

@@ -1,7 +1,6 @@
 """What a consumer tells ``redisflow stats`` in other processes: its counters, summed over
-every worker in ``Keys.stats`` (``<handler>:<counter>``), and how many messages it holds, in
-``Keys.inflight`` (``<handler>:<worker>`` -> ``<held>:<ms>``; a gauge older than a few
-seconds belongs to a dead worker)."""
+every worker in ``Keys.stats``, and how many messages it holds, in ``Keys.inflight`` (the
+record formats: ``protocol/records.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import anyio
 
 from ..connection import REDIS_ERRORS
 from ..errors import ReplyError
-from ..protocol.envelope import now_ms
+from ..protocol.records import counter_field, inflight_field, inflight_value
 from .contract import Stats
 
 if TYPE_CHECKING:
@@ -38,12 +37,13 @@ class Reporter:
         for counter in Stats.FIELDS:
             delta = getattr(stats, counter) - getattr(self._reported, counter)
             if delta or not self._once:  # zeros once: a quiet handler is listed
-                commands.append(("HINCRBY", self.keys.stats, f"{self.handler}:{counter}", delta))
-        gauge = f"{self.handler}:{self.worker}"
+                field = counter_field(self.handler, counter)
+                commands.append(("HINCRBY", self.keys.stats, field, delta))
+        gauge = inflight_field(self.handler, self.worker)
         if final:
             commands.append(("HDEL", self.keys.inflight, gauge))
         else:
-            commands.append(("HSET", self.keys.inflight, gauge, f"{held}:{now_ms()}"))
+            commands.append(("HSET", self.keys.inflight, gauge, inflight_value(held)))
         snapshot = Stats(*(getattr(stats, counter) for counter in Stats.FIELDS))
         await self.connector.send.many(*commands)
         self._reported, self._once = snapshot, True

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
-import orjson
 
 from ..connection import REDIS_ERRORS, Backoff
 from ..errors import DecodeError, Defer, Reject, ReplyError, Retry, Skip
-from ..protocol.envelope import now_ms
+from ..protocol.records import dead_letter
 
 if TYPE_CHECKING:
     from ..features.tracking import Status
@@ -157,23 +156,13 @@ class Verdicts(Generic[Item]):
         return random.uniform(ceiling / 2, ceiling)
 
     def dead_fields(self, item: Item, failure: Failure, attempt: int) -> dict[str, Any]:
-        """The fields of a dead letter."""
+        """The fields of a dead letter (``protocol/records.py``)."""
         consumer = self.consumer
         msg = consumer.message(item, None)
-        fields: dict[str, Any] = {}
-        if msg.headers:
-            fields["headers"] = orjson.dumps(msg.headers)
-        fields.update(
-            data=consumer.raw(item),
-            message_id=msg.id,
-            error=failure.error,
-            where=failure.where,
-            attempts=attempt,
-            handler=consumer.handler.name,
-            source=str(consumer.handler.source),
-            failed_at=now_ms(),
-        )
-        return fields
+        return dead_letter(
+            msg, consumer.raw(item), failure.error, failure.where, attempt,
+            consumer.handler.name, **consumer.dead_extra(item),
+        )  # fmt: skip
 
 
 def outcome(exc: BaseException, attempt: int, max_attempts: int) -> Outcome:

@@ -22,7 +22,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -32,6 +32,7 @@ from ..message import KINDS, Kind
 from ..middleware import Outgoing
 from ..protocol import envelope, scripts
 from ..protocol.priority import MAX_PRIORITY, check_priority
+from ..protocol.records import DeadLetter
 from ..protocol.replies import mapping
 
 if TYPE_CHECKING:
@@ -41,88 +42,6 @@ if TYPE_CHECKING:
 PAGE = 500
 BATCH = 100
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One dead letter: the payload bytes, and why and when its message died.
-
-    ``id`` is the entry id in the dead-letter stream (what ``show``, ``replay(ids=...)`` and
-    ``purge(ids=...)`` take); ``message_id`` the id of the message that died. ``channel`` is
-    the channel a Pub/Sub message came from (None for other kinds).
-    """
-
-    id: str
-    data: bytes
-    message_id: str
-    error: str
-    where: str
-    attempts: int
-    handler: str
-    source: str
-    failed_at: datetime | None
-    channel: str | None = None
-    priority: int | None = None  # the level of a priority-queue message
-    headers: dict[str, str] | None = None
-    partition: str = ""  # the key of the source (or partition) it came from
-
-    @classmethod
-    def parse(
-        cls, entry_id: bytes | str, fields: dict[bytes, bytes], partition: str = ""
-    ) -> DeadLetter:
-        """Build one from a dead-letter stream entry (missing fields are empty)."""
-
-        def text(name: bytes) -> str:
-            return fields.get(name, b"").decode("utf-8", "replace")
-
-        failed = fields.get(b"failed_at", b"")
-        channel = fields.get(b"channel")
-        attempts = fields.get(b"attempts", b"")
-        return cls(
-            id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-            data=fields.get(b"data", b""),
-            message_id=text(b"message_id"),
-            error=text(b"error"),
-            where=text(b"where"),
-            attempts=int(attempts) if attempts.isdigit() else 0,
-            handler=text(b"handler"),
-            source=text(b"source"),
-            failed_at=_time(failed),
-            channel=channel.decode("utf-8", "replace") if channel is not None else None,
-            priority=int(fields[b"priority"]) if fields.get(b"priority", b"").isdigit() else None,
-            headers=envelope.parse_headers(fields.get(b"headers")) or None,
-            partition=partition,
-        )
-
-    @property
-    def payload(self) -> Any:
-        """The payload decoded as JSON (raises ``orjson.JSONDecodeError`` if it is not)."""
-        return orjson.loads(self.data)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``data`` as text, ``failed_at`` in ISO 8601."""
-        return {
-            "id": self.id,
-            "message_id": self.message_id,
-            "handler": self.handler,
-            "source": self.source,
-            "attempts": self.attempts,
-            "error": self.error,
-            "where": self.where,
-            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
-            "channel": self.channel,
-            "priority": self.priority,
-            "data": self.data.decode("utf-8", "replace"),
-        }
-
-
-def _time(ms: bytes) -> datetime | None:
-    if not ms.isdigit():
-        return None
-    try:
-        return datetime.fromtimestamp(int(ms) / 1000, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True, slots=True)

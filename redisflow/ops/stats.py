@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
 from ..consumers.contract import Stats
 from ..keys import sources_key
-from ..message import KINDS, Source
+from ..message import Source
 from ..protocol.envelope import now_ms
+from ..protocol.records import parse_counter, parse_inflight, parse_source
 from ..protocol.replies import mapping, pairs
 
 if TYPE_CHECKING:
@@ -78,28 +78,6 @@ class Snapshot:
             "used_memory": self.used_memory,
             "handlers": [asdict(row) for row in self.rows],
         }
-
-
-def source_member(source: Source) -> str:
-    """The member of ``sources_key`` that registers ``source`` (JSON: names may hold any
-    character)."""
-    return orjson.dumps([source.kind, source.name, source.group]).decode()
-
-
-def parse_source(member: bytes | str) -> Source | None:
-    """A member of ``sources_key`` (None if it is not one)."""
-    try:
-        found = orjson.loads(member)
-    except orjson.JSONDecodeError:
-        found = None
-    if not isinstance(found, list) or len(found) != 3:
-        return None
-    kind, name, group = found
-    if kind not in KINDS or not isinstance(name, str) or not name:
-        return None
-    if group is not None and not isinstance(group, str):
-        return None
-    return Source(kind, name, group or None)
 
 
 async def registered_sources(client: Client) -> list[Source]:
@@ -197,15 +175,16 @@ class _Reads:
 
     def parse(self, stats: list[bytes], inflight: list[bytes], now: int) -> None:
         for field, value in pairs(stats):
-            handler, _, counter = field.decode().rpartition(":")
-            self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))[counter] = int(value)
+            handler, counter = parse_counter(field)
+            if value.lstrip(b"-").isdigit():
+                counters = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
+                counters[counter] = int(value)
         for field, value in pairs(inflight):
-            held, _, at = value.partition(b":")
-            if not at.isdigit() or now - int(at) > STALE_MS:
+            gauge = parse_inflight(field, value, now, STALE_MS)
+            if gauge is None:
                 self.stale.append(field)
                 continue
-            handler = field.decode().rpartition(":")[0]
-            self.inflight.setdefault(handler, []).append(int(held))
+            self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
     def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
         if all(handler is not None for _, handler in entries):
