@@ -3,6 +3,7 @@ with the SDK's in-memory exporter on a private tracer provider (never the global
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -319,3 +320,35 @@ async def test_a_failed_send_is_recorded(url: str, ns: str, spans: Spans) -> Non
     (send,) = spans.named(f"send {ns}:q")
     assert send.status.status_code is StatusCode.ERROR
     assert attrs(send)["error.type"] == "ConnectionError"
+
+
+def test_the_global_provider_is_used_even_when_set_later() -> None:
+    """``Tracing()`` without a provider uses the global one, also one set after it was
+    built (in a child process: the tests never touch this process's global provider)."""
+    code = """
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redisflow import Outgoing
+from redisflow.otel import Tracing
+
+tracing = Tracing()
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+async def send(out):
+    return "an-id"
+
+out = Outgoing("queue", "q", {"n": 1})
+asyncio.run(tracing.produce(out, send))
+(span,) = exporter.get_finished_spans()
+assert span.name == "send q" and span.attributes["messaging.message.id"] == "an-id"
+assert out.headers["traceparent"].split("-")[2] == format(span.context.span_id, "016x")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
