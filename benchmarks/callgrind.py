@@ -6,7 +6,9 @@ For each tree (``.``: this checkout; any other git ref: its ``redisflow/`` expor
 ``valgrind --tool=callgrind`` twice, with N and with 2N messages, on the suite's private
 Redis; ``(I(2N) - I(N)) / N`` is what one more message costs the Python process, its
 start-up, imports and connections cancelling out. For a drain that is the fill (one
-``enqueue_many`` per 10,000) plus the drain; for a produce case, the calls alone.
+``enqueue_many`` per 10,000) plus the drain; for a produce case, the calls alone. Counts
+still move a little between runs of the same tree (how many messages each fetch finds,
+how often a worker waits: timing decides), so ``--runs`` repeats each pair.
 
     python benchmarks/callgrind.py --trees .,fca8f99 --cases queue,stream,produce --n 10000
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,7 @@ def main() -> None:
     p.add_argument("--trees", default=".", help="comma-separated: . (this checkout) or refs")
     p.add_argument("--cases", default="queue,stream,produce,produce_concurrent")
     p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--runs", type=int, default=1, help="pairs per cell: median (min-max)")
     args = p.parse_args()
     trees = {ref: ROOT if ref == "." else export_baseline(ref)[1] for ref in args.trees.split(",")}
     redis = PrivateRedis()
@@ -54,9 +58,13 @@ def main() -> None:
         for case in args.cases.split(","):
             cells = []
             for tree in trees.values():
-                once = instructions(tree, case, redis.url, args.n)
-                twice = instructions(tree, case, redis.url, 2 * args.n)
-                cells.append(f"{(twice - once) / args.n:,.0f}")
+                per = sorted(
+                    (instructions(tree, case, redis.url, 2 * args.n)
+                     - instructions(tree, case, redis.url, args.n)) / args.n
+                    for _ in range(args.runs)
+                )  # fmt: skip
+                spread = f" ({per[0]:,.0f}-{per[-1]:,.0f})" if len(per) > 1 else ""
+                cells.append(f"{statistics.median(per):,.0f}{spread}")
             print(f"| {case} | {' | '.join(cells)} |", flush=True)
     finally:
         redis.stop()
