@@ -25,6 +25,7 @@ from .config import (
 )
 from .consumers import Consumer
 from .consumers.channel import is_pattern
+from .consumers.kinds import TRAITS
 from .errors import ConfigError, RedisflowError
 from .handler import Handler
 from .keys import check_name
@@ -243,7 +244,7 @@ class Flow(Client):
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        mine = {h.source.name for h in self.handlers.values() if h.source.kind == "channel"}
+        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].keyed}
         return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -8,9 +8,11 @@ Exported on ``http://<host>:<port>/metrics``, from a registry of the flow's own:
 - ``redisflow_reconnects_total{source,handler}``
 - ``redisflow_handler_seconds{source,handler}``: histogram of handler run time
 - ``redisflow_in_flight{source,handler}``: messages held by this process
-- ``redisflow_queue_depth{source}``, ``redisflow_stream_lag{source,group}``,
-  ``redisflow_stream_pending{source,group}``, ``redisflow_dead_letters{source}``: read from
-  Redis every ``interval`` seconds
+- ``redisflow_queue_depth{source,partition}``, ``redisflow_stream_lag{source,partition,group}``,
+  ``redisflow_stream_pending{source,partition,group}``,
+  ``redisflow_dead_letters{source,partition}``: read from Redis every ``interval`` seconds,
+  for each key of the source (``partition`` is the key: the source's name unless it is
+  partitioned)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import anyio
 
 from .connection import CONNECTION_ERRORS
 from .consumers.contract import Stats
+from .consumers.kinds import TRAITS
 from .errors import ConfigError, ReplyError
 from .protocol.replies import mapping
 
@@ -57,19 +60,20 @@ class Metrics:
         self.seconds = prom.Histogram(
             "redisflow_handler_seconds", "Handler run time.", labels, registry=self.registry
         )
+        keyed = ["source", "partition"]
         self.depth = prom.Gauge(
-            "redisflow_queue_depth", "Messages waiting.", ["source"], registry=self.registry
+            "redisflow_queue_depth", "Messages waiting.", keyed, registry=self.registry
         )
         self.lag = prom.Gauge(
-            "redisflow_stream_lag", "Entries not yet read by the group.", ["source", "group"],
+            "redisflow_stream_lag", "Entries not yet read by the group.", [*keyed, "group"],
             registry=self.registry,
         )  # fmt: skip
         self.pending = prom.Gauge(
-            "redisflow_stream_pending", "Entries read but not acked.", ["source", "group"],
+            "redisflow_stream_pending", "Entries read but not acked.", [*keyed, "group"],
             registry=self.registry,
         )  # fmt: skip
         self.dead = prom.Gauge(
-            "redisflow_dead_letters", "Dead letters kept.", ["source"], registry=self.registry
+            "redisflow_dead_letters", "Dead letters kept.", keyed, registry=self.registry
         )
         self.registry.register(_Counters(self.consumers, CounterMetricFamily, GaugeMetricFamily))
         self._server: Any = None
@@ -108,33 +112,28 @@ class Metrics:
             await anyio.sleep(self.interval)
 
     async def refresh(self, connector: Connector) -> None:
-        """Read depths, lags and dead-letter counts in one pipelined round trip."""
+        """Read depths, lags and dead-letter counts of every consumer's key (a source, or
+        one partition of it: the ``partition`` label) in one pipelined round trip."""
         commands: list[tuple[Any, ...]] = []
         for consumer in self.consumers:
-            source = consumer.handler.source
-            if source.kind == "queue":
-                commands.append(("LLEN", source.name))
-            elif source.kind == "priority":
-                commands.append(("ZCARD", source.name))
-            elif source.kind == "stream":
-                commands.append(("XINFO", "GROUPS", source.name))
-            else:
-                commands.append(("PING",))
+            depth = TRAITS[consumer.kind].depth
+            commands.append((*depth, consumer.key) if depth else ("PING",))
             commands.append(("XLEN", consumer.keys.dead))
         replies = await connector.send.many(*commands) if commands else []
         for i, consumer in enumerate(self.consumers):
-            source = consumer.handler.source
+            traits = TRAITS[consumer.kind]
+            source, part = str(consumer.handler.source), consumer.key
             reply, dead = replies[2 * i], replies[2 * i + 1]
-            self.dead.labels(str(source)).set(dead)
-            if source.kind in ("queue", "priority"):
-                self.depth.labels(str(source)).set(reply)
-            elif source.kind == "stream":
+            self.dead.labels(source, part).set(dead)
+            if traits.grouped:
                 for group in reply:
                     info = mapping(group)
                     name = info[b"name"].decode()
-                    self.pending.labels(str(source), name).set(info[b"pending"])
+                    self.pending.labels(source, part, name).set(info[b"pending"])
                     if info.get(b"lag") is not None:
-                        self.lag.labels(str(source), name).set(info[b"lag"])
+                        self.lag.labels(source, part, name).set(info[b"lag"])
+            elif traits.depth:
+                self.depth.labels(source, part).set(reply)
 
 
 class Timing:

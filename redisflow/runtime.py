@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
 from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate
+from .consumers.kinds import TRAITS
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
@@ -141,7 +142,7 @@ class Runtime:
         """The keys a handler's consumers read: its source, or every partition of every
         layout in use (older layouts until they are drained)."""
         source, wanted = handler.source, handler.options.partitions
-        if source.kind == "channel":
+        if not TRAITS[source.kind].keyed:
             return [source.name]
         layouts, name = self.client.layouts, source.name
         stored = await layouts.stored(name)
@@ -194,7 +195,7 @@ class Runtime:
         """Warn once when Redis may evict keys (``maxmemory-policy`` other than
         ``noeviction``): a full Redis would then drop queued messages silently. A user
         without ``CONFIG GET`` (the usual ACL) is not told: noted at DEBUG."""
-        if not any(h.source.kind != "channel" for h in self.handlers):
+        if not any(TRAITS[h.source.kind].keyed for h in self.handlers):
             return
         try:
             replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")

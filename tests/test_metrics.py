@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from redisflow import Flow, Reject
+from redisflow.features import partitions
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.anyio
@@ -49,3 +50,38 @@ async def test_metrics_count_outcomes_and_time_handlers(url: str, ns: str) -> No
     assert "redisflow_stream_pending{" in text and "redisflow_dead_letters{" in text
     with pytest.raises(OSError):
         await anyio.to_thread.run_sync(scrape, port)
+
+
+async def test_a_partitioned_source_reports_each_partition(url: str, ns: str) -> None:
+    """Depth and dead letters are read at each partition's key (the ``partition`` label),
+    not only at the plain name (read too, until it is drained: the layout before)."""
+    port = free_port()
+    flow = Flow(url, prefix=ns, block_timeout=0.5, metrics_port=port, prefetch=1, batch_size=1)
+    q = f"{ns}:q"
+    gate = anyio.Event()
+    parts = partitions.keys(q, 3)
+
+    @flow.on_queue(q, partitions=3, concurrency=1)
+    async def work(n: int) -> None:
+        await gate.wait()
+
+    def depths(text: str) -> dict[str, float]:
+        return {
+            line.split('partition="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("redisflow_queue_depth{")
+        }
+
+    async with flow:
+        await flow.enqueue_many(q, list(range(30)))  # round robin: 10 per partition
+        text = ""
+        with anyio.fail_after(30):  # the gauges are read every 5 s
+            while sum(depths(text).get(key, 0) for key in parts) < 27:  # at most 3 held
+                await anyio.sleep(0.2)
+                text = await anyio.to_thread.run_sync(scrape, port)
+        gate.set()
+        await flow.wait_idle()
+    assert set(parts) <= set(depths(text)), text
+    assert all(depths(text)[key] >= 9 for key in parts), depths(text)
+    dead = [line for line in text.splitlines() if line.startswith("redisflow_dead_letters{")]
+    assert {line.split('partition="')[1].split('"')[0] for line in dead} >= set(parts)

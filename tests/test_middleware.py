@@ -3,6 +3,7 @@ every send, for every kind, against a real Redis."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from tests.support.kinds import ALL, DURABLE, LISTY, Kind, by_kind
 pytestmark = pytest.mark.anyio
 
 FAST = {"retry_delay": 0.01, "retry_max_delay": 0.01}
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 class Recorder(Middleware):
@@ -370,3 +372,28 @@ async def test_a_producer_only_flow_runs_its_produce_chain(url: str, ns: str) ->
     finally:
         await flow.aclose()
     assert trail == ["p:produce:in", "p:produce:out"] * 2
+
+
+async def test_the_readme_example_logs_ids_and_stamps_headers(
+    url: str, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Middleware section of the README, run as written (on the test server)."""
+    section = README.split("## Middleware", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "flow = Flow(middleware=[LogIds()])" in code
+    scope: dict[str, Any] = {}
+    exec(code.replace("Flow(middleware=", f"Flow({url!r}, prefix={ns!r}, middleware="), scope)
+    flow: Flow = scope["flow"]
+    got: list[dict[str, str]] = []
+
+    @flow.on_stream(f"{ns}:s", group="g")
+    async def handle(payload: Any, msg: Message[Any]) -> None:
+        got.append(msg.headers)
+
+    caplog.set_level("INFO", logger="app")
+    async with flow:
+        entry = await flow.append(f"{ns}:s", {"n": 1})
+        await flow.wait_idle()
+    assert got == [{"sent-by": "billing"}]
+    assert f"sent {entry} to stream {ns}:s" in caplog.text
+    assert f"handling {entry} (attempt 1)" in caplog.text

@@ -1,16 +1,17 @@
 """``redisflow check MODULE:ATTR``: a health check before (or beside) ``run``.
 
 Connects as the flow would (the server's version is checked there), loads every script
-on the node of each source, and asks Redis whether the flow's user may run what the
-handlers run on their keys and channels (``ACL DRYRUN``; a user not allowed that is checked
-for reading the keys instead). Prints one line per problem; exit status 0 when there is
-none, 1 otherwise.
+on the node of each source (of each partition), and asks Redis whether the flow's user may
+run what the handlers run on their keys and channels (sharded ones with ``SSUBSCRIBE``) and
+what producers run on the keys they write (dedup markers, status records): ``ACL DRYRUN``;
+a user not allowed that is checked for reading the keys instead. Prints one line per
+problem; exit status 0 when there is none, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -18,8 +19,10 @@ import anyio
 from ..app import Flow
 from ..client import Client
 from ..connection import CONNECTION_ERRORS
+from ..consumers.kinds import TRAITS
 from ..errors import ConfigError, RedisflowError, ReplyError
 from ..handler import Handler
+from ..keys import status_key
 from ..protocol import scripts
 from .run import UsageError, load_flow
 
@@ -60,7 +63,12 @@ async def run_checks(flow: Flow) -> tuple[list[str], list[str]]:
     except RedisflowError as exc:  # credentials refused, a server older than 7.0...
         return [f"Redis at {where}: {exc}"], []
     try:
-        problems = [p async for p in _scripts(client, flow)]
+        problems = []
+        try:  # consumers and producers read the partition layouts of their sources
+            await client.layouts.stored("")
+        except ReplyError as exc:
+            problems.append(f"cannot read the partition layouts: {exc}")
+        problems += [p async for p in _scripts(client, flow)]
         found, notes = await _permissions(client, flow)
         return problems + found, notes
     finally:
@@ -68,7 +76,7 @@ async def run_checks(flow: Flow) -> tuple[list[str], list[str]]:
 
 
 async def _scripts(client: Client, flow: Flow) -> AsyncIterator[str]:
-    keys = {h.source.name for h in flow.handlers.values() if h.source.kind != "channel"}
+    keys = {key for handler in flow.handlers.values() for key in await _parts(client, handler)}
     for key in sorted(keys):
         for script in SCRIPTS:
             try:
@@ -76,6 +84,16 @@ async def _scripts(client: Client, flow: Flow) -> AsyncIterator[str]:
             except ReplyError as exc:
                 yield f"cannot load the scripts on the node of {key!r}: {exc}"
                 break
+
+
+async def _parts(client: Client, handler: Handler) -> list[str]:
+    """The keys a handler's consumers read: its source, or each of its partitions."""
+    if not TRAITS[handler.source.kind].keyed:
+        return []
+    try:
+        return await client.layouts.all_keys(handler.source.name)
+    except ReplyError:  # reported once by run_checks
+        return [handler.source.name]
 
 
 async def _permissions(client: Client, flow: Flow) -> tuple[list[str], list[str]]:
@@ -87,16 +105,18 @@ async def _permissions(client: Client, flow: Flow) -> tuple[list[str], list[str]
     except ReplyError as exc:
         problems = []
         for handler in flow.handlers.values():
-            for key in _keys(client, handler):
-                try:
-                    await connector.send("EXISTS", key)
-                except ReplyError as err:
-                    problems.append(f"{handler.source} -> {handler.name}: {key!r}: {err}")
+            traits = TRAITS[handler.source.kind]
+            for part in await _parts(client, handler):
+                for key in traits.keys(part, client.keys(part)):
+                    try:
+                        await connector.send("EXISTS", key)
+                    except ReplyError as err:
+                        problems.append(f"{handler.source} -> {handler.name}: {key!r}: {err}")
         note = f"write permissions not checked (ACL DRYRUN refused: {exc}); reads checked"
         return problems, [note]
     problems = []
     for handler in flow.handlers.values():
-        for command in _commands(client, handler):
+        for command in await _commands(client, handler):
             reply = await connector.send("ACL", "DRYRUN", user, *command)
             if reply not in ("OK", b"OK"):
                 text = reply.decode() if isinstance(reply, bytes) else str(reply)
@@ -104,25 +124,34 @@ async def _permissions(client: Client, flow: Flow) -> tuple[list[str], list[str]
     return problems, []
 
 
-def _keys(client: Client, handler: Handler) -> list[str]:
-    """The keys a handler's consumer reads and writes (its source and dead letters)."""
-    if handler.source.kind == "channel":
-        return []
-    keys = client.keys(handler.source.name)
-    return [handler.source.name, keys.dead, keys.delayed]
-
-
-def _commands(client: Client, handler: Handler) -> Iterator[Sequence[Any]]:
-    """The commands a handler's consumer runs, one per key or channel it touches."""
-    source = handler.source
-    if source.kind == "channel":
-        pattern = handler.options.pattern
-        yield ["PSUBSCRIBE" if pattern else "SUBSCRIBE", source.name]
-        return
+async def _commands(client: Client, handler: Handler) -> list[Sequence[Any]]:
+    """The commands a handler's consumers run, one per key or channel they touch (every
+    partition), and those its producers run on its keys: dedup markers and status
+    records (with tracking), and the counters workers report."""
+    source, options, config = handler.source, handler.options, client.config
+    traits = TRAITS[source.kind]
+    sharded = config.sharded_pubsub
+    if sharded is None:
+        sharded = client.connector.cluster
+    parts = await _parts(client, handler) or [source.name]
+    commands: list[Sequence[Any]] = []
     sha = scripts.QUEUE_FETCH.sha
-    for key in _keys(client, handler):
-        yield ["EVALSHA", sha, 1, key]
-    if source.kind == "stream":
-        group = source.group or ""
-        yield ["XREADGROUP", "GROUP", group, "c", "COUNT", 1, "STREAMS", source.name, ">"]
-        yield ["XACK", source.name, group, "0-1"]
+    for part in parts:
+        keys = client.keys(part)
+        pattern = bool(options.pattern)
+        commands += traits.commands(source, part, keys, pattern=pattern, sharded=sharded)
+        commands += [
+            ["EVALSHA", sha, 1, keys.dedup("check")],  # producers' dedup_key
+            ["HINCRBY", keys.stats, "check", 0],  # the workers' counters
+            ["HSET", keys.inflight, "check", "0"],
+        ]
+        if options.idempotency_key is not None:
+            commands.append(["EVALSHA", sha, 1, keys.done("check")])
+        if options.rate_limit is not None:
+            commands.append(["EVALSHA", sha, 1, keys.rate("check")])
+    if config.track if options.track is None else options.track:
+        commands += [
+            ["HSET", status_key(config.prefix, "check"), "status", "published"],
+            ["HINCRBY", client.keys(source.name).counts, "published", 0],
+        ]
+    return commands

@@ -136,7 +136,6 @@ class Router:
         self.seeds = list(spec.addresses)
         self.nodes: dict[Address, Pipeliner] = {}
         self._refreshing: asyncio.Future[None] | None = None
-        self.connected = False
         self.closed = False
 
     # -- the map --------------------------------------------------------------------------
@@ -277,7 +276,6 @@ class Router:
                     await self.refresh()
                 except ConnectionLost as exc:
                     failure = exc
-        self.connected = True
         if not raw:
             for reply in results:
                 if isinstance(reply, ReplyError):

@@ -50,7 +50,6 @@ class Pipeliner:
         self._busy: dict[Link, float] = {}  # link -> when its round trip was written
         self._watch: asyncio.TimerHandle | None = None
         self.closed = False
-        self.connected = False  # a round trip has succeeded (and none failed since)
 
     async def __call__(self, *args: Any) -> Any:
         """Send one command; its reply (an error reply is raised)."""
@@ -116,11 +115,9 @@ class Pipeliner:
             try:
                 units = await self._round_trip(link, units)
                 if not units:
-                    self.connected = True
                     return
                 raise ConnectionLost(f"{link.endpoint}: cannot serve writes now")
             except (ConnectionLost, OSError) as exc:
-                self.connected = False
                 await link.close()
                 units = [unit for unit in units if not unit[1].done()]
                 if not units or loop.time() + delay > deadline:

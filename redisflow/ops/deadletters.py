@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import orjson
-
+from ..consumers.kinds import TRAITS, Letter
 from ..errors import ConfigError
 from ..features import compound
 from ..message import KINDS, Kind
 from ..middleware import Outgoing
-from ..protocol import envelope, scripts
-from ..protocol.priority import MAX_PRIORITY, check_priority
+from ..protocol import scripts
+from ..protocol.priority import check_priority
 from ..protocol.records import DeadLetter
 from ..protocol.replies import mapping
 
@@ -84,7 +83,7 @@ class DeadLetters:
 
     async def partitions(self) -> builtins.list[str]:
         """The keys whose dead letters these are: the source, or each of its partitions."""
-        if self.kind == "channel":
+        if not TRAITS[self.kind].keyed:
             return [self.name]
         return await self.client.layouts.all_keys(self.name)
 
@@ -246,26 +245,15 @@ class DeadLetters:
     ) -> int:
         """Send ``letters`` (each with the payload and headers to write) back and delete
         them, in one script call; how many this call replayed."""
-        args: builtins.list[tuple[str, bytes, int | str]] = []
+        traits = TRAITS[self.kind]
+        args: builtins.list[Letter] = []
         for dead, data, headers in letters:
             if headers:
                 headers = {k: v for k, v in headers.items() if k != "channel"} or None
-            if self.kind in ("queue", "priority"):
-                item = envelope.envelope(
-                    data, dead.message_id or envelope.new_id(), headers=headers or None
-                )
-                level = priority if priority is not None else min(dead.priority or 0, MAX_PRIORITY)
-                args.append((dead.id, item, level))
-            elif self.kind == "stream":
-                args.append((dead.id, data, orjson.dumps(headers).decode() if headers else ""))
-            elif headers:  # a channel message with headers: in its envelope
-                item = envelope.envelope(data, dead.message_id, headers=headers)
-                args.append((dead.id, item, dead.channel or self.name))
-            else:
-                args.append((dead.id, data, dead.channel or self.name))
+            args.append(traits.letter(dead, data, headers or None, priority, self.name))
         keys, kind = self.client.keys(part), str(self.kind)
-        target = keys.dead if self.kind == "channel" else part
-        if self.kind == "channel" and all(dead.channel == self.name for dead, _, _ in letters):
+        target = part if traits.keyed else keys.dead  # a channel: any key of the slot
+        if not traits.keyed and all(dead.channel == self.name for dead, _, _ in letters):
             # An exact channel (a pattern's letters come from other channels: classic).
             command, inline = await compound.publish_command(
                 self.client.connector, self.client.config.sharded_pubsub, self.name, None, keys.dead

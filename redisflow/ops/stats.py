@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..consumers.contract import Stats
+from ..consumers.kinds import DEPTH, TRAITS
 from ..keys import sources_key
 from ..message import Source
 from ..protocol.envelope import now_ms
@@ -201,9 +202,10 @@ class _Reads:
 
     def _row(self, source: Source, handler: str | None, memory: int, counters: bool = True) -> Row:
         waiting = pending = delayed = None
-        if source.kind in ("queue", "priority"):
+        traits = TRAITS[source.kind]
+        if traits.delays:
             waiting, delayed = self.length, self.delayed
-        elif source.kind == "stream":
+        elif traits.grouped:
             group = self.groups.get(source.group or "")
             if group is not None:
                 lag = group.get(b"lag")
@@ -254,22 +256,19 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
         read = reads[name] = _Reads(name, kind.decode())
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
-        if read.type in _LENGTH:
-            second.append((*_LENGTH[read.type], name))
+        if read.type in DEPTH:
+            second.append((*DEPTH[read.type], name))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
-        if read.type == "stream":
+        if read.type == TRAITS["stream"].redis_type:
             for group in next(answers):
                 info = mapping(group)
                 read.groups[info[b"name"].decode()] = info
-        elif read.type in _LENGTH:
+        elif read.type in DEPTH:
             read.length = int(next(answers))
         if read.stale:
             next(answers)
     return reads
-
-
-_LENGTH = {"list": ("LLEN",), "zset": ("ZCARD",), "stream": ("XINFO", "GROUPS")}
