@@ -2,7 +2,8 @@
 
 Decorate async functions with ``@flow.on_channel``, ``@flow.on_queue``,
 ``@flow.on_priority`` or ``@flow.on_stream``; one event loop feeds them from Redis, with
-payloads validated by pydantic from the handler's type hints.
+payloads validated by pydantic from the handler's type hints. ``@flow.cron`` and
+``@flow.every`` run them on a schedule, once per tick across every worker.
 """
 
 from .app import Flow
@@ -22,6 +23,7 @@ from .errors import (
     Retry,
     Skip,
 )
+from .features.pauses import Paused
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus
 from .message import Kind, Message, Source
@@ -47,6 +49,7 @@ __all__ = [
     "MessageStatus",
     "Middleware",
     "Outgoing",
+    "Paused",
     "PermissionDenied",
     "RateLimit",
     "RedisflowError",

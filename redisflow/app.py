@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -21,12 +22,14 @@ from .config import (
     FlowOptions,
     HandlerOptions,
     QueueOptions,
+    ScheduleOptions,
     StreamOptions,
 )
 from .consumers import Consumer
 from .consumers.channel import is_pattern
 from .consumers.kinds import TRAITS
 from .errors import ConfigError, RedisflowError
+from .features.schedules import Missed, Schedule
 from .handler import Handler
 from .keys import check_name
 from .lifespan import Lifespan
@@ -133,9 +136,11 @@ class Flow(Client):
         fn: Callable[..., Any],
         *,
         group: str | None = None,
+        schedule: Schedule | None = None,
         **options: Any,
     ) -> Handler:
-        """Register ``fn`` for a source; what the ``on_*`` decorators call."""
+        """Register ``fn`` for a source (a ``schedule`` for kind ``schedule``); what the
+        decorators call."""
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         try:
             check_name(name, kind)
@@ -153,11 +158,15 @@ class Flow(Client):
                 self.partitions(name, built.partitions)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        handler = Handler.build(fn, Source(kind, name, group), built)
+        handler = Handler.build(fn, Source(kind, name, group), built, schedule)
         key = (kind, name, group)
         if key in self.handlers:
             other = self.handlers[key].name
             raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
+        clash = [h for h in self.handlers.values() if h.source.name == name and
+                 "schedule" in (kind, h.source.kind) and h.source.kind != kind]  # fmt: skip
+        if clash:  # a schedule's keys are those of its name: they would be shared
+            raise ConfigError(f"{where}: {clash[0].source} has the same name ({clash[0].name!r})")
         self.handlers[key] = handler
         return handler
 
@@ -211,6 +220,55 @@ class Flow(Client):
         while it waits)."""
         return self._decorator("stream", stream, group, dict(options))
 
+    def cron(
+        self,
+        expr: str,
+        *,
+        tz: str | None = None,
+        name: str | None = None,
+        missed: Missed = "skip",
+        **options: Unpack[ScheduleOptions],
+    ) -> Callable[[F], F]:
+        """As ``every``, at each tick of the cron expression ``expr`` (five fields, or six
+        with seconds first: cronsim's, ``pip install 'redisflow[cron]'``) in the IANA zone
+        ``tz`` (default UTC); DST days: the README, "Schedules"."""
+        when = lambda name: Schedule.from_cron(name, expr, tz, missed)  # noqa: E731
+        return self._schedule(expr, name, when, dict(options))
+
+    def every(
+        self,
+        period: float | timedelta,
+        *,
+        name: str | None = None,
+        missed: Missed = "skip",
+        **options: Unpack[ScheduleOptions],
+    ) -> Callable[[F], F]:
+        """Run the function every ``period`` (seconds of real time or a timedelta, ticking
+        on its multiples since the epoch) once per tick across the prefix's workers, as a
+        message of an internal queue (``ScheduleOptions``: retries, timeout...). ``name``
+        (default: its qualified name) identifies it; ``missed``: ticks no worker claimed in
+        time: ``skip``, ``once`` (one run), ``all`` (each). ``msg.scheduled_for``: the tick."""
+        when = lambda name: Schedule.every(name, period, missed)  # noqa: E731
+        return self._schedule(period, name, when, dict(options))
+
+    def _schedule(
+        self, first: Any, name: str | None, when: Callable[[str], Schedule], options: Any
+    ) -> Callable[[F], F]:
+        if callable(first):  # @flow.every without the parentheses
+            raise ConfigError(f"handler {getattr(first, '__qualname__', first)!r}: write"
+                              " @flow.every(seconds) or @flow.cron('expression')")  # fmt: skip
+
+        def register(fn: F) -> F:
+            qualname = getattr(fn, "__qualname__", repr(fn))
+            try:
+                schedule = when(qualname if name is None else name)
+            except ConfigError as exc:
+                raise ConfigError(f"handler {qualname!r}: {exc}") from None
+            self.add_handler("schedule", schedule.name, fn, schedule=schedule, **options)
+            return fn
+
+        return register
+
     def _decorator(
         self, kind: Kind, name: Any, group: str | None, options: dict[str, Any]
     ) -> Callable[[F], F]:
@@ -241,10 +299,23 @@ class Flow(Client):
             kind = kinds.pop() if len(kinds) == 1 else "queue"
         return DeadLetters(self.client, name, kind)
 
+    async def kinds(self, name: str) -> set[str]:
+        """``Client.kinds``, with this flow's own handlers for ``name``."""
+        mine = {h.source.kind for h in self.handlers.values() if h.source.name == name}
+        return mine | await super().kinds(name)
+
+    async def pauses_changed(self, paused: bool) -> None:
+        """This flow's own consumers take a pause or resume made here at once; a pause
+        returns once their fetches in flight have returned."""
+        if self._runtime is not None:
+            self._runtime.apply_pauses(await self.pauses.targets())
+            if paused:
+                await self._runtime.parked()
+
     async def memory(self, *names: str, channels: Iterable[str] = ()) -> dict[str, Any]:
         """``Client.memory`` of this flow's sources and ``names``."""
         sources = {handler.source.name for handler in self.handlers.values()}
-        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].keyed}
+        mine = {h.source.name for h in self.handlers.values() if not TRAITS[h.source.kind].named}
         return await super().memory(*(sources | set(names)), channels={*mine, *channels})
 
     # -- lifecycle ------------------------------------------------------------------------

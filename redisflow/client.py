@@ -16,6 +16,7 @@ from .connection import Connector
 from .features.indexes import StreamIndexes
 from .features.memory import measure
 from .features.partitions import Layouts, check_partitions
+from .features.pauses import Paused, Pauses, check_target
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus, Tracker
 from .keys import Keys
@@ -50,6 +51,7 @@ class Client(Producers):
         self.layouts = Layouts(connector, config.prefix)
         self.tracker = Tracker(connector, config.prefix, config.track_ttl)
         self.indexes = StreamIndexes(connector, config.prefix)
+        self.pauses = Pauses(connector, config.prefix)
 
     def add_middleware(self, middleware: object) -> None:
         """Add a middleware, inside those added before (the first added is the outermost);
@@ -85,6 +87,39 @@ class Client(Producers):
         layout Redis records (a process that registers a handler for ``name`` records its
         own; a producer learns it from Redis otherwise)."""
         self.layouts.declare(name, check_partitions(name, partitions))
+
+    async def pause(self, name: str, *, group: str | None = None) -> None:
+        """Pause the queue, priority queue, stream or schedule ``name``: every worker of
+        every process of the prefix stops fetching it within about a second (workers that
+        start later too) and finishes what it holds; producers go on. ``group``: one
+        consumer group of a stream (None: every group). The state is kept in Redis until
+        ``resume``. ConfigError for a channel (it cannot wait), or a ``group`` on a source
+        that is no stream."""
+        check_target(name, group, await self.kinds(name))
+        await self.pauses.pause(name, group)
+        await self.pauses_changed(True)
+
+    async def resume(self, name: str, *, group: str | None = None) -> bool:
+        """Resume what ``pause`` paused (``group`` None: all of ``name``, its groups paused
+        one by one too); whether anything was paused. ConfigError for one group of a
+        stream paused whole."""
+        check_target(name, group, ())
+        resumed = await self.pauses.resume(name, group)
+        await self.pauses_changed(False)
+        return resumed
+
+    async def pauses_changed(self, paused: bool) -> None:
+        """Called after a pause (``paused``) or resume made by this client (a running flow
+        applies it to its own consumers at once; others read it within 0.25 s)."""
+
+    async def paused(self) -> list[Paused]:
+        """The paused sources of the prefix (name, group, since when)."""
+        return await self.pauses.read()
+
+    async def kinds(self, name: str) -> set[str]:
+        """The kinds of source (``queue``, ``stream``...) that flows of the prefix consume
+        under ``name``, as they registered them at start."""
+        return await self.pauses.kinds(name)
 
     async def priority_stats(self, queue: str) -> dict[int, int]:
         """How many messages wait in a priority queue (all its partitions) at each level in

@@ -313,9 +313,15 @@ class QueueOptions(StreamOptions, total=False):
     at_most_once: bool
 
 
+class ScheduleOptions(_Options, total=False):
+    """The keyword options of ``Flow.cron`` and ``Flow.every`` (besides ``name`` and
+    ``missed``): each tick runs as a message of the schedule's internal queue."""
+
+
 KIND_OPTIONS: dict[str, type[_Options]] = {
     "channel": ChannelOptions,
     "queue": QueueOptions,
     "priority": QueueOptions,
     "stream": StreamOptions,
+    "schedule": ScheduleOptions,
 }

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from .config import HandlerOptions
 from .errors import ConfigError
+from .features.schedules import Schedule
 from .message import Message, Source
 
 HandlerFunc = Callable[..., Any]
@@ -40,6 +41,7 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    schedule: Schedule | None = None  # when its ticks fall (a schedule's handler)
 
     @property
     def name(self) -> str:
@@ -47,8 +49,16 @@ class Handler:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
     @classmethod
-    def build(cls, fn: HandlerFunc, source: Source, options: HandlerOptions) -> Handler:
-        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it."""
+    def build(
+        cls,
+        fn: HandlerFunc,
+        source: Source,
+        options: HandlerOptions,
+        schedule: Schedule | None = None,
+    ) -> Handler:
+        """Inspect ``fn`` and build its Handler, or raise ConfigError naming it. A
+        ``schedule``'s handler takes no payload: its parameters are a ``Message`` and
+        resources."""
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
@@ -57,7 +67,7 @@ class Handler:
             hints = typing.get_type_hints(fn, include_extras=True)
         except (NameError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot read its signature: {exc}") from None
-        payload_type, order, deps = _parameters(where, signature, hints)
+        payload_type, order, deps = _parameters(where, signature, hints, schedule is None)
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(payload_type)
         except Exception as exc:  # pydantic raises several kinds for unusable types
@@ -65,8 +75,9 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
+        wants_message = "message" in order
         return cls(
-            fn, source, options, adapter, "message" in order, invoke, tuple(deps), tuple(order)
+            fn, source, options, adapter, wants_message, invoke, tuple(deps), tuple(order), schedule
         )
 
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
@@ -84,9 +95,10 @@ class Handler:
 
 
 def _parameters(
-    where: str, signature: inspect.Signature, hints: dict[str, Any]
+    where: str, signature: inspect.Signature, hints: dict[str, Any], payload: bool = True
 ) -> tuple[Any, list[str], list[tuple[str, Any]]]:
-    """Sort a handler's parameters: the payload (and its type), the Message, resources."""
+    """Sort a handler's parameters: the payload (and its type; none when not ``payload``),
+    the Message, resources."""
     payload_type: Any = Any
     order: list[str] = []  # "payload" / "message", in call order
     deps: list[tuple[str, Any]] = []  # keyword parameters filled from flow resources
@@ -97,17 +109,18 @@ def _parameters(
         if _is_message(annotation) and "message" not in order:
             order.append("message")
             args = typing.get_args(annotation)
-            if args and "payload" not in order:
+            if args and "payload" not in order and payload:
                 payload_type = args[0]
-        elif "payload" not in order and param.kind is not param.KEYWORD_ONLY:
+        elif payload and "payload" not in order and param.kind is not param.KEYWORD_ONLY:
             order.append("payload")
             if annotation is not inspect.Parameter.empty:
                 payload_type = annotation
         elif annotation is not inspect.Parameter.empty and param.default is param.empty:
             deps.append((param.name, annotation))  # a resource, bound at start
         elif param.default is param.empty:
+            what = "the payload, a Message," if payload else "a Message (a schedule has no payload)"
             raise ConfigError(
-                f"{where}: parameter {param.name!r} is neither the payload, a Message,"
+                f"{where}: parameter {param.name!r} is neither {what}"
                 " nor annotated with the type of a resource"
             )
     return payload_type, order, deps

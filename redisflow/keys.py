@@ -167,9 +167,21 @@ class Keys:
         return f"{self.base}:inflight"
 
     @property
+    def ticks(self) -> str:
+        """The internal queue (a list) of a schedule: one message per tick to run."""
+        return f"{self.base}:ticks"
+
+    @property
+    def schedule(self) -> str:
+        """Hash of a schedule's state: its spec, next and last tick, counts, last outcome."""
+        return f"{self.base}:schedule"
+
+    @property
     def owned(self) -> tuple[str, ...]:
-        """The source and the keys of it that ``memory`` and ``stats`` measure."""
-        return (self.name, self.delayed, self.dead, self.counts, self.indexes)
+        """The source and the keys of it that ``memory`` and ``stats`` measure (a
+        schedule's internal queue and state included)."""
+        return (self.name, self.delayed, self.dead, self.counts, self.indexes, self.ticks,
+                self.schedule)  # fmt: skip
 
 
 def status_key(prefix: str, message_id: str) -> str:
@@ -186,3 +198,9 @@ def layouts_key(prefix: str) -> str:
     """Hash of the partition layouts in use: source name -> JSON list of partition counts,
     current first (``partitions.py``)."""
     return f"{prefix}:partitions"
+
+
+def paused_key(prefix: str) -> str:
+    """Hash of the paused sources of the prefix: JSON ``[name, group]`` -> when paused, ms
+    (``features/pauses.py``)."""
+    return f"{prefix}:paused"

@@ -8,10 +8,11 @@ from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
-#: The four kinds of source: Pub/Sub channels, list queues, sorted-set priority queues and
-#: streams read through consumer groups.
-Kind = Literal["channel", "queue", "priority", "stream"]
-KINDS: tuple[Kind, ...] = ("channel", "queue", "priority", "stream")
+#: The kinds of source: Pub/Sub channels, list queues, sorted-set priority queues, streams
+#: read through consumer groups, and schedules (``@flow.cron``/``@flow.every``: their ticks
+#: run as messages of an internal queue).
+Kind = Literal["channel", "queue", "priority", "stream", "schedule"]
+KINDS: tuple[Kind, ...] = ("channel", "queue", "priority", "stream", "schedule")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,8 @@ class Message(Generic[T]):
     by hand). ``enqueued_at`` is None when the producer did not
     record it (a message written by another client). ``payload`` is the validated payload.
     A client other than redisflow can write any id, attempt and headers: they are data, not
-    proof of anything (docs/security.md, "Trust boundary").
+    proof of anything (docs/security.md, "Trust boundary"). ``scheduled_for``: the tick a
+    schedule's run is for (UTC; None for other sources).
     """
 
     id: str
@@ -47,6 +49,7 @@ class Message(Generic[T]):
     raw: bytes
     payload: T | None = field(default=None, repr=False)
     max_attempts: int = 1
+    scheduled_for: datetime | None = None
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:

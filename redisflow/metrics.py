@@ -116,8 +116,9 @@ class Metrics:
         one partition of it: the ``partition`` label) in one pipelined round trip."""
         commands: list[tuple[Any, ...]] = []
         for consumer in self.consumers:
-            depth = TRAITS[consumer.kind].depth
-            commands.append((*depth, consumer.key) if depth else ("PING",))
+            traits = TRAITS[consumer.kind]
+            held = traits.holder(consumer.key, consumer.keys)  # a schedule: its runs
+            commands.append((*traits.depth, held) if traits.depth else ("PING",))
             commands.append(("XLEN", consumer.keys.dead))
         replies = await connector.send.many(*commands) if commands else []
         for i, consumer in enumerate(self.consumers):

@@ -15,23 +15,33 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import CONSUMERS, ChannelConsumer, ChannelHub, Consumer, Context, Gate
+from .consumers import (
+    CONSUMERS,
+    ChannelConsumer,
+    ChannelHub,
+    Consumer,
+    Context,
+    Gate,
+    TickOutcome,
+)
 from .consumers.kinds import TRAITS
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
+from .features.pauses import paused_for
 from .features.ratelimit import Limiter, Throttle
 from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
-from .protocol.records import source_member
+from .protocol.records import Target, source_member
 from .protocol.replies import text
 
 if TYPE_CHECKING:
@@ -39,6 +49,7 @@ if TYPE_CHECKING:
     from .config import FlowConfig
     from .handler import Handler
     from .lifespan import Lifespan
+    from .message import Source
 
 log = logging.getLogger("redisflow")
 
@@ -101,20 +112,45 @@ class Runtime:
         if metrics is not None:
             metrics.watch(self.consumers)
             metrics.serve()
+        if any(not isinstance(c, ChannelConsumer) for c in self.consumers):
+            # read before any consumer starts: a source paused now is not fetched at all
+            await tg.start(self._helper, partial(self.client.pauses.watch, self.apply_pauses))
         channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
         if channels:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
         for consumer in self.consumers:
             await tg.start(consumer.run)
-            opts = consumer.options
+            opts, when = consumer.options, consumer.handler.schedule
             log.info(
-                "%s -> %s (concurrency %d%s)", consumer.handler.source, consumer.handler.name,
+                "%s -> %s (concurrency %d%s%s)", consumer.handler.source, consumer.handler.name,
                 opts.concurrency, ", at-most-once" if opts.at_most_once else "",
+                f", {when}" if when else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
         if self._draining:
             await tg.start(self._helper, self._retire)
+
+    def apply_pauses(self, targets: set[Target]) -> None:
+        """Pause the consumers whose source ``targets`` names, resume the others."""
+        changed: dict[tuple[Source, str], bool] = {}
+        for consumer in self.consumers:
+            if isinstance(consumer, ChannelConsumer):
+                continue
+            source = consumer.handler.source
+            paused = paused_for(targets, source.kind, source.name, source.group)
+            if paused != consumer.paused:
+                consumer.pause(paused)
+                changed[source, consumer.handler.name] = paused
+        for (source, name), paused in changed.items():
+            log.info("%s [%s]: %s", source, name, "paused" if paused else "resumed")
+
+    async def parked(self) -> None:
+        """Wait until every paused consumer's fetch has returned (at most until a blocked
+        fetch returns by itself, for a user without ``CLIENT UNBLOCK``)."""
+        with anyio.move_on_after(self.config.block_timeout + 1):
+            for consumer in self.consumers:
+                await consumer.wait_parked()
 
     def _middleware(self, handler: Handler) -> list[object]:
         """The consume chain of ``handler``: the flow's middleware, then (innermost last)
@@ -136,13 +172,15 @@ class Runtime:
             chain.append(Tracking(tracker, handler.name))
         if self._metrics is not None:
             chain.append(self._metrics.timing(handler))
+        if handler.source.kind == "schedule":
+            chain.append(TickOutcome(connector, keys))
         return chain
 
     async def _keys(self, handler: Handler) -> list[str]:
         """The keys a handler's consumers read: its source, or every partition of every
         layout in use (older layouts until they are drained)."""
         source, wanted = handler.source, handler.options.partitions
-        if not TRAITS[source.kind].keyed:
+        if not TRAITS[source.kind].named:  # a channel or a schedule: never partitioned
             return [source.name]
         layouts, name = self.client.layouts, source.name
         stored = await layouts.stored(name)

@@ -84,6 +84,11 @@ async def test_every_feature_under_its_minimal_acl(
     async def on_pattern(text: str) -> None:
         seen.append(f"news:{text}")
 
+    @worker.every(0.2, name=f"{ns}beat")  # its keys are all under the prefix
+    async def beat() -> None:
+        if "beat" not in seen:
+            seen.append("beat")
+
     async with worker:
         await producer.enqueue(q, "a")
         await producer.enqueue(q, "bad")
@@ -92,8 +97,11 @@ async def test_every_feature_under_its_minimal_acl(
         await producer.append(s, "c")
         assert await producer.publish(ch, "d") == 1
         assert await producer.publish(f"{ns}.news.x", "e") == 1
-        want = {"q:a", "q:later", "pq:b", "s:c", "ch:d", "news:e"}
+        want = {"q:a", "q:later", "pq:b", "s:c", "ch:d", "news:e", "beat"}
         await eventually(lambda: set(seen) == want, within=10, what="every kind consumed")
+        await producer.pause(s)  # pausing and resuming: as a producer
+        await eventually(lambda: all(c.parked for c in worker.consumers if c.key == s))
+        assert await producer.resume(s)
         await producer.aclose()
         await eventually(lambda: worker.dlq(q).count(), what="one dead letter")
     reader = await users("reader", f"{READER} {keys}")

@@ -164,3 +164,24 @@ def test_no_reference_outside_the_repository() -> None:
     """What the code relies on is explained in docs/, never in a file outside the repo."""
     for path in [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.lua")]:
         assert "REDIS-NOTES" not in path.read_text(), path
+
+
+def test_no_merge_conflict_markers() -> None:
+    """Many branches merge here: a conflict left in a committed file is caught, not shipped."""
+    root = PACKAGE.parent
+    found = []
+    for folder in ("redisflow", "tests", "docs", "examples", "benchmarks", ".ci"):
+        for path in (root / folder).rglob("*"):
+            if (
+                path.is_file()
+                and path.suffix in (".py", ".md", ".lua", ".toml", "")
+                and (".venv" not in path.parts)
+            ):
+                text = path.read_text(errors="replace")
+                if any(m in text for m in ("\n<<<<<<< ", "\n>>>>>>> ")):
+                    found.append(str(path.relative_to(root)))
+    for name in ("README.md", "pyproject.toml", "Makefile"):
+        text = (root / name).read_text()
+        if "\n<<<<<<< " in text or "\n>>>>>>> " in text:
+            found.append(name)
+    assert not found, found

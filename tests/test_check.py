@@ -89,3 +89,23 @@ async def test_sharded_channels_are_checked_as_such(
         found = await problems_of(flow)
         assert bool(found) is sharded, found
         assert all("ssubscribe" in p.lower() for p in found), found
+
+
+async def test_a_schedule_and_the_paused_sources_are_checked(
+    user: Callable[..., Awaitable[str]], ns: str
+) -> None:
+    """A schedule's keys (its internal queue and state) are all under the prefix; every
+    worker reads the paused sources: a user allowed neither has a problem with each."""
+    keys = Flow(prefix=ns).keys("beat")
+    url = await user(f"+@all ~{ns}:partitions ~{ns}:sources")
+    flow = Flow(url, prefix=ns)
+
+    @flow.every(60, name="beat")
+    async def beat() -> None: ...
+
+    found = await problems_of(flow)
+    for key in (keys.ticks, keys.schedule, keys.dead, f"{ns}:paused"):
+        assert any(key in p for p in found), (key, found)
+    allowed = Flow(await user(f"+@all ~{ns}:*"), prefix=ns)
+    allowed.every(60, name="beat")(beat)
+    assert await problems_of(allowed) == []

@@ -383,6 +383,31 @@ async def test_rate_limited_webhooks_respect_each_urls_limit(
     assert "dead=0" in output()
 
 
+async def test_scheduled_job_rolls_up_each_tick_once(
+    url: str, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    """scheduled_job (two CLI workers, the producer as a user runs it): each 2-second tick is
+    rolled up once across both processes, and the windows add up to every event appended;
+    the cron report runs too."""
+    from examples.scheduled_job import TOTALS
+
+    await clean(r, "scheduled_job")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    async with (
+        worker("scheduled_job", url, tmp_path / "a") as first,
+        worker("scheduled_job", url, tmp_path / "b") as second,
+    ):
+        out = await producer("scheduled_job", url)
+        assert "appended 20 events" in out and "rolled up 20 events in" in out, out
+        await until(lambda: "[report]" in first() + second(), "a cron report", within=10)
+    logs = first() + second()
+    ticks = Counter(re.findall(r"\[rollup\] (\d\d:\d\d:\d\d): \d+ events", logs))
+    assert ticks and max(ticks.values()) == 1, ticks
+    totals = {int(k): int(v) for k, v in (await r.hgetall(TOTALS)).items()}
+    assert sum(totals.values()) == 20 and all(t % 2000 == 0 for t in totals), totals
+
+
 # -- issue 24: tracing --------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
     redisflow run MODULE:ATTR [--workers N] [--reload]  run the handlers of a flow
     redisflow stats [MODULE:ATTR] [--watch [S]] [--json] depth, lag, counters per handler
     redisflow dlq list|show|replay|purge ...             the dead letters of a source
+    redisflow pause|resume NAME [--group G]              stop / restart fetching a source
     redisflow publish|enqueue|append NAME JSON           send a message from the shell
     redisflow check MODULE:ATTR                          connect, scripts, permissions
     redisflow server [--port P] [--dir D]                a local server (development)

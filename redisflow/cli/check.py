@@ -149,6 +149,8 @@ async def _commands(client: Client, handler: Handler) -> list[Sequence[Any]]:
             commands.append(["EVALSHA", sha, 1, keys.done("check")])
         if options.rate_limit is not None:
             commands.append(["EVALSHA", sha, 1, keys.rate("check")])
+    if traits.keyed:  # every worker reads what is paused
+        commands.append(["HGETALL", client.pauses.key])
     if config.track if options.track is None else options.track:
         commands += [
             ["HSET", status_key(config.prefix, "check"), "status", "published"],

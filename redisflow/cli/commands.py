@@ -20,6 +20,7 @@ from ..client import Client
 from ..config import FlowConfig
 from ..connection import CONNECTION_ERRORS, redact
 from ..errors import ConfigError, ReplyError
+from ..features.pauses import check_target
 from ..message import KINDS, Kind
 from ..ops.deadletters import DeadLetters
 from ..ops.stats import registered_sources
@@ -116,6 +117,34 @@ def send(args: argparse.Namespace) -> int:
         else:
             result = await client.enqueue(args.name, value, delay=args.delay)
         print(result)
+        return 0
+
+    return connected(args, action)
+
+
+def pause(args: argparse.Namespace) -> int:
+    """``redisflow pause|resume NAME [--group GROUP]``."""
+    name, group = args.name, args.group
+
+    async def action(client: Client, flow: Flow | None) -> int:
+        kinds, known = await kinds_of(client, flow, name)
+        check_target(name, group, kinds)  # a ConfigError is a usage error
+        what = " and ".join(sorted(kinds - {"channel"}))
+        where = f"{what} {name!r}" if what else repr(name)
+        if group is not None:
+            where += f" (group {group})"
+        if args.command == "pause":
+            await client.pause(name, group=group)
+            print(f"paused {where}")
+            if not kinds:
+                print(f"redisflow: note: no flow under prefix {client.config.prefix!r}"
+                      f" registered a source named {name!r} (registered: "
+                      f"{', '.join(known[:10]) or 'none'}); paused anyway: workers that"
+                      " start with it will not fetch it", file=sys.stderr)  # fmt: skip
+        elif await client.resume(name, group=group):
+            print(f"resumed {where}")
+        else:
+            print(f"{where} was not paused")
         return 0
 
     return connected(args, action)

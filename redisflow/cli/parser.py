@@ -192,6 +192,17 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--all", action="store_true", help="purge every dead letter")
         q.set_defaults(func=commands.dlq, parser=q)
 
+    for command, help_ in (
+        ("pause", "stop every worker fetching a queue, priority queue, stream or schedule"),
+        ("resume", "let the workers fetch a paused source again"),
+    ):
+        ps = sub.add_parser(command, help=help_, description=help_)
+        ps.add_argument("name", metavar="NAME", help="the source (or schedule) name")
+        ps.add_argument("--group", metavar="GROUP",
+                        help="one consumer group of a stream (default: all of it)")  # fmt: skip
+        _options(ps, app, *CONNECTION)
+        ps.set_defaults(func=commands.pause, parser=ps)
+
     for command, target, help_ in (
         ("publish", "CHANNEL", "PUBLISH a JSON message to a channel; prints the receivers"),
         ("enqueue", "QUEUE", "add a JSON message to a queue (--priority: a priority queue)"),

@@ -25,6 +25,7 @@ COLUMNS = (
     ("SOURCE", "source"),
     ("GROUP", "group"),
     ("HANDLER", "handler"),
+    ("PAUSED", "paused"),
     ("WAITING", "waiting"),
     ("PENDING", "pending"),
     ("DELAYED", "delayed"),
@@ -36,7 +37,7 @@ COLUMNS = (
     ("DLQ", "dead_letters"),
     ("MEMORY", "memory"),
 )
-TEXT_COLUMNS = 4  # the first four are left-aligned text, the rest numbers
+TEXT_COLUMNS = 5  # the first five are left-aligned text, the rest numbers
 
 
 def cells(row: Row) -> list[str]:
@@ -48,7 +49,9 @@ def cells(row: Row) -> list[str]:
         value = counters.get(field) if field in STAT_FIELDS else values[field]
         if row.counters is None and field in STAT_FIELDS:
             value = None
-        if value is None:
+        if field == "paused":
+            out.append("paused" if value else "")
+        elif value is None:
             out.append("-")
         elif field == "memory":
             out.append(human_bytes(value))
@@ -81,12 +84,55 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int)
     return "\n".join([line(headers), *(line(row) for row in rows)])
 
 
+SCHEDULE_HEADERS = ("SCHEDULE", "WHEN", "NEXT TICK", "LAST TICK", "LAST RUN", "RUNS", "MISSED")
+
+
+def schedule_rows(snapshot: Snapshot) -> list[list[str]]:
+    """One line per schedule: its spec, next and last tick, how its last run ended."""
+
+    def at(when: datetime | None) -> str:
+        return f"{when.astimezone():%Y-%m-%d %H:%M:%S}" if when else "-"
+
+    lines, seen = [], set()
+    for row in snapshot.rows:
+        state = row.schedule
+        if state is None or row.source in seen:
+            continue
+        seen.add(row.source)
+        outcome = state.outcome or "-"
+        if state.error:
+            outcome += f": {' '.join(state.error.split())[:60]}"
+        if state.ran_at:
+            outcome += f" ({at(state.ran_at)})"
+        name = row.source + (" (paused)" if row.paused else "")
+        lines.append([name, state.spec or "-", at(state.next), at(state.last), outcome,
+                      f"{state.fired:,}", f"{state.missed:,}"])  # fmt: skip
+    return lines
+
+
+def paused_line(snapshot: Snapshot) -> str:
+    """Every paused source and since when (``""``: none)."""
+    if not snapshot.paused:
+        return ""
+    shown = [
+        f"{p.name}{f' (group {p.group})' if p.group else ''}"
+        + (f" since {p.since.astimezone():%Y-%m-%d %H:%M:%S}" if p.since else "")
+        for p in snapshot.paused
+    ]
+    return "paused: " + ", ".join(shown)
+
+
 def render_text(snapshot: Snapshot, url: str) -> str:
     """The snapshot as a plain-text table."""
+    paused = paused_line(snapshot)
+    below = f"\n{paused}" if paused else ""
     if not snapshot.rows:
-        return f"{title(snapshot, url)}\nno sources registered under prefix {snapshot.prefix!r}"
+        empty = f"no sources registered under prefix {snapshot.prefix!r}"
+        return f"{title(snapshot, url)}\n{empty}{below}"
     table = text_table([h for h, _ in COLUMNS], [cells(r) for r in snapshot.rows], TEXT_COLUMNS)
-    return f"{title(snapshot, url)}\n\n{table}"
+    if schedules := schedule_rows(snapshot):
+        table += "\n\n" + text_table(SCHEDULE_HEADERS, schedules, 5)
+    return f"{title(snapshot, url)}\n\n{table}\n{below}".rstrip("\n")
 
 
 def render_rich(snapshot: Snapshot, url: str) -> Any:
@@ -105,8 +151,11 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
                 for style, cell in zip(_styles(row), cells(row), strict=True)
             )
         )
-    if not snapshot.rows:
-        table.caption = f"no sources registered under prefix {snapshot.prefix!r}"
+    caption = [] if snapshot.rows else [f"no sources registered under prefix {snapshot.prefix!r}"]
+    if snapshot.paused:
+        caption.append(escape(paused_line(snapshot)))
+    if caption:
+        table.caption = "\n".join(caption)
     return table
 
 
@@ -122,6 +171,7 @@ def _styles(row: Row) -> list[str]:
         "bold",
         "",
         "",
+        "bold yellow",
         warn(row.waiting),
         warn(row.pending),
         warn(row.delayed),
@@ -207,6 +257,23 @@ async def _show(
         await anyio.sleep(every)
 
 
+def render_rich_schedules(snapshot: Snapshot) -> Any:
+    """The schedules of the snapshot as a ``rich`` Table (None: there are none)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    lines = schedule_rows(snapshot)
+    if not lines:
+        return None
+    table = Table(box=box.SIMPLE_HEAD)
+    for i, header in enumerate(SCHEDULE_HEADERS):
+        table.add_column(header, justify="left" if i < 5 else "right", no_wrap=i < 4)
+    for line in lines:
+        table.add_row(*(escape(cell) for cell in line))
+    return table
+
+
 async def _show_rich(
     client: Client,
     handlers: Sequence[tuple[Source, str]] | None,
@@ -214,16 +281,21 @@ async def _show_rich(
     every: float | None,
     out: TextIO,
 ) -> None:
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.live import Live
+
+    def both(snapshot: Snapshot) -> Any:
+        schedules = render_rich_schedules(snapshot)
+        main = render_rich(snapshot, url)
+        return main if schedules is None else Group(main, schedules)
 
     console = Console(file=out)
     if every is None:
-        console.print(render_rich(await collect(client, handlers), url))
+        console.print(both(await collect(client, handlers)))
         return
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            live.update(render_rich(await collect(client, handlers), url), refresh=True)
+            live.update(both(await collect(client, handlers)), refresh=True)
             await anyio.sleep(every)
 
 

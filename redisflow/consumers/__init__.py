@@ -17,6 +17,7 @@ from .contract import Context, Gate, Stats
 from .priority import PriorityConsumer
 from .pubsub import ChannelHub
 from .queue import QueueConsumer
+from .schedule import ScheduleConsumer, TickOutcome
 from .stream import StreamConsumer
 
 CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
@@ -24,6 +25,7 @@ CONSUMERS: dict[Kind, type[Consumer[Any]]] = {
     "queue": QueueConsumer,
     "priority": PriorityConsumer,
     "stream": StreamConsumer,
+    "schedule": ScheduleConsumer,
 }
 
 __all__ = [
@@ -34,4 +36,5 @@ __all__ = [
     "Context",
     "Gate",
     "Stats",
+    "TickOutcome",
 ]

@@ -82,15 +82,22 @@ class Window:
             await self._ack_now.wait()
             self._ack_now = anyio.Event()
             await anyio.sleep(0.005)  # let a burst of completions share one call
-            if self.acks and self._blocked:
-                acks, self.acks = self.acks, []
-                self.acks_flushing += acks
-                try:
-                    await self.flush_acks(acks)
-                except REDIS_ERRORS:  # they go with the next request
-                    self.acks.extend(acks)
-                except BaseException:  # cancelled at stop: release sends them
-                    self.acks.extend(acks)
-                    raise
-                finally:
-                    del self.acks_flushing[: len(acks)]
+            if self._blocked:
+                await self.send_acks()
+
+    async def send_acks(self) -> None:
+        """Send the pending acks now, through the shared connections (those that fail go
+        with the next request)."""
+        if not self.acks:
+            return
+        acks, self.acks = self.acks, []
+        self.acks_flushing += acks
+        try:
+            await self.flush_acks(acks)
+        except REDIS_ERRORS:  # they go with the next request
+            self.acks.extend(acks)
+        except BaseException:  # cancelled at stop: release sends them
+            self.acks.extend(acks)
+            raise
+        finally:
+            del self.acks_flushing[: len(acks)]

@@ -29,8 +29,8 @@ from ..features.tracking import Tracking
 from ..keys import Keys
 from ..message import Kind, Message
 from ..middleware import consume_chain
-from .acks import Window
 from .contract import Context, Gate, Item, Stats
+from .pausing import Pausing
 from .reporting import Reporter
 from .verdicts import Verdicts
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 
-class Consumer(Window, ABC, Generic[Item]):
+class Consumer(Pausing, ABC, Generic[Item]):
     """The runtime of one handler: fetch loop, worker pool, verdicts, shutdown."""
 
     kind: ClassVar[Kind]
@@ -95,7 +95,7 @@ class Consumer(Window, ABC, Generic[Item]):
 
     @abstractmethod
     async def fetch_loop(self) -> None:
-        """Fill the deque (``feed``) until ``stopping`` is set."""
+        """Fill the deque (``feed``) until ``halted`` (stopping or paused)."""
 
     @abstractmethod
     async def idle(self) -> bool:
@@ -216,7 +216,7 @@ class Consumer(Window, ABC, Generic[Item]):
         """Stop fetching; in-flight handlers go on for the grace period."""
         if not self.stopping:
             self.stopping = True
-            self.interrupt()
+            self.halt()
 
     def interrupt(self) -> None:
         """Wake a fetch that blocks in Redis, so that it sees ``stopping`` (never by
@@ -255,6 +255,7 @@ class Consumer(Window, ABC, Generic[Item]):
                     refused.ok()
                     moving.ok()
                 await self.fetch_loop()
+                await self.hold()
             except (AuthError, PermissionDenied):  # no reconnect cures a refusal
                 raise
             except REDIS_ERRORS as exc:

@@ -30,12 +30,15 @@ class Traits:
     """One kind of source. ``redis_type``: what ``TYPE`` says of its key (None: a channel,
     which is no key). ``depth``: the command that measures what waits at one key (a length,
     or a stream's consumer groups). ``delays``: retries and delayed sends wait in
-    ``Keys.delayed`` (a stream retries in its pending list, a channel in memory)."""
+    ``Keys.delayed`` (a stream retries in its pending list, a channel in memory).
+    ``internal``: its messages wait in a list of its own under the prefix (``Keys.ticks``,
+    a schedule's runs), not in a key of its name."""
 
     kind: Kind
     redis_type: str | None
     depth: tuple[str, ...] | None
     delays: bool
+    internal: bool = False
 
     @property
     def keyed(self) -> bool:
@@ -43,13 +46,27 @@ class Traits:
         return self.redis_type is not None
 
     @property
+    def named(self) -> bool:
+        """Whether the source's name is its Redis key (not a channel's, not a schedule's)."""
+        return self.keyed and not self.internal
+
+    def holder(self, key: str, keys: Keys) -> str:
+        """The key where the messages of ``key`` wait: itself, or a schedule's internal
+        queue."""
+        return keys.ticks if self.internal else key
+
+    @property
     def grouped(self) -> bool:
         """Whether the source is read through consumer groups (streams)."""
         return self.redis_type == "stream"
 
     def keys(self, key: str, keys: Keys) -> list[str]:
-        """The keys a consumer of ``key`` (a source or one partition) reads and writes."""
-        return [key, keys.dead, keys.delayed] if self.keyed else []
+        """The keys a consumer of ``key`` (a source or one partition) reads and writes (a
+        schedule: its internal queue and its state)."""
+        if not self.keyed:
+            return []
+        own = [keys.ticks, keys.schedule] if self.internal else [key]
+        return [*own, keys.dead, keys.delayed]
 
     def commands(
         self, source: Source, key: str, keys: Keys, *, pattern: bool, sharded: bool
@@ -95,6 +112,7 @@ TRAITS: dict[Kind, Traits] = {
     "priority": Traits("priority", "zset", ("ZCARD",), delays=True),
     "stream": Traits("stream", "stream", ("XINFO", "GROUPS"), delays=False),
     "channel": Traits("channel", None, None, delays=False),
+    "schedule": Traits("schedule", "list", ("LLEN",), delays=True, internal=True),
 }
 #: The depth command of each Redis type a source may have.
 DEPTH = {t.redis_type: t.depth for t in TRAITS.values() if t.redis_type and t.depth}

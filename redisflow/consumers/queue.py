@@ -165,7 +165,7 @@ class QueueConsumer(Consumer[QueueItem]):
         pending: str | None = None
         while True:
             if pending is None:
-                if self.stopping:
+                if self.halted:
                     return
                 n = self.want()
                 if n == 0:
@@ -182,11 +182,11 @@ class QueueConsumer(Consumer[QueueItem]):
                 self._known[key] = batch
             if items:
                 n = self.want() - len(items)
-                if n > 0 and not self.stopping:
+                if n > 0 and not self.halted:
                     pending = await self._send_fetch(n)  # Redis works while we dispatch
                 self.feed(items)
                 continue
-            if self.stopping:
+            if self.halted:
                 return
             self._blocked = True
             try:

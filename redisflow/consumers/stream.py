@@ -116,7 +116,7 @@ class StreamConsumer(Consumer[StreamItem]):
 
     async def fetch_loop(self) -> None:
         while self._own_pel:
-            if self.stopping:
+            if self.halted:
                 return
             n = self.want()
             if n == 0:
@@ -148,7 +148,7 @@ class StreamConsumer(Consumer[StreamItem]):
         pending = block = False
         while True:
             if not pending:
-                if self.stopping:
+                if self.halted:
                     return
                 n = self.want()
                 if n == 0:
@@ -170,7 +170,7 @@ class StreamConsumer(Consumer[StreamItem]):
             block = not entries
             if entries:
                 n = self.want() - len(entries)
-                if n > 0 and not self.stopping:
+                if n > 0 and not self.halted:
                     await self._send(n, block=False)  # Redis works while we dispatch
                     pending = True
                 batch = Batch([e[0] for e in entries])
@@ -245,7 +245,7 @@ class StreamConsumer(Consumer[StreamItem]):
                 try:
                     await self._touch()
                     now = time.monotonic()
-                    if now - last_claim >= self.config.claim_interval and not self.stopping:
+                    if now - last_claim >= self.config.claim_interval and not self.halted:
                         last_claim = now
                         await self._reclaim()
                     if forget is not None and now - last_forget >= min(forget / 2, 60):

@@ -252,7 +252,9 @@ class DeadLetters:
                 headers = {k: v for k, v in headers.items() if k != "channel"} or None
             args.append(traits.letter(dead, data, headers or None, priority, self.name))
         keys, kind = self.client.keys(part), str(self.kind)
-        target = part if traits.keyed else keys.dead  # a channel: any key of the slot
+        target = traits.holder(part, keys) if traits.keyed else keys.dead  # a channel: any key
+        if traits.internal:  # a schedule's run goes back to its internal queue, as a queue's
+            kind = "queue"
         if not traits.keyed and all(dead.channel == self.name for dead, _, _ in letters):
             # An exact channel (a pattern's letters come from other channels: classic).
             command, inline = await compound.publish_command(

@@ -11,6 +11,7 @@ consumer groups (``XINFO GROUPS``: lag and pending).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -20,10 +21,17 @@ import anyio
 
 from ..consumers.contract import Stats
 from ..consumers.kinds import DEPTH, TRAITS
+from ..features.pauses import Paused, paused_for
 from ..keys import sources_key
 from ..message import Source
 from ..protocol.envelope import now_ms
-from ..protocol.records import parse_counter, parse_inflight, parse_source
+from ..protocol.records import (
+    ScheduleState,
+    Target,
+    parse_counter,
+    parse_inflight,
+    parse_source,
+)
 from ..protocol.replies import mapping, pairs
 
 if TYPE_CHECKING:
@@ -45,6 +53,9 @@ class Row:
     summed over every worker since the keys were created (None when the handler is not
     known). ``dead_letters``: entries now in the dead-letter stream. ``memory``: bytes of
     the source's keys (the queue or stream, delayed set, dead letters, indexes).
+    ``paused``: whether the source (the stream group) is paused (``Client.pause``).
+    ``schedule``: a schedule's state (its spec, next and last tick, runs and missed ticks,
+    the last run's outcome); ``waiting`` then counts its runs not yet taken.
     """
 
     kind: str
@@ -59,17 +70,21 @@ class Row:
     counters: dict[str, int] | None
     dead_letters: int
     memory: int
+    paused: bool = False
+    schedule: ScheduleState | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``)."""
+    run ``INFO``) and every paused source of the prefix (``paused``, also those no row
+    shows)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
+    paused: list[Paused] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -78,6 +93,7 @@ class Snapshot:
             "taken_at": self.taken_at.isoformat(),
             "used_memory": self.used_memory,
             "handlers": [asdict(row) for row in self.rows],
+            "paused": [p.to_json() for p in self.paused],
         }
 
 
@@ -102,19 +118,26 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
     names = sorted({source.name for source, _ in targets})
     kinds = {source.name: source.kind for source, _ in targets}
     parts = {
-        name: [name] if kinds[name] == "channel" else await client.layouts.all_keys(name)
+        name: [name] if not TRAITS[kinds[name]].named else await client.layouts.all_keys(name)
         for name in names
     }
     memory: dict[str, Any] = {}
     reads: dict[str, _Reads] = {}
+    paused: list[Paused] = []
+
+    async def read_paused() -> None:
+        paused.extend(await client.paused())
 
     async def read_memory() -> None:
-        channels = [name for name in names if kinds[name] == "channel"]
+        # neither a channel nor a schedule is a key of its name (the user may lack ~NAME)
+        channels = [name for name in names if not TRAITS[kinds[name]].named]
         memory.update(await client.memory(*names, channels=channels))
 
     async def read_sources() -> None:
-        channels = {name for name in names if kinds[name] == "channel"}
-        physical = await _read(client, [key for name in names for key in parts[name]], channels)
+        channels = {name for name in names if not TRAITS[kinds[name]].keyed}
+        schedules = {name for name in names if TRAITS[kinds[name]].internal}
+        keys = [key for name in names for key in parts[name]]
+        physical = await _read(client, keys, channels, schedules)
         for name in names:  # a partitioned source: the sum of its partitions
             reads[name] = _Reads(name, "none")
             for key in parts[name]:
@@ -124,6 +147,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
         async with anyio.create_task_group() as tg:  # the Pipeliner merges their round trips
             tg.start_soon(read_memory)
             tg.start_soon(read_sources)
+            tg.start_soon(read_paused)
     except BaseExceptionGroup as group:  # both fail alike (Redis gone, NOPERM): raise one
         raise group.exceptions[0] from None
     rows: list[Row] = []
@@ -138,8 +162,9 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        rows += reads[name].rows(entries, size)
-    return Snapshot(client.config.prefix, datetime.now(UTC), memory["used_memory"], rows)
+        rows += reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+    taken = datetime.now(UTC)
+    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused)
 
 
 class _Reads:
@@ -152,11 +177,14 @@ class _Reads:
         self.stale: list[bytes] = []
         self.delayed = self.dead = self.length = 0
         self.groups: dict[str, dict[bytes, Any]] = {}
+        self.paused: set[Target] = set()
+        self.schedule: ScheduleState | None = None
 
     def add(self, part: _Reads) -> None:
         """Count a partition's numbers in this (logical) source's."""
         if self.type == "none":
             self.type = part.type
+        self.schedule = self.schedule or part.schedule
         for handler, counters in part.counters.items():
             mine = self.counters.setdefault(handler, dict.fromkeys(STAT_FIELDS, 0))
             for field, value in counters.items():
@@ -187,7 +215,10 @@ class _Reads:
                 continue
             self.inflight.setdefault(gauge[0], []).append(gauge[1])
 
-    def rows(self, entries: list[tuple[Source, str | None]], memory: int) -> list[Row]:
+    def rows(
+        self, entries: list[tuple[Source, str | None]], memory: int, paused: set[Target]
+    ) -> list[Row]:
+        self.paused = paused
         if all(handler is not None for _, handler in entries):
             return [self._row(source, handler, memory) for source, handler in entries]
         known: list[str | None] = [*sorted(self.counters.keys() | self.inflight.keys())]
@@ -227,6 +258,8 @@ class _Reads:
             counters=self._counters(handler) if counters else None,
             dead_letters=self.dead,
             memory=memory,
+            paused=traits.keyed and paused_for(self.paused, source.kind, source.name, source.group),
+            schedule=self.schedule if traits.internal else None,
         )
 
     def _counters(self, handler: str | None) -> dict[str, int]:
@@ -234,14 +267,16 @@ class _Reads:
         return dict(found) if found else dict.fromkeys(STAT_FIELDS, 0)
 
 
-async def _read(client: Client, names: list[str], channels: set[str]) -> dict[str, _Reads]:
+async def _read(
+    client: Client, names: list[str], channels: set[str], schedules: set[str]
+) -> dict[str, _Reads]:
     send = client.connector.send
     first: list[tuple[Any, ...]] = []
     for name in names:
         keys = client.keys(name)
         first += [
             # A channel is no key: PING keeps the reply's place (the user may lack ~NAME).
-            ("PING", "none") if name in channels else ("TYPE", name),
+            ("PING", "none") if name in channels else ("TYPE", _measured(client, name, schedules)),
             ("HGETALL", keys.stats),
             ("HGETALL", keys.inflight),
             ("ZCARD", keys.delayed),
@@ -257,9 +292,11 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
         read.parse(stats, inflight, now)
         read.delayed, read.dead = int(delayed), int(dead)
         if read.type in DEPTH:
-            second.append((*DEPTH[read.type], name))
+            second.append((*DEPTH[read.type], _measured(client, name, schedules)))
         if read.stale:
             second.append(("HDEL", client.keys(name).inflight, *read.stale))
+        if name in schedules:
+            second.append(("HGETALL", client.keys(name).schedule))
     answers = iter(await send.many(*second) if second else [])
     for name in names:
         read = reads[name]
@@ -271,4 +308,11 @@ async def _read(client: Client, names: list[str], channels: set[str]) -> dict[st
             read.length = int(next(answers))
         if read.stale:
             next(answers)
+        if name in schedules:
+            read.schedule = ScheduleState.parse(next(answers))
     return reads
+
+
+def _measured(client: Client, name: str, schedules: set[str]) -> str:
+    """The key where the messages of ``name`` wait: itself, or a schedule's internal queue."""
+    return client.keys(name).ticks if name in schedules else name

@@ -8,6 +8,13 @@
   written by ``consumers/reporting.py`` and read by ``ops/stats.py``.
 - **Sources registry**: the set ``sources_key``, one JSON member ``[kind, name, group]`` per
   source a flow of the prefix consumes, written at start and read by ``redisflow stats``.
+- **Paused sources**: the hash ``paused_key``, a field JSON ``[name, group]`` per paused
+  source (group null: all of it) valued with when it was paused (ms), written by
+  ``Client.pause``/``resume`` and read by every running flow (``features/pauses.py``).
+- **Schedules**: the hash ``Keys.schedule`` (``spec``, ``next`` and ``last`` tick in ms,
+  ``fired`` and ``missed`` counts, written by ``lua/schedule.lua``; ``outcome``, ``error``,
+  ``ran_at`` of the last run, by ``consumers/schedule.py``), read by ``redisflow stats``
+  (``ScheduleState``); a run's payload is ``tick_payload``.
 
 Every reader takes what another client (or an older redisflow) may have written: a field it
 cannot parse is skipped or read as empty, never an exception.
@@ -193,3 +200,107 @@ def parse_source(member: bytes | str) -> Source | None:
     if group is not None and not isinstance(group, str):
         return None
     return Source(kind, name, group or None)
+
+
+# -- paused sources ----------------------------------------------------------------------
+
+#: A paused source as the paused hash holds it: its name and group (None: all of it).
+Target = tuple[str, str | None]
+
+
+def paused_field(name: str, group: str | None) -> str:
+    """The field of ``paused_key`` that pauses ``name`` (one stream ``group``, or all)."""
+    return orjson.dumps([name, group]).decode()
+
+
+def parse_paused(raw: bytes | str) -> Target | None:
+    """A field of ``paused_key`` (None if another client wrote something else there)."""
+    try:
+        found = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(found, list) or len(found) != 2:
+        return None
+    name, group = found
+    if not isinstance(name, str) or not (group is None or isinstance(group, str)):
+        return None
+    return name, group
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+
+def tick_payload(tick: int, missed: int) -> bytes:
+    """The payload of the run of ``tick`` (ms; ``missed``: the ticks it stands for)."""
+    return orjson.dumps({"scheduled_for": tick, "missed": missed})
+
+
+def parse_tick(payload: bytes) -> datetime | None:
+    """The tick of a run's payload (None for a payload that is not one)."""
+    try:
+        tick = orjson.loads(payload).get("scheduled_for")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return Message.time(tick) if isinstance(tick, int) and not isinstance(tick, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """What Redis keeps of a schedule: its spec, the next tick, the last tick due, how many
+    runs were enqueued (``fired``) and how many ticks got none (``missed``), and the last
+    run's outcome (``completed``, ``skipped``, ``failed (attempt N)``, with its ``error``)
+    and end (``ran_at``)."""
+
+    spec: str | None
+    next: datetime | None
+    last: datetime | None
+    fired: int
+    missed: int
+    outcome: str | None
+    error: str | None
+    ran_at: datetime | None
+
+    @classmethod
+    def parse(cls, flat: list[Any]) -> ScheduleState:
+        """From an ``HGETALL`` reply (what cannot be read is read as empty)."""
+        found = {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+            for k, v in zip(flat[::2], flat[1::2], strict=False)
+        }
+
+        def count(name: str) -> int:
+            value = found.get(name, "")
+            return int(value) if value.isdigit() else 0
+
+        return cls(
+            spec=found.get("spec"),
+            next=_time(found.get("next", "").encode()),
+            last=_time(found.get("last", "").encode()),
+            fired=count("fired"),
+            missed=count("missed"),
+            outcome=found.get("outcome"),
+            error=found.get("error") or None,
+            ran_at=_time(found.get("ran_at", "").encode()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (times in ISO 8601)."""
+
+        def iso(when: datetime | None) -> str | None:
+            return when.isoformat() if when else None
+
+        return {
+            "spec": self.spec,
+            "next": iso(self.next),
+            "last": iso(self.last),
+            "fired": self.fired,
+            "missed": self.missed,
+            "outcome": self.outcome,
+            "error": self.error,
+            "ran_at": iso(self.ran_at),
+        }
+
+
+def outcome_fields(outcome: str, error: str) -> tuple[str, ...]:
+    """The fields of ``Keys.schedule`` that record how a run ended, now."""
+    return ("outcome", outcome, "error", error[:500], "ran_at", str(now_ms()))

@@ -72,6 +72,7 @@ STREAM_FORGET = Script("stream_forget")
 STREAM_BURY = Script("stream_bury")
 DLQ_REPLAY = Script("dlq_replay")
 LAYOUT = Script("layout")
+SCHEDULE = Script("schedule")
 
 #: What a fetch link loads when it connects.
 QUEUE_SCRIPTS = (QUEUE_FETCH,)
@@ -232,6 +233,29 @@ def stream_bury(
 ) -> Call:
     """Write a dead letter and ack its entry, atomically."""
     return Call(STREAM_BURY, (dead, stream), (group, entry_id, maxlen, *fields))
+
+
+def schedule_peek(state: str, ticks: str) -> Call:
+    """A schedule's next tick and spec, and the server's time."""
+    return Call(SCHEDULE, (state, ticks), ("peek",))
+
+
+def schedule_claim(
+    state: str,
+    ticks: str,
+    *,
+    expected: str,
+    next_tick: int,
+    spec: str,
+    missed: int,
+    last: int | None,
+    items: Sequence[bytes],
+) -> Call:
+    """Move the schedule's next tick from ``expected`` to ``next_tick`` and push ``items``
+    (the runs of the ticks due), unless another call did first; 1 if this one did. Without
+    ``last`` the ticks need not be due (a new or changed schedule)."""
+    argv = ("claim", expected, next_tick, spec, missed, "" if last is None else last, *items)
+    return Call(SCHEDULE, (state, ticks), argv)
 
 
 def dlq_replay(

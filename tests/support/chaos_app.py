@@ -12,7 +12,9 @@ It is configured by environment variables:
 - ``CHAOS_SLEEP``: ``lo,hi``: each handler sleeps a uniform time in [lo, hi] seconds, unless
   the payload has its own ``sleep``;
 - ``CHAOS_RECORD``: ``0`` to record nothing (for a million messages);
-- ``CHAOS_RATE``: ``limit,per``: a ``RateLimit`` per payload priority ``p`` (the key).
+- ``CHAOS_RATE``: ``limit,per``: a ``RateLimit`` per payload priority ``p`` (the key);
+- ``CHAOS_EVERY``: ``period,missed``: a schedule ``<ns>:tick`` (``@flow.every``), whose
+  runs are recorded with the kind ``schedule`` and the tick's time in ms as the number.
 
 Each process leaves ``<out>/<pid>.ready`` once it has started (its signal handlers are in
 place: a SIGTERM from then on is a graceful stop).
@@ -46,7 +48,7 @@ class Job(BaseModel):
 
 
 NS = os.environ["CHAOS_NS"]
-KINDS = os.environ.get("CHAOS_KINDS", "queue,priority,stream").split(",")
+KINDS = [k for k in os.environ.get("CHAOS_KINDS", "queue,priority,stream").split(",") if k]
 LO, HI = (float(x) for x in os.environ.get("CHAOS_SLEEP", "0,0").split(","))
 OPTIONS = json.loads(os.environ.get("CHAOS_HANDLER", "{}"))
 RECORD = os.environ.get("CHAOS_RECORD", "1") != "0"
@@ -96,3 +98,14 @@ for _kind in KINDS:
         flow.on_priority(_name, **OPTIONS)(handle)
     else:
         flow.on_stream(_name, group="g", **OPTIONS)(handle)
+
+
+if os.environ.get("CHAOS_EVERY"):
+    _period, _missed = os.environ["CHAOS_EVERY"].split(",")
+
+    @flow.every(float(_period), name=f"{NS}:tick", missed=_missed, **OPTIONS)  # type: ignore[arg-type]
+    async def tick(msg: Message[None]) -> None:
+        """Record the run of a tick: its time (ms) is its number."""
+        assert msg.scheduled_for is not None
+        job = Job(n=round(msg.scheduled_for.timestamp() * 1000))
+        await handle(job, msg)  # type: ignore[arg-type]

@@ -85,6 +85,7 @@ class Workers:
     log_level: str = "WARNING"
     record: bool = True
     rate: tuple[int, float] | None = None  # a RateLimit(limit, per) keyed by the priority
+    every: tuple[float, str] | None = None  # a schedule <ns>:tick: (period, missed)
     args: tuple[str, ...] = ()
     started: list[Worker] = field(default_factory=list)
 
@@ -106,6 +107,7 @@ class Workers:
             CHAOS_SLEEP=f"{self.sleep[0]},{self.sleep[1]}",
             CHAOS_RECORD="1" if self.record else "0",
             CHAOS_RATE=f"{self.rate[0]},{self.rate[1]}" if self.rate else "",
+            CHAOS_EVERY=f"{self.every[0]},{self.every[1]}" if self.every else "",
         )
         log = self.out / f"worker-{len(self.started)}.log"
         argv = [sys.executable, "-m", "redisflow", "run", "tests.support.chaos_app:flow"]
