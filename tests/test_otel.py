@@ -352,3 +352,22 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+async def test_a_schedule_run_is_a_consumer_span(url: str, ns: str, spans: Spans) -> None:
+    """A schedule's run is a message nobody sent through the produce chain: a new trace."""
+    flow = Flow(url, prefix=ns, middleware=[spans.tracing()])
+    runs: list[Message[Any]] = []
+
+    @flow.every(0.2, name="beat", max_attempts=4)
+    async def beat(msg: Message[Any]) -> None:
+        runs.append(msg)
+
+    async with flow:
+        (span,) = (await spans.wait(1))[:1]
+    assert span.name == "process beat" and span.kind is SpanKind.CONSUMER
+    assert span.parent is None
+    assert attrs(span)["redisflow.kind"] == "schedule"
+    assert attrs(span)["messaging.message.id"] == runs[0].id
+    assert attrs(span)["redisflow.outcome"] == "ok"
+    assert runs[0].max_attempts == 4
