@@ -40,12 +40,14 @@ async def fill(flow: Flow, kind: str, items: list[Email]) -> None:
 
 
 class Traced:
-    """``Tracing()`` on a private SDK provider whose exporter counts and drops the spans."""
+    """``Tracing()`` on a private SDK provider whose exporter counts and drops the spans;
+    ``ratio``: the share of traces sampled (children follow their parent's decision)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ratio: float = 1.0) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
         from opentelemetry.sdk.trace.export import SpanExportResult as Export
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
         from redisflow.otel import Tracing
 
@@ -57,7 +59,7 @@ class Traced:
                 return Export.SUCCESS
 
         self.exporter = Count()
-        self.provider = TracerProvider()
+        self.provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
         self.provider.add_span_processor(BatchSpanProcessor(self.exporter, max_queue_size=1 << 20))
         self.middleware = [Tracing(tracer_provider=self.provider)]
 
@@ -98,9 +100,11 @@ def consumer(
     return flow
 
 
-async def _drain(run: Run, kind: str, *, traced: bool = False, **options: Any) -> dict[str, Any]:
+async def _drain(
+    run: Run, kind: str, *, traced: bool = False, ratio: float = 1.0, **options: Any
+) -> dict[str, Any]:
     tally = Tally(run.n)
-    tracing = Traced() if traced else None
+    tracing = Traced(ratio) if traced else None
     flow = consumer(run.url, kind, tally, traced=tracing, **options)
     await fill(flow, kind, common.emails(run.n))  # traced: one send span per 10,000
     result = await common.drain(flow.start, flow.stop, tally)
@@ -122,6 +126,12 @@ async def queue_amo(run: Run) -> dict[str, Any]:
 
 async def queue_traced(run: Run) -> dict[str, Any]:
     return await _drain(run, "queue", traced=True)
+
+
+async def queue_traced_sampled(run: Run) -> dict[str, Any]:
+    """``queue_traced`` with 1 % of traces sampled: the fill's send spans decide, so the
+    consumer spans of a 10,000-message call are all sampled or all not."""
+    return await _drain(run, "queue", traced=True, ratio=0.01)
 
 
 async def stream(run: Run) -> dict[str, Any]:
@@ -267,6 +277,7 @@ CASES = {
     "queue_await": queue_await,
     "queue_amo": queue_amo,
     "queue_traced": queue_traced,
+    "queue_traced_sampled": queue_traced_sampled,
     "stream": stream,
     "stream_traced": stream_traced,
     "priority": priority,

@@ -81,6 +81,7 @@ ROWS = [
         target=(">=", 200_000)),
     Row("queue", "redisflow at_most_once", "redisflow", "queue_amo"),
     Row("queue", "redisflow, Tracing()", "redisflow", "queue_traced"),
+    Row("queue", "redisflow, Tracing(), 1 % sampled", "redisflow", "queue_traced_sampled"),
     Row("queue", "FastStream list", "faststream", "queue", "slow"),
     Row("queue", "taskiq ListQueueBroker", "taskiq", "queue", "slow"),
     Row("queue", "SAQ", "saq", "queue", "job"),
