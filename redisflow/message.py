@@ -34,8 +34,8 @@ class Message(Generic[T]):
 
     ``attempt`` is 1 on the first delivery; ``max_attempts`` is the handler's option of that
     name (a failure on that attempt goes to the dead letters; 1 when a ``Message`` is built
-    by hand). ``enqueued_at`` is None when the producer did not
-    record it (a message written by another client). ``payload`` is the validated payload.
+    by hand). ``enqueued_at`` is None when the producer did not record it (a message
+    written by another client). ``payload`` is the validated payload.
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary"). ``scheduled_for``: the tick a
     schedule's run is for (UTC; None for other sources).
