@@ -8,7 +8,7 @@ STAMP = $(VENV)/.installed
 # Only lint directories that exist (examples/ and benchmarks/ may come later).
 LINT_DIRS := $(wildcard redisflow tests examples benchmarks)
 
-.PHONY: venv test chaos lint typecheck check demo bench-smoke bench clean
+.PHONY: venv test chaos lint typecheck check demo screenshots bench-smoke bench dist clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ check: lint typecheck test
 demo: venv
 	$(PY) examples/demo.py
 
+# The dashboard screenshots the README shows (docs/img/): the browser test, with the shop
+# running a minute first so the charts have a history. Needs chromium (Debian package).
+screenshots: venv
+	REDISFLOW_SCREENSHOTS=docs/img $(PY) -m pytest tests/test_browser.py -p no:xdist -q
+
 # redisflow only, small N, one run each, no files written: keeps the suite from rotting (CI).
 bench-smoke: venv
 	$(PY) benchmarks/suite.py --smoke
@@ -49,6 +54,11 @@ bench-smoke: venv
 bench: venv
 	-$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/suite.py
+
+# A wheel in dist/, to install redisflow (and its extras) elsewhere: it is not on PyPI.
+# `pip install 'dist/redisflow-<version>-py3-none-any.whl[server]'`
+dist: venv
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

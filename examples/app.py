@@ -19,6 +19,13 @@ class Order(BaseModel):
     quantity: int = 1
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs examples.app:flow`).
+flow.produces("shop.orders.created", Order, kind="channel", summary="Every new order")
+flow.produces("shop:emails", Order)
+flow.produces("shop:picking", Order, kind="priority")
+flow.produces("shop:ledger", Order, kind="stream")
+
+
 @flow.on_channel("shop.orders.*")  # Pub/Sub pattern: every order event, at-most-once
 async def audit(order: Order, msg: Message[Order]) -> None:
     print(f"[channel {msg.headers['channel']}] order {order.id}")

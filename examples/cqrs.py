@@ -47,6 +47,10 @@ class Event(BaseModel):
     command: str
 
 
+flow.produces(COMMANDS, Command, kind="stream", summary="Commands of the client side")
+flow.produces(EVENTS, Event, kind="stream", summary="Events of the write side")
+
+
 @flow.on_stream(COMMANDS, group="accounts", concurrency=1)  # in stream order, per worker
 async def execute(cmd: Command) -> None:
     """The write side: decide, then record the event and update the read model at once."""

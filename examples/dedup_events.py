@@ -37,6 +37,10 @@ class Event(BaseModel):
         return f"{self.type}:{self.entity_id}:{self.action}"
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(QUEUE, Event, summary="Once per fingerprint per window")
+
+
 @flow.on_queue(QUEUE, idempotency_key=lambda event: event.fingerprint, idempotency_ttl=WINDOW)
 async def handle(event: Event) -> None:
     print(f"[handled] event {event.id}: {event.fingerprint}")

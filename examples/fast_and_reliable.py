@@ -33,6 +33,11 @@ class Event(BaseModel):
     kind: str
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(CHANNEL, Event, kind="channel", summary="Live, at most once")
+flow.produces(STREAM, Event, kind="stream", summary="The same event, kept")
+
+
 @flow.on_channel(CHANNEL)
 async def live(event: Event) -> None:
     """The fast path: a live dashboard, say; misses what happens while it is down."""

@@ -30,6 +30,10 @@ class Event(BaseModel):
     data: dict[str, Any] = {}
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(STREAM, Event, kind="stream", summary="Indexed by field values")
+
+
 @flow.on_stream(STREAM, group="audit")
 async def audit(event: Event, msg: Message[Event]) -> None:
     print(f"[audit] {msg.id}: {event.event_type} for {event.entity_id}")

@@ -32,6 +32,10 @@ class Alert(BaseModel):
     level: int
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(QUEUE, Alert, kind="priority", summary="At the level of the alert")
+
+
 @flow.on_priority(QUEUE, concurrency=1)  # one at a time, so the order is plain to see
 async def handle(alert: Alert) -> None:
     print(f"[alert] {LEVELS[alert.level]:>8}: {alert.id} {alert.text}")

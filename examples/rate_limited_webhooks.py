@@ -39,6 +39,10 @@ class Webhook(BaseModel):
     n: int
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(QUEUE, Webhook)
+
+
 @flow.on_queue(QUEUE, concurrency=8, rate_limit=RateLimit(LIMIT, per=PER, key=lambda h: h.url))
 def deliver(hook: Webhook) -> None:  # a plain def runs in a worker thread: blocking is fine
     request = urllib.request.Request(

@@ -7,7 +7,7 @@ every delivery has the same ``msg.id``, ``msg.scheduled_for`` is the tick. The r
 the entries whose ids (their time) fall in the tick's window, so its result does not depend
 on when the run starts; ``missed="once"`` makes a run after an outage count every window it
 stands for. A cron schedule (``@flow.cron``, six fields: seconds first) prints a report every
-5 seconds; ``pip install 'redisflow[cron]'`` for it.
+5 seconds; ``pip install cronsim`` for it.
 
 Run the workers (one, or several):  redisflow run examples.scheduled_job:flow --workers 2
 Append events and read the totals:  python -m examples.scheduled_job

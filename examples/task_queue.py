@@ -29,6 +29,11 @@ class Task(BaseModel):
     order_id: int
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(QUEUE, Task)
+flow.produces(CHANNEL, Task, kind="channel", summary="The same task, to listeners")
+
+
 @flow.on_queue(QUEUE, concurrency=4)
 async def process(task: Task, msg: Message[Task]) -> None:
     """Does the work: each task once (again only if a worker died while holding it)."""

@@ -32,6 +32,10 @@ class Job(BaseModel):
     amount: float = 0.0
 
 
+# What produce() sends, for the AsyncAPI document (`redisflow docs`).
+flow.produces(QUEUE, Job)
+
+
 @flow.on_queue(QUEUE, max_attempts=3, retry_delay=0.2)
 async def process(job: Job, msg: Message[Job]) -> None:
     if job.amount < 0:

@@ -3,14 +3,18 @@
 The web process only produces (its connections open on first use and close with the app);
 the worker process consumes. Both share the module, so the model and names are defined once.
 
-    pip install 'redisflow[web]'          # fastapi and uvicorn
+    pip install fastapi uvicorn jinja2  # the web extra (jinja2 for the dashboard)
     uvicorn examples.web:app            # the web app
     redisflow run examples.web:flow     # the worker
     curl -X POST localhost:8000/orders -H 'content-type: application/json' \\
          -d '{"id": 1, "item": "tea"}'
     curl localhost:8000/orders/<message id>
+
+The app also serves the redisflow dashboard at http://localhost:8000/redisflow/ (to this
+machine only, unless $REDISFLOW_UI_AUTH gives a token or user:password).
 """
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +22,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from redisflow import Flow
+from redisflow.web import dashboard
 
 flow = Flow(track=True)  # $REDISFLOW_URL, else redis://localhost:6379/0
 ORDERS = "examples:web:orders"
@@ -33,6 +38,9 @@ class Accepted(BaseModel):
     duplicate: bool
 
 
+flow.produces(ORDERS, Order, summary="Orders accepted by POST /orders")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
@@ -40,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
+app.mount("/redisflow", dashboard(flow, auth=os.environ.get("REDISFLOW_UI_AUTH")))
 
 
 @app.post("/orders", status_code=202)

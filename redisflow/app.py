@@ -159,16 +159,15 @@ class Flow(Client):
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         handler = Handler.build(fn, Source(kind, name, group), built, schedule)
-        key = (kind, name, group)
-        if key in self.handlers:
-            other = self.handlers[key].name
-            raise ConfigError(f"{where}: {handler.source} already has a handler, {other!r}")
-        clash = [h for h in self.handlers.values() if h.source.name == name and
-                 "schedule" in (kind, h.source.kind) and h.source.kind != kind]  # fmt: skip
-        if clash:  # a schedule's keys are those of its name: they would be shared
-            raise ConfigError(f"{where}: {clash[0].source} has the same name ({clash[0].name!r})")
-        self.handlers[key] = handler
+        if clash := handler.clash(self.handlers.values()):  # a duplicate, or another kind
+            raise ConfigError(f"{where}: {clash}")
+        self.handlers[kind, name, group] = handler
         return handler
+
+    def problems(self) -> list[str]:
+        """What ``start`` would refuse, without connecting: unprovided resources."""
+        found = (h.unprovided(self._lifespan.resources) for h in self.handlers.values())
+        return [problem for problem in found if problem]
 
     def on_startup(self, fn: F) -> F:
         """Run ``fn()`` (sync or async) when the flow starts, before any consumer."""
@@ -230,7 +229,7 @@ class Flow(Client):
         **options: Unpack[ScheduleOptions],
     ) -> Callable[[F], F]:
         """As ``every``, at each tick of the cron expression ``expr`` (five fields, or six
-        with seconds first: cronsim's, ``pip install 'redisflow[cron]'``) in the IANA zone
+        with seconds first: cronsim's, ``pip install cronsim``) in the IANA zone
         ``tz`` (default UTC); DST days: the README, "Schedules"."""
         when = lambda name: Schedule.from_cron(name, expr, tz, missed)  # noqa: E731
         return self._schedule(expr, name, when, dict(options))
@@ -394,7 +393,7 @@ class Flow(Client):
             await self._stop((exc_type, exc, tb) if cancelled else (None, None, None))
 
     async def run(self, *, ready: Callable[[], object] | None = None) -> None:
-        """Run until SIGINT or SIGTERM (or cancellation), then stop gracefully. A signal
-        that arrives while the flow is still starting (waiting for Redis, say) abandons the
-        start: nothing is held yet. ``ready()`` is called once every consumer has started."""
-        await until_signal(self, ready)
+        """Run until SIGINT, SIGTERM or SIGHUP (or cancellation), then stop gracefully (a
+        second signal cancels running handlers: ``Interrupted``). A signal during the start
+        abandons it. ``ready()`` is called once every consumer has started."""
+        await until_signal(self, ready, lambda: self._runtime)

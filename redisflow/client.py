@@ -19,7 +19,9 @@ from .features.partitions import Layouts, check_partitions
 from .features.pauses import Paused, Pauses, check_target
 from .features.ratelimit import Limiter
 from .features.tracking import MessageStatus, Tracker
+from .handler import Produced
 from .keys import Keys
+from .message import Kind
 from .middleware import check, produce_chain
 from .produce import Producers
 from .protocol import scripts
@@ -38,6 +40,7 @@ class Client(Producers):
 
     def __init__(self, config: FlowConfig, middleware: Iterable[object] = ()) -> None:
         self.middleware: list[object] = []
+        self.produced: list[Produced] = []  # what ``produces`` declared
         self._setup(config)
         for item in middleware:
             self.add_middleware(item)
@@ -83,10 +86,22 @@ class Client(Producers):
         return Keys(self.config.prefix, name)
 
     def partitions(self, name: str, partitions: int) -> None:
-        """Send to ``name`` over ``partitions`` partitions from this process, whatever
-        layout Redis records (a process that registers a handler for ``name`` records its
-        own; a producer learns it from Redis otherwise)."""
+        """Send to ``name`` over ``partitions`` partitions from this process (recorded in
+        Redis if it is not, so that consumers read it), until consumers retire that layout;
+        then to the current one. A process that registers a handler for ``name`` makes its
+        own current; a producer learns it from Redis otherwise."""
         self.layouts.declare(name, check_partitions(name, partitions))
+
+    def produces(
+        self, name: str, payload: Any = Any, *, kind: Kind = "queue", summary: str | None = None
+    ) -> None:
+        """Declare that this app sends messages of type ``payload`` to the source ``name``
+        (a ``kind``: queue, priority, stream or channel), for its AsyncAPI document
+        (``redisflow docs``): a ``send`` operation with the payload's JSON Schema. Several
+        types may be declared for one source. Documentation only: sends are not checked."""
+        declared = Produced.build(name, payload, kind, summary)
+        if not any(p.source == declared.source and p.payload == payload for p in self.produced):
+            self.produced.append(declared)
 
     async def pause(self, name: str, *, group: str | None = None) -> None:
         """Pause the queue, priority queue, stream or schedule ``name``: every worker of

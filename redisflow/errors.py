@@ -26,7 +26,13 @@ class ConfigError(RedisflowError, ValueError):
 
 
 class DecodeError(RedisflowError):
-    """Raised when a message cannot be decoded or does not validate against its handler."""
+    """Raised when a message cannot be decoded or does not validate against its handler;
+    ``summary`` is one line (what the log says), the message every detail (what the dead
+    letter keeps)."""
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or (message.splitlines() or [""])[0]
 
 
 class ConnectionLost(RedisflowError, ConnectionError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,7 +15,8 @@ from pydantic import TypeAdapter
 from .config import HandlerOptions
 from .errors import ConfigError
 from .features.schedules import Schedule
-from .message import Message, Source
+from .keys import check_name
+from .message import KINDS, Message, Source
 
 HandlerFunc = Callable[..., Any]
 
@@ -41,12 +42,23 @@ class Handler:
     invoke: Callable[[Any, Message[Any] | None], Awaitable[Any]]
     deps: tuple[tuple[str, Any], ...] = ()  # keyword parameters filled from resources
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
+    payload: Any = Any  # the payload's type, as the adapter was built from it
     schedule: Schedule | None = None  # when its ticks fall (a schedule's handler)
 
     @property
     def name(self) -> str:
         """The function's qualified name, used in logs and dead letters."""
         return getattr(self.fn, "__qualname__", repr(self.fn))
+
+    @property
+    def identity(self) -> str:
+        """Its module, name and payload type: ``app.send(app.Email)`` (two apps handling
+        one source differ in it: ``ops/handlers.py``)."""
+        payload = self.payload
+        shown = getattr(payload, "__qualname__", None) or repr(payload)
+        module = getattr(payload, "__module__", "builtins")
+        shown = shown if module in ("builtins", "typing") else f"{module}.{shown}"
+        return f"{getattr(self.fn, '__module__', '?')}.{self.name}({shown})"
 
     @classmethod
     def build(
@@ -62,6 +74,12 @@ class Handler:
         where = f"handler {getattr(fn, '__qualname__', fn)!r}"
         if not callable(fn):
             raise ConfigError(f"{where} is not callable")
+        call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        if any(inspect.isasyncgenfunction(f) or inspect.isgeneratorfunction(f) for f in (fn, call)):
+            raise ConfigError(
+                f"{where} is a generator (it uses yield): calling it would not run its body;"
+                " a handler returns, it does not yield"
+            )
         try:
             signature = inspect.signature(fn)
             hints = typing.get_type_hints(fn, include_extras=True)
@@ -75,21 +93,51 @@ class Handler:
                 f"{where}: payload type {payload_type!r} is unusable: {exc}"
             ) from None
         invoke = _invoker(fn, tuple(order))
-        wants_message = "message" in order
+        wants, deps_, order_ = "message" in order, tuple(deps), tuple(order)
         return cls(
-            fn, source, options, adapter, wants_message, invoke, tuple(deps), tuple(order), schedule
+            fn, source, options, adapter, wants, invoke, deps_, order_, payload_type, schedule
+        )
+
+    def clash(self, others: Iterable[Handler]) -> str | None:
+        """Why this handler cannot join ``others`` (None when it can): its source has one
+        already; its name is already a key of another type (a queue, a priority queue and a
+        stream are each one key: a producer of the other kind would get WRONGTYPE), or a
+        schedule's (whose keys are those of its name: they would be shared). A channel is
+        no key."""
+        source = self.source
+        for other in others:
+            if other.source == source:
+                return f"{source} already has a handler, {other.name!r}"
+            kinds = {source.kind, other.source.kind}
+            if other.source.name != source.name or len(kinds) == 1:
+                continue
+            if "schedule" in kinds:
+                return f"{other.source} has the same name ({other.name!r})"
+            if "channel" not in kinds:
+                return (
+                    f"{source.name!r} is already a {other.source.kind} (handler"
+                    f" {other.name!r}); a name is one Redis key, of one type"
+                )
+        return None
+
+    def unprovided(self, provided: Collection[Any]) -> str | None:
+        """What ``bind`` would refuse with ``provided`` resource types: the parameters that
+        none of them fills (None: every one is)."""
+        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in provided]
+        if not missing:
+            return None
+        return (
+            f"handler {self.name!r}: no resource provides {', '.join(missing)}"
+            " (register one with @flow.resource)"
         )
 
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
         """The call adapter with this handler's resource parameters filled in."""
         if not self.deps:
             return self.invoke
-        missing = [f"{name}: {kind!r}" for name, kind in self.deps if kind not in resources]
-        if missing:
-            raise ConfigError(
-                f"handler {self.name!r}: no resource provides {', '.join(missing)}"
-                " (register one with @flow.resource)"
-            )
+        problem = self.unprovided(resources)
+        if problem:
+            raise ConfigError(problem)
         bound = partial(self.fn, **{name: resources[kind] for name, kind in self.deps})
         return _invoker(bound, self.order)
 
@@ -146,3 +194,33 @@ def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Aw
     if order == ("message",):
         return lambda value, message: fn(message)
     return lambda value, message: fn()
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What an app declares it sends (``Flow.produces``): messages of ``payload``'s type to
+    the source ``source``. Documentation (``redisflow docs``), not a check on sends."""
+
+    source: Source
+    payload: Any
+    adapter: TypeAdapter[Any]
+    summary: str | None = None
+
+    @classmethod
+    def build(cls, name: str, payload: Any, kind: str, summary: str | None) -> Produced:
+        """Check the declaration; ConfigError naming it when something is unusable."""
+        where = f"flow.produces({name!r})"
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        try:
+            check_name(name, kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        source = Source(kind, name)
+        if summary is not None and not isinstance(summary, str):
+            raise ConfigError(f"{where}: summary must be a string, got {summary!r}")
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(payload)
+        except Exception as exc:  # pydantic raises several kinds for unusable types
+            raise ConfigError(f"{where}: payload type {payload!r} is unusable: {exc}") from None
+        return cls(source, payload, adapter, summary)

@@ -46,6 +46,13 @@ def _crc16_table() -> list[int]:
 _CRC16 = _crc16_table()
 
 
+def crc16(data: bytes, crc: int = 0) -> int:
+    """CRC16-XMODEM of ``data``, continuing from ``crc`` (the value for what came before)."""
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
+    return crc
+
+
 def slot(key: str | bytes) -> int:
     """The Redis Cluster hash slot of ``key`` (CRC16-XMODEM of its hash tag, mod 16384)."""
     data = key.encode() if isinstance(key, str) else key
@@ -54,16 +61,24 @@ def slot(key: str | bytes) -> int:
         end = data.find(b"}", start + 1)
         if end > start + 1:
             data = data[start + 1 : end]
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
-    return crc % SLOTS
+    return crc16(data) % SLOTS
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if it can be sent to Redis (UTF-8), else ConfigError: a lone surrogate
+    (``"\\ud800"``, from a mis-decoded file name say) has no UTF-8 form."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"the {what} {text!r} is not valid text (a lone surrogate)") from None
+    return text
 
 
 def check_name(name: object, what: str = "name") -> str:
     """``name`` if redisflow can keep its auxiliary keys in its slot, else ConfigError."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the {what} must be a non-empty string, got {name!r}")
+    check_text(name, what)
     if "}" in name and hash_tag(name) == name:
         raise ConfigError(
             f"the {what} {name!r} has a '}}' that does not close a hash tag: its auxiliary"
@@ -129,15 +144,15 @@ class Keys:
 
     def rate(self, key: str) -> str:
         """Rate-limit state of one limiter key: a sliding log (sorted set) or a GCRA TAT."""
-        return f"{self.base}:rate:{key}"
+        return f"{self.base}:rate:{check_text(key, 'rate limit key')}"
 
     def dedup(self, key: str) -> str:
         """Producer-side dedup marker of one ``dedup_key`` (``SET NX PX``)."""
-        return f"{self.base}:dedup:{key}"
+        return f"{self.base}:dedup:{check_text(key, 'dedup key')}"
 
     def done(self, key: str) -> str:
         """Consumer-side idempotency record of one key: a claim while running, then done."""
-        return f"{self.base}:done:{key}"
+        return f"{self.base}:done:{check_text(key, 'idempotency key')}"
 
     def index(self, field: str, value: str) -> str:
         """Set of the stream entry ids whose payload has ``field == value``."""
@@ -159,6 +174,12 @@ class Keys:
     def stats(self) -> str:
         """Hash of consumer counters, ``<handler>:<counter>``, summed over all workers."""
         return f"{self.base}:stats"
+
+    @property
+    def handlers(self) -> str:
+        """Hash of the handlers live workers run for the source: ``<group>|<worker>`` ->
+        JSON ``[identity, ms]``, refreshed every few seconds (``ops/handlers.py``)."""
+        return f"{self.base}:handlers"
 
     @property
     def inflight(self) -> str:

@@ -36,6 +36,9 @@ class Message(Generic[T]):
     name (a failure on that attempt goes to the dead letters; 1 when a ``Message`` is built
     by hand). ``enqueued_at`` is None when the producer did not record it (a message
     written by another client). ``payload`` is the validated payload.
+    ``channel`` is the channel a Pub/Sub message was published to: for a pattern handler
+    (``source.name`` is the pattern, ``orders.*``) the one that matched, ``orders.created``
+    (also in ``headers["channel"]``); None for the other kinds.
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary"). ``scheduled_for``: the tick a
     schedule's run is for (UTC; None for other sources).
@@ -50,6 +53,7 @@ class Message(Generic[T]):
     payload: T | None = field(default=None, repr=False)
     max_attempts: int = 1
     scheduled_for: datetime | None = None
+    channel: str | None = None
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:

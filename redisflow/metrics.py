@@ -1,4 +1,4 @@
-"""Prometheus metrics (``pip install 'redisflow[prometheus]'``; ``Flow(metrics_port=9108)``
+"""Prometheus metrics (``pip install prometheus-client``; ``Flow(metrics_port=9108)``
 or ``redisflow run --metrics-port 9108``).
 
 Exported on ``http://<host>:<port>/metrics``, from a registry of the flow's own:
@@ -51,7 +51,8 @@ class Metrics:
             from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         except ImportError:
             raise ConfigError(
-                "metrics need prometheus_client: pip install 'redisflow[prometheus]'"
+                "metrics need prometheus_client:"
+                " pip install prometheus-client (the prometheus extra)"
             ) from None
         self.consumers: list[Consumer[Any]] = []
         self.port, self.interval = port, interval

@@ -121,10 +121,9 @@ class Tracing(Middleware):
         }  # fmt: skip
         if source.group is not None:
             attributes[GROUP] = source.group
-        elif source.kind == "channel":
-            channel = msg.headers.get("channel", source.name)
-            if channel != source.name:  # a pattern's message: name the channel it came from
-                attributes[DESTINATION], attributes[TEMPLATE] = channel, source.name
+        elif msg.channel is not None and msg.channel != source.name:
+            # a pattern's message: name the channel it came from, and the pattern
+            attributes[DESTINATION], attributes[TEMPLATE] = msg.channel, source.name
         parent = self._propagate.extract(msg.headers)  # a new trace when it carries none
         span = self._tracer.start_span(f"process {source.name}", parent, self._consumer, attributes)
         token = self._context.attach(self._trace.set_span_in_context(span, parent))

@@ -41,10 +41,12 @@ def redis_py_client(connector: Connector, url: str) -> Redis | RedisCluster:
         return client
 
     if connector.spec.mode == "cluster" or connector.cluster:
-        first = connector.endpoint
+        from redis.asyncio.cluster import ClusterNode
+
+        first = connector.endpoint  # the seed that answered, then every other one
+        seeds = dict.fromkeys([first.address, *spec.addresses])
         return RedisCluster(
-            host=first.address.host,
-            port=first.address.port,
+            startup_nodes=[ClusterNode(a.host, a.port) for a in seeds],
             username=first.username,
             password=first.password,
         )

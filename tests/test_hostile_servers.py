@@ -74,8 +74,11 @@ def test_a_silent_server_fails_every_command_within_a_bound(silent: int, tmp_pat
         assert code == 1, err
         assert f"127.0.0.1:{silent}" in err and "s3cret" not in err, err
         assert "Traceback" not in err, err
-        bound = 5 if args[0] == "run" else 8  # connect_timeout is 5 s
-        assert took < bound, (args, took)
+        # connect_timeout is 5 s; plus what starting the command costs on this machine now
+        # (over 3 s on a loaded CI machine: a fixed bound failed there)
+        start_up, _, _ = timed(tmp_path, "--version")
+        bound = (5 if args[0] == "run" else 8) + start_up
+        assert took < bound, (args, took, start_up)
 
 
 @pytest.fixture

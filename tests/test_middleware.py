@@ -73,8 +73,12 @@ async def test_order_first_registered_is_outermost_on_both_sides(url: str, ns: s
         with anyio.fail_after(10):
             await done.wait()
         await flow.wait_idle()
-    assert trail == [
-        "a:produce:in", "b:produce:in", "b:produce:out", "a:produce:out",
+    # The two sides race (the push wakes the consumer while its reply travels back to the
+    # producer): each side's order is what is promised, not how they interleave.
+    produced = [t for t in trail if ":produce:" in t]
+    consumed = [t for t in trail if ":produce:" not in t]
+    assert produced == ["a:produce:in", "b:produce:in", "b:produce:out", "a:produce:out"]
+    assert consumed == [
         "a:consume:in", "b:consume:in", "handler", "b:consume:out", "a:consume:out",
     ]  # fmt: skip
 

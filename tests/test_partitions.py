@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from redisflow import ConfigError, Flow, Message
 from redisflow.consumers import Gate
 from redisflow.features import partitions
+from redisflow.features.partitions import MAX_PARTITIONS, Layout
 from redisflow.keys import SLOTS, slot
 from redisflow.testing.cluster import RedisCluster
 from tests.support.flows import eventually, make_flow
@@ -21,19 +23,29 @@ from tests.support.kinds import Kind, by_kind
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def quick_retire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old layouts retire 1 s after they stop being current (20 s in production: the time
+    every producer has to learn the new one)."""
+    monkeypatch.setattr(partitions, "RETIRE_AFTER", 1.0)
+
+
 class Order(BaseModel):
     customer: str
     n: int
 
 
 def test_partition_tags_spread_evenly_and_never_collide() -> None:
-    """Partition ``i`` of ``P`` lives in the ``i``-th of ``P`` equal slot ranges; keys of
-    different layouts differ; the same name and layout give the same keys everywhere."""
+    """Partition ``i`` of ``P`` lives in the middle half of the ``i``-th of ``P`` equal slot
+    ranges, the ranges starting at the slot of the source's name; keys of different layouts
+    differ; the same name and layout give the same keys everywhere."""
     seen: set[str] = set()
-    for p in (2, 3, 6, 8, 16, 64):
+    start = slot("jobs")
+    for p in (2, 3, 6, 8, 16, 64, MAX_PARTITIONS):
         keys = partitions.keys("jobs", p)
         for i, key in enumerate(keys):
-            assert i * SLOTS // p <= slot(key) < (i + 1) * SLOTS // p, (p, i, key)
+            offset = (slot(key) - start) % SLOTS - i * SLOTS // p  # in its range, the middle half
+            assert SLOTS // (4 * p) <= offset < 3 * SLOTS // (4 * p), (p, i, key)
         assert not seen & set(keys)
         seen |= set(keys)
     assert partitions.keys("jobs", 1) == ["jobs"]
@@ -42,6 +54,8 @@ def test_partition_tags_spread_evenly_and_never_collide() -> None:
         Flow("redis://localhost").on_queue("{t}:jobs", partitions=3)(lambda e: None)
     with pytest.raises(ConfigError, match="partitions"):
         Flow("redis://localhost").on_queue("jobs", partitions=0)(lambda e: None)
+    with pytest.raises(ConfigError, match="from 1 to 256"):  # 1024 died under ulimit -n 1024
+        Flow("redis://localhost").on_queue("jobs", partitions=MAX_PARTITIONS + 1)(lambda e: None)
 
 
 @by_kind([Kind("queue"), Kind("priority"), Kind("stream")])
@@ -146,8 +160,7 @@ async def test_changing_the_number_of_partitions_loses_nothing(
         layouts = five.client.layouts
 
         async def retired() -> bool:
-            layouts._read_at = -1000.0  # read the record again now
-            return await layouts.stored(q) == [5]
+            return (await layouts.fresh(q)).used == (Layout(5),)
 
         await eventually(retired, within=15, what="the old layouts dropped")
     assert sorted(got) == list(range(400))
@@ -254,3 +267,123 @@ async def test_the_shared_gate_keeps_its_slots_through_cancellations() -> None:
     assert gate.free == 0
     gate.release()
     assert gate.free == 1 and gate.take()
+
+
+# -- issue 23: tags per source, migrating layouts, a grown P, retiring safely ------------------
+
+
+def test_ten_sources_of_three_partitions_spread_over_six_masters(
+    redis_cluster_factory: Any,
+) -> None:
+    """The tags start at each source's own slot: ten sources x 3 partitions land on all six
+    masters (the first scheme put all thirty keys in the same 3 slots, on 3 masters); the
+    figures are docs/scaling.md's."""
+    cluster = redis_cluster_factory(masters=6)
+    names = [f"source{n}" for n in range(10)]
+    per_master: dict[int, int] = {}
+    for name in names:
+        for key in partitions.keys(name, 3):
+            port = cluster.owner(slot(key)).port
+            per_master[port] = per_master.get(port, 0) + 1
+    first = {cluster.owner(slot(k)).port for n in names for k in Layout(3, False).keys(n)}
+    assert len(first) == 3, "the first scheme: every source on the same three masters"
+    assert len(per_master) == 6, per_master
+    assert len({slot(k) for n in names for k in partitions.keys(n, 3)}) == 30
+    assert max(per_master.values()) <= 8, per_master
+    for name in names:  # 6 >= 2 x 3 masters: the partitions of a source on 3 of them
+        assert len({cluster.owner(slot(k)).port for k in partitions.keys(name, 3)}) == 3
+
+
+@by_kind([Kind("queue"), Kind("stream")])
+async def test_a_layout_of_the_first_tag_scheme_is_drained_once(
+    kind: Kind, redisflow_cluster: RedisCluster, ns: str
+) -> None:
+    """A record written by an earlier version (``[3]``: tags of the first scheme) with
+    messages in its keys and in the plain key: consumers of this version (3 partitions,
+    the new tags) handle each message exactly once, then retire the old layout."""
+    url = redisflow_cluster.seed_url
+    name = kind.name(ns)
+    old = Layout(3, named=False)
+    flow = make_flow(url, ns)
+    await flow.client.send("HSET", f"{ns}:partitions", name, "[3]")
+    sent = list(range(90))
+    for n in sent:
+        target = old.key(name, n % 3) if n < 60 else name
+        if kind.kind == "queue":
+            await flow.client.send("RPUSH", target, str(n))
+        else:
+            await flow.client.send("XADD", target, "*", "data", str(n))
+    got: list[int] = []
+
+    @kind.on(flow, name, partitions=3)
+    async def handle(n: int) -> None:
+        got.append(n)
+
+    async with flow:
+        await flow.enqueue_many(name, [90, 91]) if kind.kind == "queue" else None
+        await eventually(lambda: len(got) >= len(sent), within=15, what="drained")
+        layouts = flow.client.layouts
+
+        async def retired() -> bool:
+            record = await layouts.fresh(name)
+            return record.used == (Layout(3),) and old in record.retired
+
+        await eventually(retired, within=15, what="the old layouts retired")
+        await flow.wait_idle()
+    expected = sent + ([90, 91] if kind.kind == "queue" else [])
+    assert sorted(got) == expected, "each message handled once"
+    assert not set(Layout(3).keys(name)) & set(old.keys(name))
+
+
+async def test_a_running_producer_spreads_over_a_grown_number_of_partitions(
+    url: str, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer that learned P=3 from Redis, once the consumers record 6, sends to all
+    six at its next read of the record (it kept a round robin over three before)."""
+    monkeypatch.setattr(partitions, "LAYOUT_TTL", 0.2)
+    q = f"{ns}:jobs"
+    producer = make_flow(url, ns)
+    consumer = make_flow(url, ns)
+    try:
+        await consumer.client.layouts.register(q, 3)
+        await producer.enqueue_many(q, list(range(30)))
+        await consumer.client.layouts.register(q, 6)
+        await anyio.sleep(0.3)
+        for n in range(600):
+            await producer.enqueue(q, n)
+        sizes = [await producer.client.send("LLEN", k) for k in partitions.keys(q, 6)]
+    finally:
+        await producer.aclose()
+        await consumer.aclose()
+    assert sizes == [100] * 6, sizes
+
+
+async def test_a_message_written_to_a_retired_layout_is_still_handled(url: str, ns: str) -> None:
+    """After 3 -> 5, the old layout retires once drained; a message a stale producer (or
+    another client) then writes to an old partition, or to the plain key, is found and
+    handled: a retired layout's keys stay watched, and a layout found holding messages is
+    read again."""
+    q = f"{ns}:jobs"
+    three = make_flow(url, ns)
+    await three.client.layouts.register(q, 3)
+    await three.client.layouts.register(q, 5)  # the consumers below start with 5: 3 is old
+    await three.aclose()
+    flow = make_flow(url, ns)
+    got: list[int] = []
+
+    @flow.on_queue(q, partitions=5)
+    async def handle(n: int) -> None:
+        got.append(n)
+
+    layouts = flow.client.layouts
+
+    async def retired() -> bool:
+        return Layout(3) in (await layouts.fresh(q)).retired
+
+    async with flow:
+        await eventually(retired, within=15, what="the old layout retired")
+        await flow.client.send("RPUSH", partitions.key(q, 1, 3), "1")  # a frozen producer
+        await flow.client.send("RPUSH", q, "2")  # an older producer, or another client
+        await eventually(lambda: sorted(got) == [1, 2], within=15, what="stray messages")
+        await eventually(retired, within=15, what="retired again")
+        assert await flow.client.send("LLEN", partitions.key(q, 1, 3)) == 0

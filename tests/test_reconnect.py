@@ -385,8 +385,9 @@ async def test_start_waits_for_a_redis_that_comes_up_late(ns: str) -> None:
 
 async def test_outage_longer_than_give_up_after_fails_the_flow(server: Server, ns: str) -> None:
     """A Redis that never comes back makes ``run`` fail (so the worker exits non-zero):
-    with two handlers giving up on the same outage, one ``RedisflowError`` names both (not
-    an ExceptionGroup, which the command line would print as a traceback)."""
+    with two handlers losing it to the same outage, one ``RedisflowError`` names both (not
+    an ExceptionGroup, which the command line would print as a traceback), even when the
+    first to give up cancels the other before it gives up too (a busy machine)."""
     flow = Flow(server.url, prefix=ns, block_timeout=0.5, give_up_after=1.0)
 
     @flow.on_queue(f"{ns}:q")
@@ -564,3 +565,38 @@ async def test_a_blocked_read_on_a_silent_server_is_dropped() -> None:
     finally:
         await link.close()
         stop_redis(proc)
+
+
+async def test_the_error_names_a_consumer_cancelled_before_it_could_give_up(
+    redis_cluster_factory: Callable[..., Any], ns: str
+) -> None:
+    """Two queues on two masters of a cluster: the master of the first is killed, then 2 s
+    later the master of the second. The first consumer gives up first and stops the flow,
+    which cancels the second while it still waits out its own ``give_up_after``: the error
+    names both anyway (it named only the first: on a busy machine, the order of give-ups
+    decided which consumer the promised error named)."""
+    from redisflow.keys import slot
+
+    cluster = redis_cluster_factory(masters=3)
+    masters = cluster.masters()
+    names: dict[int, str] = {}
+    n = 0
+    while len(names) < 2:
+        name = f"{ns}:q{n}"
+        port = cluster.owner(slot(name)).port
+        if port in (masters[0].port, masters[1].port):
+            names.setdefault(port, name)
+        n += 1
+    first, second = names[masters[0].port], names[masters[1].port]
+    flow = Flow(cluster.seed_url, prefix=ns, block_timeout=0.5, give_up_after=4.0)
+    for q in (first, second):
+        flow.on_queue(q)(lambda n: None)
+    with anyio.fail_after(60), pytest.raises(RedisflowError, match="giving up") as failure:
+        async with flow:
+            await anyio.to_thread.run_sync(cluster.kill, masters[0])
+            await anyio.sleep(2)
+            await anyio.to_thread.run_sync(cluster.kill, masters[1])
+            await anyio.sleep(30)
+            pytest.fail("the flow kept running without its masters")
+    text = str(failure.value)
+    assert first in text and second in text, text

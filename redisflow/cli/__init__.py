@@ -6,6 +6,8 @@
     redisflow pause|resume NAME [--group G]              stop / restart fetching a source
     redisflow publish|enqueue|append NAME JSON           send a message from the shell
     redisflow check MODULE:ATTR                          connect, scripts, permissions
+    redisflow ui [MODULE:ATTR] [--host H --auth A]       the web dashboard
+    redisflow docs MODULE:ATTR [--format json|yaml]      the flow's AsyncAPI document
     redisflow server [--port P] [--dir D]                a local server (development)
 
 Exit status: 0 on success; 1 when something failed at run time (Redis unreachable, no such
@@ -15,8 +17,8 @@ not a Flow).
 
 ``parser.py`` defines the options, ``run.py`` runs flows (``supervisor.py``: N workers),
 ``commands.py`` the commands that connect, ``check.py`` the health check, ``local.py`` the
-local server, ``logs.py`` text or JSON logs, ``render.py`` what they print. Nothing else in
-redisflow imports this package.
+local server, ``web.py`` the dashboard and the AsyncAPI document, ``logs.py`` text or JSON
+logs, ``render.py`` what they print. Nothing else in redisflow imports this package.
 """
 
 from __future__ import annotations

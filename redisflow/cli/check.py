@@ -23,15 +23,18 @@ from ..consumers.kinds import TRAITS
 from ..errors import ConfigError, RedisflowError, ReplyError
 from ..handler import Handler
 from ..keys import status_key
+from ..ops.health import evicting
 from ..protocol import scripts
-from .run import UsageError, load_flow
+from .run import UsageError, load_flow, use_url
 
+WARNING = "warning: "
 #: Every script a flow may run (loading one is idempotent and cheap).
 SCRIPTS = [s for s in vars(scripts).values() if isinstance(s, scripts.Script)]
 
 
 def check(args: argparse.Namespace) -> int:
     """``redisflow check``."""
+    use_url(args.url)
     flow = load_flow(args.app, factory=args.factory)
     try:
         if args.url:
@@ -39,20 +42,24 @@ def check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     problems, notes = anyio.run(run_checks, flow)
+    warnings = [n for n in notes if n.startswith(WARNING)]
     for note in notes:
-        print(f"note: {note}")
+        print(note if note.startswith(WARNING) else f"note: {note}")
     for problem in problems:
         print(f"problem: {problem}")
     if not problems:
         handlers = len(flow.handlers)
+        also = f" ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else ""
         print(f"ok: {args.app}: {handlers} handler{'s' * (handlers != 1)} ready to run at"
-              f" {flow.client.connector.display}")  # fmt: skip
+              f" {flow.client.connector.display}{also}")  # fmt: skip
     return 1 if problems else 0
 
 
 async def run_checks(flow: Flow) -> tuple[list[str], list[str]]:
-    """The problems found (empty: all good) and notes on what could not be checked."""
+    """The problems found (empty: all good) and notes: what could not be checked, and
+    warnings (``warning: ...``). Every check ``start`` makes, without starting."""
     client = flow.client
+    static = flow.problems()
     connector = client.connector
     where = connector.display
     try:
@@ -63,13 +70,15 @@ async def run_checks(flow: Flow) -> tuple[list[str], list[str]]:
     except RedisflowError as exc:  # credentials refused, a server older than 7.0...
         return [f"Redis at {where}: {exc}"], []
     try:
-        problems = []
+        problems = static
         try:  # consumers and producers read the partition layouts of their sources
-            await client.layouts.stored("")
+            await client.layouts.record("")
         except ReplyError as exc:
             problems.append(f"cannot read the partition layouts: {exc}")
         problems += [p async for p in _scripts(client, flow)]
         found, notes = await _permissions(client, flow)
+        if any(h.source.kind != "channel" for h in flow.handlers.values()):
+            notes += [f"{WARNING}{w}" for w in await evicting(connector)]
         return problems + found, notes
     finally:
         await client.aclose()

@@ -25,14 +25,16 @@ from ..message import KINDS, Kind
 from ..ops.deadletters import DeadLetters
 from ..ops.stats import registered_sources
 from . import render
-from .run import UsageError, load_flow
+from .run import UsageError, load_flow, use_url
 
 Action = Callable[[Client, Flow | None], Awaitable[int]]
 
 
 def connect(args: argparse.Namespace) -> tuple[Client, Flow | None]:
     """A client on ``--url``/``--prefix``, or the app's (whose options they override)."""
-    flow = load_flow(args.app) if args.app else None
+    if args.app:
+        use_url(args.url)
+    flow = load_flow(args.app, factory=getattr(args, "factory", False)) if args.app else None
     try:
         if flow is not None:
             config = flow.config

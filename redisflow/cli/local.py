@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,14 +38,14 @@ def server(args: argparse.Namespace) -> int:
     Ctrl-C and SIGTERM reach it directly and it shuts down cleanly (AOF flushed)."""
     binary = find_binary()
     if binary is None:
-        print(f"redisflow: error: no server to run. {INSTALL_HINT}", file=sys.stderr)
-        return 1
+        return _fail(f"no server to run. {INSTALL_HINT}")
     if answers("127.0.0.1", args.port):
-        print(f"redisflow: error: something already answers at 127.0.0.1:{args.port}",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    data_dir = Path(args.dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+        return _fail(f"something already answers at 127.0.0.1:{args.port}")
+    if not _free(args.port):
+        return _fail(f"port {args.port} on 127.0.0.1 is taken by a program that is not Redis")
+    data_dir, problem = usable_dir(args.dir)
+    if problem:
+        return _fail(problem)
     print(
         f"redisflow: {describe(binary)} at redis://127.0.0.1:{args.port}/0, data in"
         f" {args.dir} (append-only file); Ctrl-C stops it",
@@ -54,6 +55,39 @@ def server(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     argv = server_args(binary, port=args.port, data_dir=data_dir)
     os.execv(binary, argv)
+
+
+def _fail(message: str) -> int:
+    print(f"redisflow: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` (the server must bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def usable_dir(given: str) -> tuple[Path, str]:
+    """``--dir`` as a directory the server can write (created if missing), or what is wrong
+    with it, in one line."""
+    if not given.strip():
+        return Path(), "--dir is empty: name a directory (default .redisflow)"
+    path = Path(given).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return path, f"--dir {given}: not a directory"
+    except OSError as exc:
+        return path, f"--dir {given}: cannot create it ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return path, f"--dir {given}: not writable by this user"
+    return path, ""
 
 
 def start_default(url: str) -> LocalServer | None:

@@ -8,11 +8,12 @@ import sys
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..connection import parse_url
+from ..connection import parse_url, redact
 from ..errors import ConfigError
 from ..message import KINDS
 from ..protocol.priority import MAX_PRIORITY
-from . import check, commands, local
+from . import check, commands, local, web
+from .run import env_flag
 from .run import run as run_command
 
 
@@ -48,6 +49,8 @@ def _url(text: str) -> str:
         parse_url(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    except Exception as exc:  # never argparse's "invalid value: <the URL>": it is not redacted
+        raise argparse.ArgumentTypeError(f"invalid Redis URL {redact(text)!r} ({exc!r})") from None
     return text
 
 
@@ -83,7 +86,10 @@ def env(option: str, default: str | None = None) -> str | None:
 
 
 def _run_options() -> tuple[tuple[str, dict[str, Any]], ...]:
-    reload = (env("reload") or "").lower() in ("1", "true", "yes")
+    try:
+        reload: bool | None = env_flag("reload")
+    except argparse.ArgumentTypeError:
+        reload = None  # ``run`` reports it (parsing other commands must not fail on it)
     return (
         ("--url", dict(type=_url, help="Redis URL (default: the flow's, or $REDISFLOW_URL)")),
         ("--log-level", dict(default=env("log-level", "INFO"), type=_choice(*LEVELS),
@@ -111,6 +117,12 @@ RUN_EPILOG = (
     "wins. The URL comes from --url, else the flow's (Flow(url), else $REDISFLOW_URL); with "
     "none configured and nothing at localhost:6379, the embedded server of redisflow[server] "
     "is started."
+)
+UI_EPILOG = (
+    "Without --auth the dashboard serves this machine only (and refuses --host beyond it);"
+    " --auth TOKEN is asked for as a password (any user name) or a Bearer token, --auth"
+    " USER:PASSWORD as HTTP Basic. Set $REDISFLOW_UI_AUTH instead of --auth to keep it out of"
+    " the process list."
 )
 FILTERS = (
     ("--handler", dict(help="only dead letters of this handler (its qualname)")),
@@ -191,6 +203,30 @@ def parser() -> argparse.ArgumentParser:
         if action == "purge":
             q.add_argument("--all", action="store_true", help="purge every dead letter")
         q.set_defaults(func=commands.dlq, parser=q)
+
+    ui = sub.add_parser("ui", help="serve the web dashboard (redisflow[ui])",
+                        epilog=UI_EPILOG)  # fmt: skip
+    ui.add_argument("app", nargs="?", metavar="MODULE:ATTR",
+                    help="its handlers, options, docs (default: registered sources)")  # fmt: skip
+    _options(ui, *CONNECTION, FACTORY)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=PORT, default=8765, help="port (default 8765)")
+    ui.add_argument("--auth", default=env("ui-auth"), metavar="TOKEN|USER:PASSWORD",
+                    help=f"required beyond 127.0.0.1 (default ${web.AUTH_ENV})")  # fmt: skip
+    ui.add_argument("--read-only", action="store_true",
+                    help="show no action, refuse every POST")  # fmt: skip
+    ui.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
+    ui.add_argument("--ssl-keyfile", metavar="FILE", help="... and this key")
+    ui.set_defaults(func=web.ui, parser=ui)
+
+    doc = sub.add_parser("docs", help="print the AsyncAPI 3.0 document of a flow")
+    doc.add_argument("app", metavar="MODULE:ATTR", help="the flow (e.g. app:flow)")
+    doc.add_argument("--format", type=_choice("json", "yaml"), metavar="json|yaml",
+                     help="default json (yaml for an --out FILE.yaml)")  # fmt: skip
+    doc.add_argument("--out", metavar="FILE", help="write it to FILE (default: stdout)")
+    doc.add_argument("--title", help="the document's title (default: the handlers' module)")
+    _options(doc, FACTORY)
+    doc.set_defaults(func=web.docs, parser=doc)
 
     for command, help_ in (
         ("pause", "stop every worker fetching a queue, priority queue, stream or schedule"),

@@ -132,7 +132,8 @@ def render_text(snapshot: Snapshot, url: str) -> str:
     table = text_table([h for h, _ in COLUMNS], [cells(r) for r in snapshot.rows], TEXT_COLUMNS)
     if schedules := schedule_rows(snapshot):
         table += "\n\n" + text_table(SCHEDULE_HEADERS, schedules, 5)
-    return f"{title(snapshot, url)}\n\n{table}\n{below}".rstrip("\n")
+    warnings = "".join(f"\nwarning: {w}" for w in snapshot.warnings)
+    return f"{title(snapshot, url)}\n\n{table}\n{below}".rstrip("\n") + warnings
 
 
 def render_rich(snapshot: Snapshot, url: str) -> Any:
@@ -154,8 +155,10 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
     caption = [] if snapshot.rows else [f"no sources registered under prefix {snapshot.prefix!r}"]
     if snapshot.paused:
         caption.append(escape(paused_line(snapshot)))
+    caption += [f"[yellow]warning: {escape(w)}[/]" for w in snapshot.warnings]
     if caption:
         table.caption = "\n".join(caption)
+        table.caption_justify = "left"
     return table
 
 
@@ -196,7 +199,7 @@ def human_bytes(n: int) -> str:
 
 
 def rich_available() -> bool:
-    """Whether ``rich`` can be imported (``pip install 'redisflow[cli]'``)."""
+    """Whether ``rich`` can be imported (``pip install rich``, the ``cli`` extra)."""
     try:
         import rich  # noqa: F401
     except ImportError:

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 
 from ..app import Flow
+from ..config import URL_ENV
+from ..connection import redact
 from ..errors import ConfigError, RedisflowError
 from .local import NoServer, start_default
 from .supervisor import ENV_URL, ENV_WORKER, Supervisor, serve
@@ -32,23 +34,10 @@ def load_flow(spec: str, *, factory: bool = False) -> Flow:
     module_name, _, attr = spec.partition(":")
     attr = attr or "flow"
     if module_name.endswith(".py"):
-        hint = module_name[:-3].replace("/", ".")
-        raise UsageError(f"{spec!r} names a file: give the module, as in '{hint}:{attr}'")
+        raise UsageError(f"{spec!r} names a file: {_module_of(module_name, attr)}")
     if not module_name or not all(part.isidentifier() for part in attr.split(".")):
         raise UsageError(f"expected MODULE:ATTRIBUTE such as 'app:flow', got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise UsageError(
-                f"module {module_name!r} not found (searched the current directory and PYTHONPATH)"
-            ) from None
-        raise UsageError(_import_failed(module_name)) from None
-    except Exception:
-        raise UsageError(_import_failed(module_name)) from None
+    module = _import(module_name)
     obj: object = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -63,6 +52,66 @@ def load_flow(spec: str, *, factory: bool = False) -> Flow:
         hint = "" if factory or not callable(obj) else " (a function that makes one? --factory)"
         raise UsageError(f"{spec!r}{made} a {type(obj).__name__}, not a redisflow.Flow{hint}")
     return obj
+
+
+#: What a yes/no ``$REDISFLOW_<OPTION>`` may say (anything else is a usage error).
+YES = ("1", "true", "yes", "on")
+NO = ("", "0", "false", "no", "off")
+
+
+def env_flag(option: str) -> bool:
+    """``$REDISFLOW_<OPTION>`` as a yes/no (unset: no); ArgumentTypeError for another word
+    (``REDISFLOW_RELOAD=maybe`` must not mean off silently)."""
+    name = "REDISFLOW_" + option.upper().replace("-", "_")
+    given = os.environ.get(name)
+    text = (given or "").strip().lower()
+    if text not in YES + NO:
+        raise argparse.ArgumentTypeError(
+            f"${name} must be one of {', '.join(YES)} or {', '.join(n for n in NO if n)},"
+            f" got {given!r}"
+        )
+    return text in YES
+
+
+def _module_of(path: str, attr: str) -> str:
+    """How to name the module of the file ``path`` (``./app.py``, ``src/app.py``)."""
+    file = Path(path).resolve()
+    try:
+        parts = file.with_suffix("").relative_to(Path.cwd()).parts
+    except ValueError:  # outside the current directory: run from the file's own
+        return f"run from its directory: cd {file.parent} && redisflow run {file.stem}:{attr}"
+    if not all(part.isidentifier() for part in parts):
+        return f"run from its directory: cd {file.parent} && redisflow run {file.stem}:{attr}"
+    return f"give the module, as in '{'.'.join(parts)}:{attr}'"
+
+
+def _import(module_name: str) -> Any:
+    """Import the module of a flow (the current directory first on the path)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ConfigError as exc:  # a bad URL or option in the module: its message says it all
+        origin = ""
+        if os.environ.get(URL_ENV) and redact(os.environ[URL_ENV].strip()) in str(exc):
+            origin = f" (from ${URL_ENV}; --url overrides it)"
+        raise UsageError(f"module {module_name!r}: {exc}{origin}") from None
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise UsageError(
+                f"module {module_name!r} not found (searched the current directory and PYTHONPATH)"
+            ) from None
+        raise UsageError(_import_failed(module_name)) from None
+    except Exception:
+        raise UsageError(_import_failed(module_name)) from None
+
+
+def use_url(url: str | None) -> None:
+    """Make ``url`` (given on the command line) the one a module-level ``Flow()`` reads at
+    import, so that it wins over a bad ``$REDISFLOW_URL`` too."""
+    if url:
+        os.environ[URL_ENV] = url
 
 
 def _import_failed(module_name: str) -> str:
@@ -89,15 +138,27 @@ def backend_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-def run(args: argparse.Namespace) -> int:
-    """``redisflow run``."""
+def check_reload(args: argparse.Namespace) -> None:
+    """Usage errors of ``--reload``: a ``$REDISFLOW_RELOAD`` that says neither yes nor no,
+    ``--reload-dir`` without it."""
+    if args.reload is None:
+        try:
+            env_flag("reload")
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(str(exc)) from None
     if args.reload_dir and not args.reload:
         raise UsageError("--reload-dir needs --reload")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``redisflow run``."""
+    check_reload(args)
     if os.environ.get(ENV_WORKER) is not None:  # $REDISFLOW_WORKERS... are the supervisor's
         args.workers, args.reload = None, False
+    url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line
+    use_url(url)
     flow = load_flow(args.app, factory=args.factory)  # in a supervisor too: usage errors now
     changes: dict[str, Any] = {}
-    url = args.url or os.environ.pop(ENV_URL, None)  # a supervisor's, kept off the command line
     if url:
         changes["url"] = url
     if args.give_up_after is not None:
@@ -150,7 +211,9 @@ def supervise(args: argparse.Namespace) -> int:
         try:
             import watchfiles  # noqa: F401
         except ImportError:
-            raise UsageError("--reload needs watchfiles: pip install 'redisflow[reload]'") from None
+            raise UsageError(
+                "--reload needs watchfiles: pip install watchfiles (the reload extra)"
+            ) from None
         dirs = [Path(d).resolve() for d in args.reload_dir or [os.getcwd()]]
         for d in dirs:
             if not d.is_dir():

@@ -17,7 +17,7 @@ after a SIGKILL. Policy:
   workers and exit: at once with status 2 if the worker exited with 2 (a usage error: its
   module does not import, a bad option), else with 1 after 5 such failures in a row (Redis
   unreachable past ``give_up_after``...). With ``--reload`` it waits for the next change.
-- ``--reload`` (``pip install 'redisflow[reload]'``): a change to a ``.py`` file under the
+- ``--reload`` (``pip install watchfiles``): a change to a ``.py`` file under the
   watched directories stops every worker (SIGTERM) and starts them again on the new code.
 """
 
@@ -49,7 +49,7 @@ ENV_FD = "REDISFLOW_SUPERVISOR_FD"
 ENV_WORKER = "REDISFLOW_WORKER"
 ENV_URL = "REDISFLOW_SUPERVISOR_URL"
 READY = b"ready\n"
-STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)  # exit statuses of a worker told to stop
+STOPPED = (0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)  # a worker told to stop
 USAGE = 2  # a worker's exit status for a usage error (its module does not import...)
 
 
@@ -114,7 +114,7 @@ class Supervisor:
         a clean stop; see the module docstring)."""
         self._stopped = anyio.Event()
         self._next_generation = anyio.Event()
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals, signals)
                 if self.reload_dirs:

@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, ConnectionLost, PermissionDenied, ReplyError
+from ..errors import ConfigError, ConnectionLost, PermissionDenied, RedisflowError, ReplyError
 from ..protocol.replies import info, pairs, text
 from ..protocol.scripts import Call
 from .backoff import Backoff
@@ -113,8 +113,9 @@ class Sender:
     def __call__(self, *args: Any) -> Awaitable[Any]:
         """Send one command; its reply (an error reply is raised). Not a coroutine itself:
         once connected it hands back the target's, one frame less per call."""
-        target = self.connector.target
-        if target is None:
+        connector = self.connector
+        target = connector.target
+        if target is None or connector.loop is not asyncio.get_running_loop():
             return self._first(args)
         return target(*args)
 
@@ -123,8 +124,7 @@ class Sender:
 
     async def many(self, *commands: Sequence[Any]) -> list[Any]:
         """Send several commands back to back; their replies (the first error is raised)."""
-        target = self.connector.target or await self.connector.ready()
-        return await target.many(*commands)
+        return await (await self.connector.ready()).many(*commands)
 
     def waiting(self, wait: Wait) -> WaitingSender:
         """This sender, with every call acknowledged by replicas (``WAIT``/``WAITAOF``)."""
@@ -164,6 +164,8 @@ class Connector:
         self._ready: asyncio.Future[Pipeliner | Router] | None = None
         self._links: weakref.WeakSet[Link] = weakref.WeakSet()
         self._watch: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # where the connections live
+        self._guard: AsyncGenerator[None, None] | None = None
 
     @property
     def display(self) -> str:
@@ -184,12 +186,18 @@ class Connector:
     async def ready(self) -> Pipeliner | Router:
         """Learn what the URL names (one server or a cluster node: ``INFO server``), check
         its version, and set up the connections (once; concurrent callers wait for it)."""
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop and (self.target is not None or self._ready is not None):
+            self._forsake()
         if self.target is not None:
             return self.target
         if self._ready is None:
-            self._ready = asyncio.get_running_loop().create_future()
+            self._ready = loop.create_future()
+            self.loop = loop
             try:
-                self._ready.set_result(await self._detect())
+                target = await self._detect()
+                await self._close_with_loop()
+                self._ready.set_result(target)
             except BaseException as exc:
                 self._ready.set_exception(exc)
                 self._ready.exception()  # retrieved here; raised below
@@ -197,18 +205,48 @@ class Connector:
                 raise
         return await asyncio.shield(self._ready)
 
+    async def _close_with_loop(self) -> None:
+        """Close the connections when their event loop ends: ``asyncio.run`` (anyio's,
+        uvloop's) closes the asynchronous generators still suspended before it closes the
+        loop, so a flow used by one ``asyncio.run`` after another (a script, a command)
+        connects again in the next instead of waiting forever on the dead loop's sockets."""
+
+        async def until_the_loop_ends() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                if self._guard is not None:  # the loop is shutting down: close while it can
+                    self._guard = None
+                    with contextlib.suppress(Exception):
+                        await self.aclose()
+
+        guard = until_the_loop_ends()
+        await guard.asend(None)
+        self._guard = guard
+
+    def _forsake(self) -> None:
+        """Drop connections opened on another event loop, which ended without closing them
+        (or is not this thread's: refused). They cannot be closed from here: their sockets
+        are shut down, so that the server sees them go, and the next call connects again."""
+        old = self.loop
+        if old is not None and old.is_running():
+            raise RedisflowError(
+                "this client's connections belong to an event loop that is running in"
+                " another thread: use it from that loop, or one client (flow) per loop"
+            )
+        target, self.target, self._ready, self._watch, self._guard = (
+            self.target, None, None, None, None,
+        )  # fmt: skip
+        self.router = None
+        if target is not None:
+            target.forsake()
+        for link in list(self._links):
+            link.forsake()
+
     async def _detect(self) -> Pipeliner | Router:
         if self.sentinels is not None:
             self.endpoint = await self.sentinels.primary()
-        link = Link(self.endpoint, name=f"{self.name}:hello")
-        try:
-            await link.open()
-            try:
-                info = ServerInfo.parse(await link.call("INFO", "server"))
-            except PermissionDenied:  # an ACL without INFO (-@dangerous): HELLO tells too
-                info = ServerInfo.hello(await link.call("HELLO"))  # any user may
-        finally:
-            await link.close()
+        info = await self._hello()
         self.info = info
         check_version(info, self.display)
         if self.spec.mode == "cluster" or info.mode == "cluster":
@@ -225,6 +263,32 @@ class Connector:
                 lambda: Link(self.endpoint, name=f"{self.name}:send"), timeout=self.timeout
             )
         return self.target
+
+    async def _hello(self) -> ServerInfo:
+        """What the server says of itself; for a ``redis+cluster://`` URL, the first seed
+        that answers (a seed that is down must not stop a cluster whose others are up)."""
+        seeds = self.spec.addresses if self.spec.mode == "cluster" else (self.endpoint.address,)
+        failure: BaseException | None = None
+        for address in seeds:
+            endpoint = self.spec.endpoint(address) if self.spec.mode == "cluster" else self.endpoint
+            link = Link(endpoint, name=f"{self.name}:hello")
+            try:
+                await link.open()
+                try:
+                    info = ServerInfo.parse(await link.call("INFO", "server"))
+                except PermissionDenied:  # an ACL without INFO (-@dangerous): HELLO tells too
+                    info = ServerInfo.hello(await link.call("HELLO"))  # any user may
+            except CONNECTION_ERRORS as exc:
+                failure = exc
+                continue
+            finally:
+                await link.close()
+            self.endpoint = endpoint
+            return info
+        assert failure is not None
+        if len(seeds) > 1:
+            raise ConnectionLost(f"no seed of {self.display} answered (last: {failure})")
+        raise failure
 
     def _link(self, role: str) -> Link:
         """A link to the primary of a sentinel service, as it is when the link opens."""
@@ -312,6 +376,12 @@ class Connector:
 
     async def aclose(self) -> None:
         """Close the shared connections (links are closed by their loops)."""
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            await guard.aclose()
+        if self.loop is not None and self.loop is not asyncio.get_running_loop():
+            self._forsake()  # opened on a loop that has ended: nothing to wait for
+            return
         target, self.target, self._ready = self.target, None, None
         if self._watch is not None:
             self._watch.cancel()

@@ -334,6 +334,12 @@ class Router:
                     results[i] = reply
         return again, pause, failure
 
+    def forsake(self) -> None:
+        """Drop every node's connections without their event loop, which has ended."""
+        self.closed = True
+        for pipeliner in self.nodes.values():
+            pipeliner.forsake()
+
     async def aclose(self) -> None:
         """Close every node's connections."""
         self.closed = True

@@ -15,6 +15,8 @@ outage (docs/design.md, "Errors").
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import mmap
 import re
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -70,29 +72,35 @@ def _text(value: Any) -> str:
 
 
 def pack(commands: Iterable[Sequence[Any]]) -> bytes:
-    """Encode commands in RESP (bytes, str, int and float arguments)."""
+    """Encode commands in RESP (bytes, str, int and float arguments); TypeError for another
+    type, or a str with no UTF-8 form (a lone surrogate)."""
     out: list[bytes] = []
-    for args in commands:
-        out.append(b"*%d\r\n" % len(args))
-        for arg in args:
-            kind = type(arg)  # exact types first: the common case, cheaper than isinstance
-            if kind is bytes:
-                data = arg
-            elif kind is str:
-                data = arg.encode()
-            elif kind is int:
-                data = b"%d" % arg
-            elif isinstance(arg, bytes | bytearray | memoryview):
-                data = bytes(arg)
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, int) and not isinstance(arg, bool):
-                data = b"%d" % arg
-            elif isinstance(arg, float):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    try:
+        for args in commands:
+            out.append(b"*%d\r\n" % len(args))
+            for arg in args:
+                kind = type(arg)  # exact types first: the common case, cheaper than isinstance
+                if kind is bytes:
+                    data = arg
+                elif kind is str:
+                    data = arg.encode()
+                elif kind is int:
+                    data = b"%d" % arg
+                elif isinstance(arg, bytes | bytearray | memoryview):
+                    data = bytes(arg)
+                elif isinstance(arg, str):
+                    data = arg.encode()
+                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    data = b"%d" % arg
+                elif isinstance(arg, float):
+                    data = repr(arg).encode()
+                else:
+                    raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
+                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    except UnicodeEncodeError as exc:
+        raise TypeError(
+            f"cannot send {exc.object!r} to Redis: not valid text ({exc.reason})"
+        ) from None
     return b"".join(out)
 
 
@@ -110,7 +118,10 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
-        self.buffer = bytearray(READ_SIZE)
+        # Anonymous memory, not a bytearray: the kernel backs a page only once a reply
+        # reaches it, so an idle link (a fetch loop of a quiet partition) costs a page, not
+        # 128 KiB (a bytearray is zeroed, so all of it is resident at once).
+        self.buffer = mmap.mmap(-1, READ_SIZE)
         self.view = memoryview(self.buffer)  # a view: TLS reads into slices of it
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -333,6 +344,20 @@ class Link:
             return
         proto.lost = ConnectionLost(f"{self.endpoint}: {reason}")
         proto.transport.abort()  # connection_lost wakes the waiting read, keeping the reason
+
+    def forsake(self) -> None:
+        """Drop the connection without its event loop, which has ended: shut the socket
+        down (the server sees it go); the socket itself is freed with the transport."""
+        proto, self._proto = self._proto, None
+        self.client_id = None
+        transport = proto.transport if proto is not None else None
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, RuntimeError):
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+            transport.abort()  # a closed loop refuses the callback: RuntimeError
 
     async def close(self) -> None:
         """Drop the connection (a reply not read yet is lost with it) and wait until its

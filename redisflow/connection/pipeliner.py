@@ -187,6 +187,13 @@ class Pipeliner:
                     again.append(unit)
         return again
 
+    def forsake(self) -> None:
+        """Drop everything without the event loop it lives on, which has ended."""
+        self.closed = True
+        for link in [*self._idle, *self._busy]:
+            link.forsake()
+        self._queue.clear()
+
     async def aclose(self) -> None:
         """Stop the flushers and close the links; waiting callers get ConnectionLost."""
         self.closed = True

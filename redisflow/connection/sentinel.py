@@ -67,22 +67,38 @@ class Sentinels:
         self._known = None
 
     async def _ask(self) -> Endpoint:
-        failure: BaseException | None = None
+        failure: BaseException | str = "no sentinel answered"
+        unknown: list[str] = []  # sentinels that do not monitor the service
         for address in list(self.addresses):
             try:
                 found = await self._ask_one(address)
             except (ConnectionLost, OSError, ReplyError) as exc:
                 if isinstance(exc, AuthError):
-                    raise
+                    raise AuthError(
+                        f"the sentinel at {address} refused: {exc} (the sentinels' own"
+                        " credentials go in the URL: ?sentinel_password=...&sentinel_username="
+                        "...; docs/security.md)"
+                    ) from None
                 failure = exc
                 continue
-            if found is not None:
+            if isinstance(found, Endpoint):
                 self.addresses.remove(address)  # ask the one that answered first next time
                 self.addresses.insert(0, address)
                 return found
+            if found is None:
+                unknown.append(str(address))
+            else:
+                failure = found
+        if unknown and len(unknown) == len(self.addresses):
+            raise ConnectionLost(
+                f"no sentinel knows a primary named {self.service!r} (asked {', '.join(unknown)}:"
+                f" SENTINEL GET-MASTER-ADDR-BY-NAME answered nothing; {self.spec.display})"
+            )
         raise ConnectionLost(f"no sentinel of {self.spec.display} names a primary ({failure})")
 
-    async def _ask_one(self, address: Address) -> Endpoint | None:
+    async def _ask_one(self, address: Address) -> Endpoint | str | None:
+        """The primary ``address`` names (None: it knows no such service; a string: why the
+        server it names is not usable)."""
         link = Link(self.spec.sentinel_endpoint(address), name=f"{self.name}:sentinel")
         try:
             await link.open()
@@ -98,7 +114,9 @@ class Sentinels:
             role = await node.call("ROLE")
         finally:
             await node.close()
-        return endpoint if role and role[0] == b"master" else None
+        if role and role[0] == b"master":
+            return endpoint
+        return f"{address} names {endpoint}, which is not a master (a failover under way?)"
 
     async def watch(self, switched: Callable[[], Awaitable[None]]) -> None:
         """Listen to ``+switch-master`` of this service on a sentinel (moving to another

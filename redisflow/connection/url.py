@@ -52,23 +52,47 @@ OPTIONS = frozenset(
         "sentinel_password",
     }
 )
-_SECRET = re.compile(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*", re.IGNORECASE)
-_USERINFO = re.compile(r"^([a-z+]+://)([^@/?#]*)@")
+SECRETS = frozenset({"password", "sentinel_password"})
+HIDDEN = "***"
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_HOST = re.compile(r"[A-Za-z0-9._-]+")  # a name or an IPv4 address
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")  # inside brackets
+_SECRET_OPTION = re.compile(r"([?&])([^=&?#]*)=")
+_KNOWN_OPTION = re.compile("&(?:" + "|".join(sorted(OPTIONS)) + ")=", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
-    """``url`` with every password replaced by ``***`` (never raises)."""
+    """``url`` with every password replaced by ``***``, whatever its form (never raises).
+
+    Read leniently, so that a URL the parser refuses is shown redacted too (any scheme case,
+    spaces, a password holding ``@ / ? # : &``). Hidden: the user info, from ``://`` (or the
+    start) to the *last* ``@``, but for the user name; the value of every ``password`` and
+    ``sentinel_password`` option (any case, percent-encoded or not), up to the next option
+    redisflow knows. An ``@`` in another option (``client_name``) hides the host too: more
+    than needed, never less."""
     text = str(url)
-
-    def userinfo(match: re.Match[str]) -> str:
-        user, sep, _ = match.group(2).partition(":")
-        return f"{match.group(1)}{user}:***@" if sep else f"{match.group(1)}***@"
-
-    text = _USERINFO.sub(userinfo, text, count=1)
-    scheme, sep, rest = text.partition("?")
-    if sep:
-        text = scheme + "?" + _SECRET.sub(lambda m: m.group(1) + "***", rest)
-    return text
+    hidden = [False] * len(text)
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme is not None else 0
+    at = text.rfind("@")
+    if at >= start:
+        user, colon, _ = text[start:at].partition(":")
+        first = start + len(user) + 1 if colon and "@" not in user else start
+        hidden[first:at] = [True] * (at - first)
+    for secret in _SECRET_OPTION.finditer(text):
+        if unquote(secret.group(2)).strip().lower() not in SECRETS:
+            continue
+        end = secret.end()
+        following = _KNOWN_OPTION.search(text, end)
+        stop = following.start() if following is not None else len(text)
+        hidden[end:stop] = [True] * (stop - end)
+    out: list[str] = []
+    for i, char in enumerate(text):
+        if not hidden[i]:
+            out.append(char)
+        elif i == 0 or not hidden[i - 1]:
+            out.append(HIDDEN)
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,27 +187,30 @@ class ServerSpec:
 
 
 def parse_url(url: str) -> ServerSpec:
-    """Parse and check a Redis URL (see the module docstring); ConfigError if it is wrong."""
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"the Redis URL is empty: {url!r} (expected redis://HOST:PORT/DB)")
+    """Parse and check a Redis URL (see the module docstring); ConfigError if it is wrong.
+    Surrounding whitespace (a stray space or newline in ``$REDISFLOW_URL``) is ignored."""
+    if not isinstance(url, str):
+        raise ConfigError(f"the Redis URL must be a string, not a {type(url).__name__}")
+    url = url.strip()
+    if not url:
+        raise ConfigError("the Redis URL is empty (expected redis://HOST:PORT/DB)")
     display = redact(url)
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        single = scheme.partition(":")
-        hint = f" (did you mean {single[0]}://{single[2].lstrip('/')}?)" if single[1] else ""
-        raise ConfigError(f"not a Redis URL: {display!r}{hint}; expected redis://HOST:PORT/DB")
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ConfigError(f"unsupported URL scheme {scheme!r} in {display!r}: use one of {known}")
-    mode, tls = SCHEMES[scheme]
+        raise ConfigError(
+            f"not a Redis URL: {display!r}{_guess(url)}; expected redis://HOST:PORT/DB"
+        )
+    mode, tls = _scheme(scheme, display)
     rest, _, fragment = rest.partition("#")
     rest, _, query = rest.partition("?")
     netloc, slash, path = rest.partition("/")
+    _check_at(path, query, fragment, display)
     options = _query(query, display)
     userinfo, at, hosts = netloc.rpartition("@")
     username, password = _userinfo(userinfo if at else "", options, display)
     found = _tls(options, tls, display)
+    _only_for_sentinels(options, mode, display)
     common = dict(
         username=username, password=password, tls=found, client_name=options.get("client_name"),
         connect_timeout=_timeout(options, display), display=display,
@@ -217,13 +244,58 @@ def parse_url(url: str) -> ServerSpec:
             )
         service, parts = parts[0], parts[1:]
     if len(parts) > 1:
-        raise ConfigError(f"unexpected path {path!r} in {display!r}: expected /DB")
+        raise ConfigError(f"unexpected path {_shown(path, display)} in {display!r}: expected /DB")
     db_text = parts[0] if parts else options.get("db", "0")
     db = _db(db_text, display)
     if mode == "cluster" and db:
         raise ConfigError(f"a Redis Cluster has only database 0, not {db} ({display!r})")
     del fragment
     return ServerSpec(mode, addresses, db=db, service=service, **common)  # type: ignore[arg-type]
+
+
+def _scheme(scheme: str, display: str) -> tuple[Mode, bool]:
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ConfigError(
+            f"unsupported URL scheme {_shown(scheme, display)} in {display!r}: use one of {known}"
+        )
+    return SCHEMES[scheme]
+
+
+def _check_at(path: str, query: str, fragment: str, display: str) -> None:
+    """Refuse an ``@`` after the host: a password holding ``/ ? #`` not percent-encoded
+    (parsed as it is, the rest of the password would be taken for the host)."""
+    if "@" in path or "@" in fragment or ("@" in query and not _known_query(query)):
+        raise ConfigError(
+            f"an '@' after a '/', '?' or '#' in {display!r}: a password holding one of those"
+            " must write it percent-encoded (%2F, %3F, %23)"
+        )
+
+
+def _guess(url: str) -> str:
+    """What a string without ``://`` probably meant: ``localhost:6380`` ->
+    ``redis://localhost:6380``, ``redis:/host`` -> ``redis://host`` (redacted)."""
+    scheme, colon, rest = url.partition(":")
+    if colon and scheme.lower() in SCHEMES:
+        guess = f"{scheme.lower()}://{rest.lstrip('/')}"
+    elif " " not in url:
+        guess = f"redis://{url}"
+    else:
+        return ""
+    return f" (did you mean {redact(guess)}?)"
+
+
+def _shown(piece: str, display: str) -> str:
+    """``piece`` of a URL quoted for an error, unless the redacted URL hides it (it may be
+    part of a password whose ``/``, ``?`` or ``#`` was not percent-encoded)."""
+    if piece and piece in display:
+        return repr(piece)
+    return "(hidden with the password: percent-encode its '/', '?', '#' or '&')"
+
+
+def _known_query(query: str) -> bool:
+    """Whether ``query`` is only ``name=value`` options redisflow knows."""
+    return all(part.partition("=")[0] in OPTIONS and "=" in part for part in query.split("&"))
 
 
 def _query(query: str, display: str) -> dict[str, str]:
@@ -234,11 +306,12 @@ def _query(query: str, display: str) -> dict[str, str]:
     unknown = sorted(set(parsed) - OPTIONS)
     if unknown:
         raise ConfigError(
-            f"unknown URL option {unknown[0]!r} in {display!r}; known: {', '.join(sorted(OPTIONS))}"
+            f"unknown URL option {_shown(unknown[0], display)} in {display!r}; known:"
+            f" {', '.join(sorted(OPTIONS))}"
         )
     twice = [name for name, values in parsed.items() if len(values) > 1]
     if twice:
-        raise ConfigError(f"URL option {twice[0]!r} given twice in {display!r}")
+        raise ConfigError(f"URL option {_shown(twice[0], display)} given twice in {display!r}")
     return {name: values[0] for name, values in parsed.items()}
 
 
@@ -265,20 +338,26 @@ def _address(part: str, default: int, display: str) -> Address:
     if part.startswith("["):  # [ipv6]:port
         host, _, port_text = part[1:].partition("]")
         port_text = port_text.removeprefix(":")
+        pattern = _IPV6
     else:
         host, _, port_text = part.rpartition(":") if ":" in part else (part, "", "")
+        pattern = _HOST
     if not host:
         raise ConfigError(f"no host before the port in {display!r}")
+    if not pattern.fullmatch(host):
+        raise ConfigError(f"bad host {_shown(host, display)} in {display!r}")
     if not port_text:
         return Address(host, default)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad port {port_text!r} in {display!r}: expected 1-65535")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"bad port {_shown(port_text, display)} in {display!r}: expected 1-65535")
     return Address(host, int(port_text))
 
 
 def _db(text: str, display: str) -> int:
-    if not text.isdigit():
-        raise ConfigError(f"the database must be a number, not {text!r} ({display!r})")
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(
+            f"the database must be a number, not {_shown(text, display)} ({display!r})"
+        )
     return int(text)
 
 
@@ -289,8 +368,15 @@ def _timeout(options: dict[str, str], display: str) -> float:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ConfigError(f"connect_timeout must be seconds > 0, not {text!r} ({display!r})")
+        raise ConfigError(
+            f"connect_timeout must be seconds > 0, not {_shown(text, display)} ({display!r})"
+        )
     return value
+
+
+def _only_for_sentinels(options: dict[str, str], mode: Mode, display: str) -> None:
+    if mode != "sentinel" and (given := sorted(n for n in options if n.startswith("sentinel_"))):
+        raise ConfigError(f"{given[0]} needs a redis+sentinel:// URL ({display!r})")
 
 
 def _tls(options: dict[str, str], tls: bool, display: str) -> Tls | None:

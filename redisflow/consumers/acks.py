@@ -4,11 +4,15 @@ A consumer holds at most ``prefetch`` messages; a fetch asks for what fits (``wa
 waits for a settled message to make room. Acks of settled messages ride on the next fetch
 (``take_acks``, answered with its reply); while the fetch link blocks in Redis, ``_acker``
 sends them through the shared connections after 5 ms, so a burst shares one call. After a
-lost connection, acks whose reply never came are sent again.
+lost connection, acks whose reply never came are sent again, and so are those answered in the
+last ``RESEND`` seconds: a primary that acknowledged them may have died before its replica
+had them (replication is asynchronous), and the promoted replica would deliver them again.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -17,6 +21,11 @@ from ..connection import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from ..config import FlowConfig
+
+
+#: Seconds an answered ack is kept to be sent again after a reconnect (a failover loses what
+#: the dead primary had not replicated: well under a second on a healthy link).
+RESEND = 1.0
 
 
 class Window:
@@ -33,6 +42,7 @@ class Window:
         self.acks_sent: list[Any] = []  # sent with the fetch whose reply is awaited
         self.acks_flushing: list[Any] = []  # sent by the acker, reply awaited
         self._ack_now = anyio.Event()
+        self._answered: deque[tuple[float, list[Any]]] = deque()  # (when, acks): RESEND
 
     @property
     def backlog(self) -> int:
@@ -70,11 +80,27 @@ class Window:
 
     def acks_answered(self) -> None:
         """The fetch carrying ``acks_sent`` was answered."""
-        self.acks_sent.clear()
+        if self.acks_sent:
+            self._remember(self.acks_sent)
+            self.acks_sent = []
+
+    def _remember(self, acks: list[Any]) -> None:
+        now = time.monotonic()
+        answered = self._answered
+        answered.append((now, acks))
+        while answered[0][0] < now - RESEND:
+            answered.popleft()
 
     def acks_unanswered(self) -> None:
-        """After a lost connection: acks whose reply never came are sent again."""
-        self.acks[:0], self.acks_sent = self.acks_sent, []
+        """After a lost connection: acks whose reply never came are sent again, and those
+        answered in the last ``RESEND`` seconds (lost if a failover came with it)."""
+        recent = [ack for when, acks in self._answered for ack in acks]
+        self._answered.clear()
+        self.acks[:0], self.acks_sent = [*recent, *self.acks_sent], []
+
+    def unsent(self) -> list[Any]:
+        """Every ack not known to be answered (to send before taking idle entries)."""
+        return [*self.acks_sent, *self.acks_flushing, *self.acks]
 
     async def _acker(self) -> None:
         """Flush acks through the shared connections while the fetch loop waits in Redis."""
@@ -94,6 +120,7 @@ class Window:
         self.acks_flushing += acks
         try:
             await self.flush_acks(acks)
+            self._remember(acks)
         except REDIS_ERRORS:  # they go with the next request
             self.acks.extend(acks)
         except BaseException:  # cancelled at stop: release sends them

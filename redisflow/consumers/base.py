@@ -79,6 +79,8 @@ class Consumer(Pausing, ABC, Generic[Item]):
         self._idle: list[asyncio.Future[None]] = []
         self._busy = 0
         self._draining = False
+        self._grace: anyio.CancelScope | None = None  # the drain's wait (``hurry`` ends it)
+        self._hurried = False
         self._unfinished: list[Item] = []
         self._all_idle = anyio.Event()
         self._connected = False
@@ -223,6 +225,18 @@ class Consumer(Pausing, ABC, Generic[Item]):
         cancelling it: docs/design.md, "Stopping a blocked fetch")."""
         self.ctx.spawn(self.connector.wake, self.link, lambda: self._blocked, str(self))
 
+    @property
+    def busy(self) -> int:
+        """Handlers running now."""
+        return self._busy
+
+    def hurry(self) -> None:
+        """Wait no more for running handlers (a second Ctrl-C): they are cancelled, and
+        their messages handed back."""
+        self._hurried = True
+        if self._grace is not None:
+            self._grace.cancel()
+
     async def _drain(self, workers: anyio.CancelScope) -> None:
         self.stopping = True
         self._draining = True
@@ -230,13 +244,23 @@ class Consumer(Pausing, ABC, Generic[Item]):
             if not fut.done():
                 fut.set_result(None)
         self._idle.clear()
-        with anyio.move_on_after(self.config.grace_period, shield=True):
-            while self._busy:
+        with anyio.move_on_after(self.config.grace_period, shield=True) as self._grace:
+            while self._busy and not self._hurried:
                 self._all_idle = anyio.Event()
                 await self._all_idle.wait()
         if self._busy:
-            log.warning("%s: cancelling %d handlers after the grace period", self, self._busy)
+            why = "at once (asked again to stop)" if self._hurried else "after the grace period"
+            log.warning("%s: cancelling %d handlers %s", self, self._busy, why)
         workers.cancel()
+
+    def _refused(self, exc: PermissionDenied) -> PermissionDenied:
+        """``exc`` naming the key fetched from (a blocking read's NOPERM does not)."""
+        if self.key in str(exc):
+            return exc
+        return PermissionDenied(
+            f"{self}: {exc} (fetching from {self.key!r}: the ACL user needs ~{self.key} and"
+            f" the commands of a {self.kind}; docs/security.md lists the rules of each feature)"
+        )
 
     async def fetch(self) -> None:
         """Run ``fetch_loop``, connecting again when the connection is lost or the slot
@@ -256,8 +280,10 @@ class Consumer(Pausing, ABC, Generic[Item]):
                     moving.ok()
                 await self.fetch_loop()
                 await self.hold()
-            except (AuthError, PermissionDenied):  # no reconnect cures a refusal
+            except AuthError:  # no reconnect cures a refusal
                 raise
+            except PermissionDenied as exc:
+                raise self._refused(exc) from None
             except REDIS_ERRORS as exc:
                 self._connected = False
                 if self.stopping:

@@ -20,6 +20,7 @@ from ..message import Kind, Message
 from ..protocol.envelope import content_id, payload_of, split
 from .base import Consumer, log
 from .contract import Context
+from .verdicts import invalid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,21 +96,24 @@ class ChannelConsumer(Consumer[ChannelItem]):
         try:
             return self._validate(payload_of(item[DATA]))
         except ValidationError as exc:
-            raise DecodeError(f"invalid payload: {exc}") from None
+            raise invalid(exc) from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 
     def message(self, item: ChannelItem, value: Any) -> Message[Any]:
         raw = item[DATA]
         head, payload = split(raw)
-        headers = {"channel": item[CHANNEL].decode("utf-8", "replace")}
+        channel = item[CHANNEL].decode("utf-8", "replace")
+        headers = {"channel": channel}
         source, most = self.handler.source, self.options.max_attempts
         if head is None:
-            msg_id = content_id(raw)
-            return Message(msg_id, source, item[ATTEMPT], None, headers, payload, value, most)
+            msg_id, attempt = content_id(raw), item[ATTEMPT]
+            return Message(
+                msg_id, source, attempt, None, headers, payload, value, most, channel=channel
+            )
         return Message(
             head[0], source, item[ATTEMPT], Message.time(head[1]),
-            {**(head[3] or {}), **headers}, payload, value, most,
+            {**(head[3] or {}), **headers}, payload, value, most, channel=channel,
         )  # fmt: skip
 
     def dead_extra(self, item: ChannelItem) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from ..protocol.envelope import MARK, content_id, payload_of, reenvelope, split
 from ..protocol.replies import text
 from .base import Consumer, log
 from .contract import Context
-from .verdicts import Failure
+from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -289,7 +289,7 @@ class QueueConsumer(Consumer[QueueItem]):
         try:
             return self._validate(raw)
         except ValidationError as exc:
-            raise DecodeError(f"invalid payload: {exc}") from None
+            raise invalid(exc) from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 

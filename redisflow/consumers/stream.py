@@ -6,10 +6,10 @@ lost its connection; ``lua/stream_own.lua``, which counts a delivery only after 
 then new ones (``>``), in batches: one request carries the acks of the previous batch
 (``XACK`` pipelined with ``XREADGROUP``), and the next request is written before the current
 batch is dispatched. Entries of dead consumers are reclaimed with ``XAUTOCLAIM`` (keeping its
-cursor) once idle for ``claim_idle``; a live consumer keeps its own long-running entries
-fresh with ``XCLAIM ... JUSTID`` so they are never stolen. Delivery counts decide the
-dead-letter verdict. A retry keeps the entry pending, bumps its delivery count (``XCLAIM``
-without JUSTID) and delivers it again locally after the backoff.
+cursor) once idle for ``claim_idle``, after our own unanswered acks; a live consumer keeps
+its own long-running entries fresh with ``XCLAIM ... JUSTID``, and never reclaims them.
+Delivery counts decide the dead-letter verdict. A retry keeps the entry pending, bumps its
+delivery count (``XCLAIM`` without JUSTID) and delivers it again locally after the backoff.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..protocol.envelope import parse_headers
 from ..protocol.replies import mapping, text
 from .base import Consumer, log
 from .contract import Context
-from .verdicts import Failure
+from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,12 +71,9 @@ class StreamConsumer(Consumer[StreamItem]):
     kind: ClassVar[Kind] = "stream"
 
     def __init__(
-        self,
-        handler: Handler,
-        ctx: Context,
-        middleware: Sequence[object] = (),
+        self, handler: Handler, ctx: Context, middleware: Sequence[object] = (),
         key: str | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__(handler, ctx, middleware, key)
         assert handler.source.group is not None
         self.stream = self.key
@@ -108,8 +105,7 @@ class StreamConsumer(Consumer[StreamItem]):
             self._pel_cursor = "-"
 
     def recoverable(self, exc: ReplyError) -> bool:
-        # The group or the stream was deleted under us (XGROUP DESTROY, DEL, FLUSHALL):
-        # connecting creates them again.
+        # The group or stream was deleted (XGROUP DESTROY, DEL...): connecting creates them.
         return exc.code in ("NOGROUP", "UNBLOCKED")
 
     # -- fetching -------------------------------------------------------------------------
@@ -258,7 +254,11 @@ class StreamConsumer(Consumer[StreamItem]):
                 await anyio.sleep(self.config.tick)
 
     async def _touch(self) -> None:
-        """Reset the idle time of entries we still hold, so no peer reclaims them."""
+        """Reset the idle time of entries we still hold, so no peer reclaims them; while the
+        fetch link is down, send its acks through the shared connections (before a peer's
+        reclaim takes those entries)."""
+        if not self._connected and (unsent := self.unsent()):
+            await self.connector.send("XACK", self.stream, self.group, *unsent)
         self._batches = [b for b in self._batches if b.left > 0]
         stale = time.monotonic() - self.config.claim_idle / 3
         ids: list[Any] = []
@@ -272,15 +272,22 @@ class StreamConsumer(Consumer[StreamItem]):
             )
 
     async def _reclaim(self) -> None:
+        """Take entries idle for ``claim_idle`` (their consumer died), once our unanswered
+        acks went out (their entries look idle too); one we hold (a failover kept us from
+        touching it) is never delivered again."""
         n = self.want()
         if n <= 0:
             return
+        if unsent := self.unsent():
+            await self.connector.send("XACK", self.stream, self.group, *unsent)
         call = scripts.stream_claim(
             self.stream, self.group, self.consumer, int(self.config.claim_idle * 1000),
             self._cursor, n,
         )  # fmt: skip
         cursor, entries, _deleted = await self.connector.run(call)
         self._cursor = cursor
+        held = self._held()
+        entries = [e for e in entries if e[0] not in held]
         if entries:
             log.warning("%s: reclaimed %d idle entries", self, len(entries))
             batch = Batch([e[0] for e in entries])
@@ -307,18 +314,17 @@ class StreamConsumer(Consumer[StreamItem]):
                     return self._validate_json(fields[i + 1])
             return self._validate(entry_fields(fields))
         except ValidationError as exc:
-            raise DecodeError(f"invalid payload: {exc}") from None
+            raise invalid(exc) from None
         except ValueError as exc:
             raise DecodeError(f"undecodable payload: {exc}") from None
 
     def message(self, item: StreamItem, value: Any) -> Message[Any]:
         entry_id = item[ID]
         fields = dict(zip(item[FIELDS][::2], item[FIELDS][1::2], strict=False))
-        ms = int(entry_id.split(b"-", 1)[0])
+        when, most = Message.time(int(entry_id.split(b"-", 1)[0])), self.options.max_attempts
         return Message(
-            entry_id.decode(), self.handler.source, item[ATTEMPT], Message.time(ms),
-            parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value,
-            self.options.max_attempts,
+            entry_id.decode(), self.handler.source, item[ATTEMPT], when,
+            parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value, most,
         )  # fmt: skip
 
     def attempt(self, item: StreamItem) -> int:
@@ -358,8 +364,7 @@ class StreamConsumer(Consumer[StreamItem]):
 
     def _redeliver(self, entry_id: bytes) -> None:
         if not self.stopping:  # else it stays waiting, and release hands it back
-            _, item = self._waiting.pop(entry_id)
-            self.feed([item])
+            self.feed([self._waiting.pop(entry_id)[1]])
 
     async def bury(self, item: StreamItem, fields: dict[str, Any]) -> None:
         flat = [part for pair in fields.items() for part in pair]
@@ -375,8 +380,7 @@ class StreamConsumer(Consumer[StreamItem]):
             handle.cancel()
             unstarted.append(item)
         self._waiting.clear()
-        acks = [*self.acks_sent, *self.acks]
-        if acks:
+        if acks := [*self.acks_sent, *self.acks]:
             await self.connector.send("XACK", self.stream, self.group, *acks)
         self.acks.clear()
         self.acks_sent.clear()

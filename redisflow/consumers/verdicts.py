@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
+from pydantic import ValidationError
 
 from ..connection import REDIS_ERRORS, Backoff
 from ..errors import DecodeError, Defer, Reject, ReplyError, Retry, Skip
@@ -44,6 +45,7 @@ class Failure:
     retry_delay: float | None = None
     reject: bool = False
     defer: bool = False  # not a failure: deliver again later without counting an attempt
+    summary: str = ""  # one line for the log, when ``error`` is longer (a validation error)
 
     @classmethod
     def of(cls, exc: BaseException) -> Failure:
@@ -54,7 +56,7 @@ class Failure:
             last = frames[-1]
             where = f"{last.filename}:{last.lineno} in {last.name}"
         if isinstance(exc, DecodeError):
-            return cls(str(exc), "", decode=True)
+            return cls(str(exc), "", decode=True, summary=exc.summary)
         if isinstance(exc, Reject):
             return cls(f"rejected: {exc.reason}", where, reject=True)
         if isinstance(exc, Retry):
@@ -91,7 +93,7 @@ class Verdicts(Generic[Item]):
         if failure.reject or failure.decode:  # no retry was ever going to happen
             log.warning(
                 "%s: message %s %s -> dead letters %s", consumer, msg_id,
-                failure.error[:500] if failure.reject else f"undecodable: {failure.error[:500]}",
+                failure.error[:500] if failure.reject else f"undecodable: {failure.summary[:500]}",
                 consumer.keys.dead, extra=fields,
             )  # fmt: skip
         elif final:
@@ -178,6 +180,16 @@ def outcome(exc: BaseException, attempt: int, max_attempts: int) -> Outcome:
     if isinstance(exc, DecodeError) or attempt >= max_attempts:
         return "dead-lettered"
     return "retry"
+
+
+def invalid(exc: ValidationError) -> DecodeError:
+    """The DecodeError of a payload that does not validate: every error in its message (the
+    dead letter's), the first one and the count in its summary (the log's one line)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    where = ".".join(str(part) for part in first["loc"]) or "the payload"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return DecodeError(f"invalid payload: {exc}", f"invalid payload: {where}: {first['msg']}{more}")
 
 
 def consumer_fields(consumer: Settling[Any], msg_id: str, attempt: int) -> dict[str, Any]:

@@ -164,7 +164,7 @@ class Schedule:
             from cronsim import CronSim, CronSimError
         except ImportError:
             raise ConfigError(
-                "@flow.cron needs the cronsim package: pip install 'redisflow[cron]'"
+                "@flow.cron needs the cronsim package: pip install cronsim (the cron extra)"
             ) from None
         zone = _zone(self.tz)
         start = datetime.fromtimestamp(ms / 1000, zone)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from ..protocol.records import (
     parse_source,
 )
 from ..protocol.replies import mapping, pairs
+from .handlers import conflicts
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -56,6 +57,8 @@ class Row:
     ``paused``: whether the source (the stream group) is paused (``Client.pause``).
     ``schedule``: a schedule's state (its spec, next and last tick, runs and missed ticks,
     the last run's outcome); ``waiting`` then counts its runs not yet taken.
+    ``partitions``: how many keys the source is spread over now (older layouts still being
+    drained are counted in, not shown).
     """
 
     kind: str
@@ -72,19 +75,22 @@ class Row:
     memory: int
     paused: bool = False
     schedule: ScheduleState | None = None
+    partitions: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The rows of one reading, with Redis's ``used_memory`` (None when the user may not
-    run ``INFO``) and every paused source of the prefix (``paused``, also those no row
-    shows)."""
+    run ``INFO``), every paused source of the prefix (``paused``, also those no row
+    shows), and the server's name and version (``Redis 7.0.15``)."""
 
     prefix: str
     taken_at: datetime
     used_memory: int | None
     rows: list[Row]
     paused: list[Paused] = dataclasses.field(default_factory=list)
+    server: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)  # differing handlers
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -92,8 +98,10 @@ class Snapshot:
             "prefix": self.prefix,
             "taken_at": self.taken_at.isoformat(),
             "used_memory": self.used_memory,
+            "server": self.server,
             "handlers": [asdict(row) for row in self.rows],
             "paused": [p.to_json() for p in self.paused],
+            "warnings": self.warnings,
         }
 
 
@@ -162,9 +170,15 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
                 if key in owned or key.startswith(keys.indexes + ":")
             )
         entries = [(s, h) for s, h in targets if s.name == name]
-        rows += reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+        spread = 1 if kinds[name] == "channel" else (await client.layouts.current(name)).partitions
+        found = reads[name].rows(entries, size, {(p.name, p.group) for p in paused})
+        rows += [replace(row, partitions=spread) for row in found]
+    warnings = await conflicts(client, dict.fromkeys(source for source, _ in targets))
     taken = datetime.now(UTC)
-    return Snapshot(client.config.prefix, taken, memory["used_memory"], rows, paused)
+    server = str(client.connector.info) if client.connector.info is not None else None
+    return Snapshot(
+        client.config.prefix, taken, memory["used_memory"], rows, paused, server, warnings
+    )
 
 
 class _Reads:

@@ -274,7 +274,7 @@ def dlq_replay(
     return Call(DLQ_REPLAY, (dead, target, seq, wake), tuple(argv))
 
 
-def layout(layouts: str, name: str, partitions: int, retire: int) -> Call:
-    """Make ``partitions`` the current layout of ``name`` (``retire=0``), or drop that old
-    layout (``retire=1``); the layouts in use, as JSON."""
-    return Call(LAYOUT, (layouts,), (name, partitions, retire))
+def layout(layouts: str, name: str, layout: str, how: str) -> Call:
+    """Make ``layout`` the ``current`` one of ``name``, add it as a ``known`` old one, or
+    ``retire`` that old one; the record now stored, as JSON."""
+    return Call(LAYOUT, (layouts,), (name, layout, how))

@@ -7,7 +7,8 @@ node), :class:`~redisflow.testing.cluster.RedisCluster` (a local Redis Cluster) 
 Every server listens on 127.0.0.1 on a free port (never 6379, where a shared Redis may
 run), has persistence off unless asked for, logs to a file in its own directory, and is
 stopped *only by its own PID*. Servers still running when the interpreter exits are
-stopped by an ``atexit`` handler.
+stopped by an ``atexit`` handler; those of a session killed by a signal (no ``atexit``) by
+the next start in this checkout (``leftovers.py``: a PID file per server).
 
 Usage::
 
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 import redis
 
 from ..server import INSTALL_HINT, MIN_VERSION, binary_version, embedded_binary, spawn, terminate
+from .leftovers import forget, record
 
 __all__ = [
     "HOST",
@@ -261,6 +263,7 @@ class RedisServer:
         self._proc = spawn(args, self.log_path, cwd=self.data_dir)  # Ctrl-C: pytest only
         self.pid = self._proc.pid
         _live[self.pid] = self
+        record(self.pid, self.port, self.data_dir if self.owns_dir else None)
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -333,6 +336,7 @@ class RedisServer:
         if proc is not None:
             terminate(proc, timeout)
             _live.pop(proc.pid, None)
+            forget(proc.pid)
         if remove_dir is None:
             remove_dir = self.owns_dir
         if remove_dir and self.data_dir is not None:
