@@ -8,7 +8,7 @@ W3C ``traceparent`` header. Each process prints its spans with the SDK's
 the attempt and outcome of a handler's span): every line of both processes shows one trace
 id.
 
-Needs:            pip install 'redisflow[otel]' opentelemetry-sdk
+Needs:            pip install opentelemetry-api opentelemetry-sdk (the otel extra and the SDK)
 Run the worker:   redisflow run examples.traced:flow
 Send:             python -m examples.traced
 """

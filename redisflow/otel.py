@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing (``pip install 'redisflow[otel]'``): ``Flow(middleware=[Tracing()])``.
+"""OpenTelemetry tracing (the otel extra, ``pip install opentelemetry-api``):
+``Flow(middleware=[Tracing()])``.
 
 ``Tracing`` is a middleware (``middleware.py``) that follows the OpenTelemetry messaging
 semantic conventions:
@@ -64,7 +65,7 @@ class Tracing(Middleware):
             from opentelemetry import context, propagate, trace
         except ImportError:
             raise ConfigError(
-                "Tracing needs opentelemetry-api: pip install 'redisflow[otel]'"
+                "Tracing needs opentelemetry-api: pip install opentelemetry-api (the otel extra)"
             ) from None
         from . import __version__
 
