@@ -221,11 +221,12 @@ async def drain(
 async def produce(send: Callable[[Any], Awaitable[Any]], items: Sequence[Any]) -> dict[str, Any]:
     """One awaited call per message, one after the other."""
     with profiled():
-        t0 = time.perf_counter()
+        cpu, t0 = time.process_time(), time.perf_counter()
         for item in items:
             await send(item)
         elapsed = time.perf_counter() - t0
-    return rate(len(items), elapsed)
+        cpu = time.process_time() - cpu
+    return rate(len(items), elapsed, cpu_us=cpu / len(items) * 1e6)
 
 
 async def produce_concurrently(
@@ -239,10 +240,11 @@ async def produce_concurrently(
 
     shares = [items[i::tasks] for i in range(tasks)]
     with profiled():
-        t0 = time.perf_counter()
+        cpu, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(one(share) for share in shares))
         elapsed = time.perf_counter() - t0
-    return rate(len(items), elapsed, tasks=tasks)
+        cpu = time.process_time() - cpu
+    return rate(len(items), elapsed, tasks=tasks, cpu_us=cpu / len(items) * 1e6)
 
 
 async def _latency_samples(

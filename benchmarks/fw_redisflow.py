@@ -3,7 +3,13 @@ batch_size 500, prefetch 1000), the payload validated from the handler's annotat
 
 ``suite.py --baseline REF`` runs this same file against an older commit's ``redisflow/``
 (PYTHONPATH first): use only ``Flow`` and the methods already used here, so that it runs
-against both trees."""
+against both trees (the ``*_traced`` cases need ``redisflow.otel``: against a tree without
+it they fail, and only they).
+
+The ``*_traced`` cases run the same workload with ``Flow(middleware=[Tracing()])`` on an
+OpenTelemetry SDK ``TracerProvider`` whose ``BatchSpanProcessor`` (queue large enough that
+no span is dropped) hands the spans to an exporter that counts and discards them: the cost
+of making every span, not of shipping them."""
 
 from __future__ import annotations
 
@@ -35,10 +41,48 @@ async def fill(flow: Flow, kind: str, items: list[Email]) -> None:
             await flow.append_many("q", part)
 
 
-def consumer(url: str, kind: str, tally: Tally, *, suspend: bool = False, **options: Any) -> Flow:
+class Traced:
+    """``Tracing()`` on a private SDK provider whose exporter counts and drops the spans;
+    ``ratio``: the share of traces sampled (children follow their parent's decision)."""
+
+    def __init__(self, ratio: float = 1.0) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+        from opentelemetry.sdk.trace.export import SpanExportResult as Export
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        from redisflow.otel import Tracing
+
+        class Count(SpanExporter):
+            spans = 0
+
+            def export(self, spans: Any) -> Export:
+                Count.spans += len(spans)
+                return Export.SUCCESS
+
+        self.exporter = Count()
+        self.provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+        self.provider.add_span_processor(BatchSpanProcessor(self.exporter, max_queue_size=1 << 20))
+        self.middleware = [Tracing(tracer_provider=self.provider)]
+
+    def done(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` with the number of spans exported (all of them, once flushed)."""
+        self.provider.shutdown()
+        return {**result, "spans": self.exporter.spans}
+
+
+def consumer(
+    url: str,
+    kind: str,
+    tally: Tally,
+    *,
+    suspend: bool = False,
+    traced: Traced | None = None,
+    **options: Any,
+) -> Flow:
     """A flow with one handler on ``q`` that counts what it handles (a batch handler,
     taking ``list[Email]``, with ``batch=``)."""
-    flow = Flow(url, prefix="bench")
+    flow = Flow(url, prefix="bench", **({"middleware": traced.middleware} if traced else {}))
     if options.get("batch"):
 
         async def handle_batch(emails: list[Email]) -> None:
@@ -65,12 +109,16 @@ def consumer(url: str, kind: str, tally: Tally, *, suspend: bool = False, **opti
     return flow
 
 
-async def _drain(run: Run, kind: str, **options: Any) -> dict[str, Any]:
+async def _drain(
+    run: Run, kind: str, *, traced: bool = False, ratio: float = 1.0, **options: Any
+) -> dict[str, Any]:
     tally = Tally(run.n)
-    flow = consumer(run.url, kind, tally, **options)
-    await fill(flow, kind, common.emails(run.n))
+    tracing = Traced(ratio) if traced else None
+    flow = consumer(run.url, kind, tally, traced=tracing, **options)
+    await fill(flow, kind, common.emails(run.n))  # traced: one send span per 10,000
     result = await common.drain(flow.start, flow.stop, tally)
-    return {**result, "concurrency": CONCURRENCY}
+    result = {**result, "concurrency": CONCURRENCY}
+    return tracing.done(result) if tracing else result
 
 
 async def queue(run: Run) -> dict[str, Any]:
@@ -85,8 +133,22 @@ async def queue_amo(run: Run) -> dict[str, Any]:
     return await _drain(run, "queue", at_most_once=True)
 
 
+async def queue_traced(run: Run) -> dict[str, Any]:
+    return await _drain(run, "queue", traced=True)
+
+
+async def queue_traced_sampled(run: Run) -> dict[str, Any]:
+    """``queue_traced`` with 1 % of traces sampled: the fill's send spans decide, so the
+    consumer spans of a 10,000-message call are all sampled or all not."""
+    return await _drain(run, "queue", traced=True, ratio=0.01)
+
+
 async def stream(run: Run) -> dict[str, Any]:
     return await _drain(run, "stream")
+
+
+async def stream_traced(run: Run) -> dict[str, Any]:
+    return await _drain(run, "stream", traced=True)
 
 
 async def priority(run: Run) -> dict[str, Any]:
@@ -206,26 +268,61 @@ async def pubsub(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": CONCURRENCY}
 
 
-def _producer(run: Run, wait_replicas: int) -> Flow:
-    # wait_replicas only when asked: a --baseline tree may predate the option
+def _producer(run: Run, wait_replicas: int, traced: Traced | None = None) -> Flow:
+    # wait_replicas and middleware only when asked: a --baseline tree may predate them
     options: dict[str, Any] = {"wait_replicas": wait_replicas} if wait_replicas else {}
+    if traced is not None:
+        options["middleware"] = traced.middleware
     return Flow(run.url, prefix="bench", **options)
 
 
-async def produce(run: Run, wait_replicas: int = 0) -> dict[str, Any]:
-    flow = _producer(run, wait_replicas)
+async def produce(run: Run, wait_replicas: int = 0, traced: bool = False) -> dict[str, Any]:
+    tracing = Traced() if traced else None
+    flow = _producer(run, wait_replicas, tracing)
     items = common.emails(run.n)
     result = await common.produce(lambda e: flow.enqueue("q", e), items)
     await flow.aclose()
-    return result
+    return tracing.done(result) if tracing else result
 
 
-async def produce_concurrent(run: Run, wait_replicas: int = 0) -> dict[str, Any]:
-    flow = _producer(run, wait_replicas)
+async def produce_traced(run: Run) -> dict[str, Any]:
+    return await produce(run, traced=True)
+
+
+async def produce_batch(run: Run, traced: bool = False) -> dict[str, Any]:
+    """``enqueue_many`` of 500 messages per call (the redis-py ``RPUSH`` 500 row's shape)."""
+    tracing = Traced() if traced else None
+    flow = _producer(run, 0, tracing)
+    calls = list(common.chunks(common.emails(run.n), 500))
+    result = await common.produce(lambda part: flow.enqueue_many("q", part), calls)
+    await flow.aclose()
+    per = len(calls) / run.n  # common.produce counted calls: per message instead
+    result = {
+        **result,
+        "value": result["value"] / per,
+        "n": run.n,
+        "cpu_us": result["cpu_us"] * per,
+    }
+    return tracing.done(result) if tracing else result
+
+
+async def produce_batch_traced(run: Run) -> dict[str, Any]:
+    return await produce_batch(run, traced=True)
+
+
+async def produce_concurrent(
+    run: Run, wait_replicas: int = 0, traced: bool = False
+) -> dict[str, Any]:
+    tracing = Traced() if traced else None
+    flow = _producer(run, wait_replicas, tracing)
     items = common.emails(run.n)
     result = await common.produce_concurrently(lambda e: flow.enqueue("q", e), items)
     await flow.aclose()
-    return result
+    return tracing.done(result) if tracing else result
+
+
+async def produce_concurrent_traced(run: Run) -> dict[str, Any]:
+    return await produce_concurrent(run, traced=True)
 
 
 async def produce_wait(run: Run) -> dict[str, Any]:
@@ -284,7 +381,10 @@ CASES = {
     "queue": queue,
     "queue_await": queue_await,
     "queue_amo": queue_amo,
+    "queue_traced": queue_traced,
+    "queue_traced_sampled": queue_traced_sampled,
     "stream": stream,
+    "stream_traced": stream_traced,
     "priority": priority,
     "queue_batch": queue_batch,
     "groups_1": groups_1,
@@ -297,7 +397,11 @@ CASES = {
     "priority_batch": priority_batch,
     "pubsub": pubsub,
     "produce": produce,
+    "produce_traced": produce_traced,
+    "produce_batch": produce_batch,
+    "produce_batch_traced": produce_batch_traced,
     "produce_concurrent": produce_concurrent,
+    "produce_concurrent_traced": produce_concurrent_traced,
     "produce_wait": produce_wait,
     "produce_concurrent_wait": produce_concurrent_wait,
     "latency": latency,

@@ -84,6 +84,8 @@ def describe(o: Outcome) -> tuple[str, str, str]:
         details.append(f"concurrency {last['concurrency']}")
     if "cpu_us" in last:
         details.append(f"{statistics.median(r['cpu_us'] for r in o.runs):.1f} us CPU/msg")
+    if "spans" in last:
+        details.append(f"{statistics.median(r['spans'] for r in o.runs):,.0f} spans exported")
     if "p99" in last:
         details.append(f"p99 {fmt(statistics.median(r['p99'] for r in o.runs), 'ms')} ms")
     if "lost" in last:

@@ -32,8 +32,10 @@ class Source:
 class Message(Generic[T]):
     """A delivered message: its id, source, attempt number, time of enqueueing, headers, bytes.
 
-    ``attempt`` is 1 on the first delivery. ``enqueued_at`` is None when the producer did not
-    record it (a message written by another client). ``payload`` is the validated payload.
+    ``attempt`` is 1 on the first delivery; ``max_attempts`` is the handler's option of that
+    name (a failure on that attempt goes to the dead letters; 1 when a ``Message`` is built
+    by hand). ``enqueued_at`` is None when the producer did not record it (a message
+    written by another client). ``payload`` is the validated payload.
     ``group``: the fair group of a message of a queue consumed with ``groups=`` (None: the
     default group, or any other source).
     ``channel`` is the channel a Pub/Sub message was published to: for a pattern handler
@@ -51,6 +53,7 @@ class Message(Generic[T]):
     headers: dict[str, str]
     raw: bytes
     payload: T | None = field(default=None, repr=False)
+    max_attempts: int = 1
     group: str | None = None
     scheduled_for: datetime | None = None
     channel: str | None = None
@@ -92,6 +95,7 @@ class MessageBatch(Message[list[T]]):
             {},
             b"",
             [m.payload for m in messages],  # type: ignore[misc]
+            max_attempts=messages[0].max_attempts,
             messages=messages,
         )
 

@@ -308,7 +308,7 @@ class Runtime:
             if self._metrics is not None:
                 self._metrics.close()
                 self._metrics = None
-            if self._worker:
+            if self._worker and not any(c.backoff.gave_up for c in self.consumers):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     with contextlib.suppress(Exception):
                         await handlers.leave(self.client, self.handlers, self._worker)

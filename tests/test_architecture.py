@@ -14,8 +14,8 @@ or lower ones)::
     client, produce, writes, handler      producers and reads; a handler's signature
     consumers/                            the runtime of each kind
     ops/                                  dead letters and stats, as data
-    metrics, lifespan, runtime, app,      a running flow; its AsyncAPI document
-    asyncapi
+    metrics, otel, lifespan, runtime,     a running flow; tracing middleware; its AsyncAPI
+    app, asyncapi                         document
     testing/, cli/, web/                  what users run; nothing imports them
 """
 
@@ -37,7 +37,7 @@ LAYERS = [
     {"client", "handler", "produce", "writes"},
     {"consumers"},
     {"ops"},
-    {"metrics", "lifespan", "runtime", "app", "asyncapi"},
+    {"metrics", "otel", "lifespan", "runtime", "app", "asyncapi"},
     {"__init__", "__main__", "testing", "cli", "web"},
 ]
 MAX_LINES = 400

@@ -464,3 +464,52 @@ async def test_batches_on_a_partitioned_stream_and_queue_of_a_cluster(
         )  # fmt: skip
     assert sorted(got["queue"]) == sorted(got["stream"]) == list(range(300))
     assert max(sizes) <= 50 and len(sizes) >= 12  # 100 per partition: two batches or more
+
+
+async def test_tracing_one_span_per_batch_linked_to_each_message(url: str, ns: str) -> None:
+    """``Tracing``: a batch is one CONSUMER span (a new trace) with the batch's size and a
+    link to each message's producer span; ``BatchFailed`` makes its outcome ``partial``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from redisflow.otel import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    flow = Flow(url, prefix=ns, middleware=[Tracing(tracer_provider=provider)])
+    calls = 0
+
+    @flow.on_queue(ns, batch=10, batch_wait=0.5, max_attempts=1)
+    async def ingest(rows: list[Row]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise BatchFailed({0: ValueError("first")})
+
+    try:
+        async with flow:
+            for n in range(3):  # three sends, three producer spans (three traces)
+                await flow.enqueue(ns, {"n": n})
+            await eventually(lambda: calls == 1, what="the first batch")
+            await flow.enqueue_many(ns, [{"n": 3}, {"n": 4}])
+            await eventually(lambda: calls == 2, what="the second batch")
+            await flow.wait_idle()
+
+        def processed() -> list[Any]:
+            return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+
+        await eventually(lambda: len(processed()) == 2, what="two batch spans")
+    finally:
+        provider.shutdown()
+    sends = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    first, second = processed()
+    assert dict(first.attributes or {})["messaging.batch.message_count"] == 3
+    assert first.parent is None and dict(first.attributes or {})["redisflow.outcome"] == "ok"
+    linked = {link.context.trace_id for link in first.links}
+    assert linked == {s.context.trace_id for s in sends[:3] if s.context is not None}
+    assert dict(second.attributes or {})["redisflow.outcome"] == "partial"
+    assert dict(second.attributes or {})["redisflow.batch.failed_count"] == 1
+    assert len(second.links) == 2  # one send of two messages: one context, two links

@@ -406,3 +406,42 @@ async def test_scheduled_job_rolls_up_each_tick_once(
     assert ticks and max(ticks.values()) == 1, ticks
     totals = {int(k): int(v) for k, v in (await r.hgetall(TOTALS)).items()}
     assert sum(totals.values()) == 20 and all(t % 2000 == 0 for t in totals), totals
+
+
+# -- issue 24: tracing --------------------------------------------------------------------------
+
+
+async def test_traced_flow_prints_one_trace_across_processes(
+    url: str, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    """traced (CLI worker and producer): the producer's send span, both attempts of the
+    order (the first retried), the shipment's send and its handler print one trace id from
+    both processes, each span the child of the one before it (both attempts of the send's)."""
+    await clean(r, "traced")
+    async with worker("traced", url, tmp_path) as output:
+        sent = await producer("traced", url)
+        await until(lambda: output().count("[span]") == 4, "the worker's four spans")
+    found = re.findall(
+        r"\[span\] trace (\w+) span (\w+) parent (\S+) \w+ '([^']+)' ?(.*)", sent + output()
+    )
+    spans = [
+        {"trace": trace, "span": span, "parent": parent, "name": name, "about": about}
+        for trace, span, parent, name, about in found
+    ]
+    assert len(spans) == 5, sent + output()
+    assert len({s["trace"] for s in spans}) == 1, "one trace"
+    send, first, second, forward, shipped = (
+        next(s for s in spans if s["name"] == name and word in s["about"])
+        for name, word in [
+            ("send examples:traced:orders", ""),
+            ("process examples:traced:orders", "outcome=retry"),
+            ("process examples:traced:orders", "outcome=ok"),
+            ("send examples:traced:shipments", ""),
+            ("process examples:traced:shipments", "outcome=ok"),
+        ]
+    )
+    assert first["parent"] == second["parent"] == send["span"]  # the retry: same parent
+    assert "attempt=1" in first["about"] and "type=TimeoutError" in first["about"]
+    assert "attempt=2" in second["about"] and "type=" not in second["about"]
+    assert forward["parent"] == second["span"]  # sent from the handler
+    assert shipped["parent"] == forward["span"]

@@ -105,21 +105,15 @@ class ChannelConsumer(Consumer[ChannelItem]):
         head, payload = split(raw)
         channel = item[CHANNEL].decode("utf-8", "replace")
         headers = {"channel": channel}
-        source = self.handler.source
+        source, most = self.handler.source, self.options.max_attempts
         if head is None:
+            msg_id, attempt = content_id(raw), item[ATTEMPT]
             return Message(
-                content_id(raw),
-                source,
-                item[ATTEMPT],
-                None,
-                headers,
-                payload,
-                value,
-                channel=channel,
+                msg_id, source, attempt, None, headers, payload, value, most, channel=channel
             )
         return Message(
             head[0], source, item[ATTEMPT], Message.time(head[1]),
-            {**(head[3] or {}), **headers}, payload, value, channel=channel,
+            {**(head[3] or {}), **headers}, payload, value, most, channel=channel,
         )  # fmt: skip
 
     def dead_extra(self, item: ChannelItem) -> dict[str, Any]:

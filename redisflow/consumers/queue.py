@@ -281,11 +281,11 @@ class QueueConsumer(Leases, Consumer[QueueItem]):
     def message(self, item: QueueItem, value: Any) -> Message[Any]:
         raw = item[RAW]
         head, payload = split(raw)
-        source = self.handler.source
+        source, most = self.handler.source, self.options.max_attempts
         if head is None:
-            return Message(content_id(raw), source, 1, None, {}, payload, value)
+            return Message(content_id(raw), source, 1, None, {}, payload, value, most)
         when = Message.time(head[1])
-        return Message(head[0], source, head[2], when, head[3] or {}, payload, value)
+        return Message(head[0], source, head[2], when, head[3] or {}, payload, value, most)
 
     def attempt(self, item: QueueItem) -> int:
         head, _ = split(item[RAW])

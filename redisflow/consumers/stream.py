@@ -227,10 +227,10 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
     def message(self, item: StreamItem, value: Any) -> Message[Any]:
         entry_id = item[ID]
         fields = dict(zip(item[FIELDS][::2], item[FIELDS][1::2], strict=False))
-        ms = int(entry_id.split(b"-", 1)[0])
+        when, most = Message.time(int(entry_id.split(b"-", 1)[0])), self.options.max_attempts
         return Message(
-            entry_id.decode(), self.handler.source, item[ATTEMPT], Message.time(ms),
-            parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value,
+            entry_id.decode(), self.handler.source, item[ATTEMPT], when,
+            parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value, most,
         )  # fmt: skip
 
     def attempt(self, item: StreamItem) -> int:

@@ -15,13 +15,13 @@ import logging
 import random
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
 from pydantic import ValidationError
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import DecodeError, Defer, HandlerSignal, Reject, ReplyError, Retry
+from ..errors import DecodeError, Defer, HandlerSignal, Reject, ReplyError, Retry, Skip
 from ..protocol.records import dead_letter
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .contract import Settling
 
 Item = TypeVar("Item")
+#: What becomes of a handler attempt: ``outcome`` names it for an exception.
+Outcome = Literal["ok", "retry", "dead-lettered", "rejected", "skipped", "deferred"]
 
 log = logging.getLogger("redisflow")
 
@@ -118,7 +120,7 @@ class Verdicts(Generic[Item]):
         if isinstance(exc, TimeoutError) and options.timeout is not None:
             failure.error = f"handler timed out after {options.timeout}s"
         attempt = self.consumer.attempt(item)
-        final = failure.decode or failure.reject or attempt >= options.max_attempts
+        final = outcome(exc, attempt, options.max_attempts) != "retry"
         failure.retry_delay = None if final else self.delay(attempt, failure.retry_delay)
         return failure, attempt, final
 
@@ -213,6 +215,21 @@ class Verdicts(Generic[Item]):
             msg, consumer.raw(item), failure.error, failure.where, attempt,
             consumer.handler.name, **consumer.dead_extra(item),
         )  # fmt: skip
+
+
+def outcome(exc: BaseException, attempt: int, max_attempts: int) -> Outcome:
+    """What becomes of a message whose attempt ``attempt`` (of ``max_attempts``) raised
+    ``exc``: the decision ``Verdicts.failed`` makes (and ``Skip`` and ``Defer``), for
+    middleware that report it (``redisflow.otel``)."""
+    if isinstance(exc, Skip):
+        return "skipped"
+    if isinstance(exc, Defer):
+        return "deferred"
+    if isinstance(exc, Reject):
+        return "rejected"
+    if isinstance(exc, DecodeError) or attempt >= max_attempts:
+        return "dead-lettered"
+    return "retry"
 
 
 def invalid(exc: ValidationError) -> DecodeError:
