@@ -284,6 +284,45 @@ async def latency(
     }
 
 
+async def round_trips(
+    call: Callable[[Email], Awaitable[Any]], run: Run, callers: int = 100
+) -> dict[str, Any]:
+    """Request/reply: ``callers`` tasks each sending a request and awaiting its reply, until
+    ``run.n`` replies; each round trip timed. p50 (``value``) and p99 in ms, requests/s,
+    and the CPU of this process per request (the handlers run here too)."""
+    import statistics
+
+    for i in range(WARMUP):  # connections, subscriptions, scripts loaded
+        await call(Email(to="warm@example.com", subject="ping", n=i))
+    samples: list[float] = []
+    sent = 0
+
+    async def caller() -> None:
+        nonlocal sent
+        while sent < run.n:
+            sent += 1
+            t0 = time.perf_counter()
+            reply = await call(Email(to="rpc@example.com", subject="ping", n=sent))
+            samples.append(time.perf_counter() - t0)
+            assert reply is not None
+
+    with profiled():
+        cpu, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu
+    samples.sort()
+    return {
+        "value": statistics.median(samples) * 1000,
+        "unit": "ms",
+        "n": len(samples),
+        "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000,
+        "rps": len(samples) / elapsed,
+        "callers": callers,
+        "cpu_us": cpu / len(samples) * 1e6,  # callers and handlers: one process
+    }
+
+
 def rss_mb() -> float:
     """The resident set size of this process now."""
     with open("/proc/self/statm") as f:

@@ -109,6 +109,20 @@ async def latency(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": CONCURRENCY}
 
 
+async def request(run: Run) -> dict[str, Any]:
+    # a request waits on a connection of its own: the default pool (100) is too small
+    b = RedisBroker(run.url, log_level=logging.DEBUG, max_connections=256)
+
+    @b.subscriber(list="q")
+    async def echo(email: Email) -> Email:
+        return email
+
+    await b.start()
+    result = await common.round_trips(lambda e: b.request(e, list="q", timeout=30), run)
+    await b.stop()
+    return {**result, "concurrency": CONCURRENCY}
+
+
 async def memory(run: Run) -> dict[str, Any]:
     b = broker(run)
     if run.fill:  # 10,000 encoded by FastStream, copied up to N
@@ -134,6 +148,7 @@ CASES = {
     "produce": produce,
     "produce_concurrent": produce_concurrent,
     "latency": latency,
+    "request": request,
     "memory": memory,
 }
 

@@ -348,6 +348,25 @@ async def latency(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": CONCURRENCY}
 
 
+async def request(run: Run, kind: Any = "queue") -> dict[str, Any]:
+    flow = Flow(run.url, prefix="bench")
+
+    async def echo(email: Email) -> Email:
+        return email
+
+    if kind == "channel":
+        flow.on_channel("q")(echo)
+    else:
+        flow.on_queue("q")(echo)
+    async with flow:
+        result = await common.round_trips(lambda e: flow.request("q", e, kind=kind), run)
+    return {**result, "concurrency": CONCURRENCY}
+
+
+async def request_channel(run: Run) -> dict[str, Any]:
+    return await request(run, "channel")
+
+
 async def start(run: Run) -> dict[str, Any]:
     first = common.First()
     flow = Flow(run.url, prefix="bench")
@@ -405,6 +424,8 @@ CASES = {
     "produce_wait": produce_wait,
     "produce_concurrent_wait": produce_concurrent_wait,
     "latency": latency,
+    "request": request,
+    "request_channel": request_channel,
     "memory": memory,
     "start": start,
 }

@@ -189,6 +189,44 @@ async def latency(run: Run) -> dict[str, Any]:
     return {**result, "concurrency": "1"}
 
 
+async def request(run: Run) -> dict[str, Any]:
+    """The hand-written RPC: the caller LPUSHes ``[reply key, payload]`` and BLPOPs its own
+    reply key (a connection per waiting caller: a blocked connection serves nothing else);
+    one server loop BLPOPs the queue and LPUSHes the reply, which expires."""
+    import uuid
+
+    import orjson
+
+    server = await client(run)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        run.url, max_connections=128, socket_timeout=None
+    )
+    callers = aioredis.Redis(connection_pool=pool)
+
+    async def serve() -> None:
+        while True:
+            _, raw = await server.blpop(["q"], timeout=0)
+            reply_key, payload = orjson.loads(raw)
+            email = Email.model_validate(payload)
+            await (
+                server.pipeline(transaction=False)
+                .lpush(reply_key, email.model_dump_json())
+                .expire(reply_key, 60)
+                .execute()
+            )
+
+    async def call(email: Email) -> Any:
+        reply_key = f"reply:{uuid.uuid4().hex}"
+        await callers.lpush("q", orjson.dumps([reply_key, email.model_dump(mode="json")]))
+        _, raw = await callers.blpop([reply_key], timeout=30)
+        return Email.model_validate_json(raw)
+
+    task = asyncio.create_task(serve())
+    result = await common.round_trips(call, run)
+    task.cancel()
+    return {**result, "concurrency": "1"}
+
+
 async def start(run: Run) -> dict[str, Any]:
     first = common.First()
     r = await client(run)
@@ -255,6 +293,7 @@ CASES = {
     "produce_batch": produce_batch,
     "produce_concurrent": produce_concurrent,
     "latency": latency,
+    "request": request,
     "memory_batch": memory_batch,
     "start": start,
 }

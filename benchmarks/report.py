@@ -25,6 +25,7 @@ WORKLOADS = {
     "produce": "Produce: one awaited call per message, msg/s",
     "produce_concurrent": "Produce: 1,000 tasks awaiting one call per message, msg/s",
     "latency": "Latency, one message in flight: publish -> handler start, p50 (p99) ms",
+    "request": "Request/reply: 100 concurrent callers, round trip p50 (p99) ms, requests/s",
     "memory": "Memory: peak RSS of a worker draining a backlog, MB",
     "start": "Start: process spawn -> first handled message of a pre-filled queue, s",
     "cluster": "Redis Cluster, 3 masters: partitioned queue and stream drains, N pre-filled "
@@ -88,6 +89,8 @@ def describe(o: Outcome) -> tuple[str, str, str]:
         details.append(f"{statistics.median(r['spans'] for r in o.runs):,.0f} spans exported")
     if "p99" in last:
         details.append(f"p99 {fmt(statistics.median(r['p99'] for r in o.runs), 'ms')} ms")
+    if "rps" in last:
+        details.append(f"{statistics.median(r['rps'] for r in o.runs):,.0f} requests/s")
     if "lost" in last:
         details.append(f"lost {', '.join(str(r['lost']) for r in o.runs)}")
         details.append(

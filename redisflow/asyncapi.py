@@ -4,9 +4,12 @@ Docs page shows.
 One channel per source (its address is the Redis key or Pub/Sub channel; the description
 and the ``x-redisflow`` extension tell its Redis structure, groups, partitions and the keys
 of its retries and dead letters), a ``receive`` operation per handler, a ``send`` operation
-per ``Flow.produces`` declaration. A message's payload is the JSON Schema pydantic gives for
-the type (the handler's payload parameter: validation mode; a declared send: serialization
-mode), its named types under ``components.schemas``. A type pydantic cannot describe gets
+per ``Flow.produces`` declaration. A handler annotated with what it returns gets a
+``reply`` in its operation: the result it writes for a caller (``request``, ``result``),
+on a channel of its own whose address is per message (``<prefix>:reply:{<id>}``). A
+message's payload is the JSON Schema pydantic gives for the type (the handler's payload
+parameter: validation mode; a declared send and a result: serialization mode), its named
+types under ``components.schemas``. A type pydantic cannot describe gets
 an empty schema that says why, never a broken document.
 """
 
@@ -71,6 +74,8 @@ def document(
     for produced in flow.produced:
         book.send(produced)
     schemas = book.schemas()  # fills in the messages' payloads
+    channels = {cid: channel.to_json(cid) for cid, channel in book.channels.items()}
+    channels |= {cid: _reply_json(*reply) for cid, reply in book.replies.items()}
     info: dict[str, Any] = {"title": title, "version": version}
     if description:
         info["description"] = description
@@ -79,7 +84,7 @@ def document(
         "info": info,
         "servers": {"redis": server(flow.config.url)},
         "defaultContentType": "application/json",
-        "channels": {cid: channel.to_json(cid) for cid, channel in book.channels.items()},
+        "channels": channels,
         "operations": book.operations,
         "components": {"schemas": schemas},
     }
@@ -232,6 +237,25 @@ class _Channel:
         return f"A redisflow {kind} `{name}`.{dead}"
 
 
+def _reply_json(handler: str, prefix: str, mid: str, message: _Message) -> dict[str, Any]:
+    """The channel of the results a handler writes for its callers: no fixed address."""
+    record, push = f"{prefix}:result:{{<id>}}", f"{prefix}:reply:{{<id>}}"
+    about = (
+        f"What `{handler}` returns to a caller that asked (`request`, or a send with"
+        f" `result_ttl`): the string `{record}`, pushed on the sharded Pub/Sub channel `{push}`"
+        " (braces included: a hash tag); `<id>` is the header `rf-result-id`, else the"
+        " message id (a stream's: `<stream>/<entry id>`). The record is `1` and this JSON; a"
+        ' final failure (dead-lettered, rejected, cancelled) is `0` and `["<where>", "<error>"]`.'
+    )
+    return {
+        "address": None,
+        "title": f"results of {handler}",
+        "description": about,
+        "messages": {mid: _message_json(message)},
+        "x-redisflow": {"kind": "result", "record": record, "push": push},
+    }
+
+
 def _message_json(message: _Message) -> dict[str, Any]:
     return {
         "name": message.name,
@@ -249,6 +273,7 @@ class _Book:
         self.channels: dict[str, _Channel] = {}
         self.ids: dict[tuple[str, str], str] = {}  # (kind, name) -> channel id
         self.operations: dict[str, dict[str, Any]] = {}
+        self.replies: dict[str, tuple[str, str, str, _Message]] = {}
         self.pending: list[_Message] = []
         self.defs: dict[str, Any] = {}
 
@@ -297,7 +322,29 @@ class _Book:
             operation["summary"] = summary.strip()
         if rest.strip():
             operation["description"] = rest.strip()
+        if handler.returns is not None:
+            operation["reply"] = self.reply(handler, handler.returns)
         self.operations[oid] = operation
+
+    def reply(self, handler: Handler, result: Any) -> dict[str, Any]:
+        """The reply of a handler that returns ``result``: its channel and message."""
+        rid = identifier(f"reply.{handler.name}", [*self.channels, *self.replies])
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(result)
+        except Exception:  # a type pydantic cannot use: described as any JSON
+            adapter = TypeAdapter(Any)
+        message = _Message(type_name(result), result, adapter, "serialization")
+        self.pending.append(message)
+        mid = identifier(type_name(result))
+        self.replies[rid] = (handler.name, self.prefix, mid, message)
+        return {
+            "address": {
+                "location": "$message.header#/rf-result-id",
+                "description": "the result's id: this header, else the message's id",
+            },
+            "channel": {"$ref": f"#/channels/{rid}"},
+            "messages": [{"$ref": f"#/channels/{rid}/messages/{mid}"}],
+        }
 
     def send(self, produced: Produced) -> None:
         cid, channel = self.channel(produced.source, 1)

@@ -13,12 +13,15 @@ from typing import Any, TypeVar, overload
 
 from .config import FlowConfig, RateLimit
 from .connection import Connector
+from .features.cancels import DEFAULT_REASON, DEFAULT_TTL, Cancels, check_cancel
 from .features.groups import GroupedQueues, Groups
+from .features.inbox import Inbox
 from .features.indexes import StreamIndexes
 from .features.memory import measure
 from .features.partitions import Layouts, check_partitions
 from .features.pauses import Paused, Pauses, check_target
 from .features.ratelimit import Limiter
+from .features.results import RESULT_TTL, Results, failure, own_id
 from .features.tracking import MessageStatus, Tracker
 from .handler import Produced
 from .keys import Keys
@@ -26,11 +29,13 @@ from .message import Kind
 from .middleware import check, produce_chain
 from .produce import Producers
 from .protocol import scripts
+from .protocol.cancels import Mark
+from .requests import Requests
 
 T = TypeVar("T")
 
 
-class Client(Producers):
+class Client(Producers, Requests):
     """Producers and reads over one process's connections, configured by ``config``.
 
     Build one directly for a process that only sends (``Client(FlowConfig.build(url))``).
@@ -57,6 +62,9 @@ class Client(Producers):
         self.tracker = Tracker(connector, config.prefix, config.track_ttl)
         self.indexes = StreamIndexes(connector, config.prefix)
         self.pauses = Pauses(connector, config.prefix)
+        self.results = Results(connector, config.prefix)  # ``results.failed`` for a cancel
+        self.inbox = Inbox(connector, config.prefix)
+        self.cancels = Cancels(connector, config.prefix)
 
     def add_middleware(self, middleware: object) -> None:
         """Add a middleware, inside those added before (the first added is the outermost);
@@ -72,7 +80,7 @@ class Client(Producers):
 
     async def aclose(self) -> None:
         """Close the connections (the next call opens them again)."""
-        await self.connector.aclose()
+        await self.connector.aclose()  # and the inbox's
 
     async def send(self, *args: Any) -> Any:
         """Run one Redis command (auto-pipelined with concurrent calls); its raw reply."""
@@ -135,6 +143,39 @@ class Client(Producers):
         resumed = await self.pauses.resume(name, group) or resumed
         await self.pauses_changed(False)
         return resumed
+
+    async def cancel(
+        self, name: str, message_id: str, *, reason: str = DEFAULT_REASON,
+        group: str | None = None, ttl: float = DEFAULT_TTL, key: str | None = None,
+    ) -> None:  # fmt: skip
+        """Cancel the message ``message_id`` of the queue, priority queue or stream
+        ``name`` (every partition): waiting (queued, delayed, waiting for a retry, an entry
+        not yet delivered), no worker runs it; running, its handler is cancelled within
+        about a second, wherever it runs (at the end of its ``msg.shield()``), and
+        ``msg.cancelled`` is ``reason``. A cancelled message is acknowledged: not retried,
+        not dead-lettered. The mark is kept ``ttl`` seconds, through restarts and the
+        recovery of a dead worker's messages; a message due later than that runs.
+        ``group``: one consumer group of a stream (None: every group). ``key``: the
+        partition key the message was sent with (None: every partition is marked; a
+        stream's entry id names an entry of one partition, and two partitions may hold the
+        same id). ConfigError for a channel (it keeps no message)."""
+        kinds = await self.kinds(name)
+        check_cancel(name, message_id, kinds, group, ttl)
+        if key is None:
+            keys = await self.layouts.all_keys(name)
+        else:
+            keys = [await self.layouts.pick(name, key)]
+        reason = reason or DEFAULT_REASON
+        await self.cancels.cancel(keys, message_id, reason, group, ttl)
+        # Its result's waiters learn it now, not when a worker meets the message (a delayed
+        # one: at its due time); a result already written stays (the first record wins).
+        rid = own_id(message_id, name if "stream" in kinds else None)
+        ttl_ms = int(min(ttl, RESULT_TTL) * 1000)  # gone with the mark, at the latest
+        await self.results.write(rid, failure("cancelled", reason), ttl_ms, first=True)
+
+    async def cancelled(self, name: str) -> dict[str, Mark]:
+        """The live cancel marks of the source ``name`` (all its partitions), by id."""
+        return await self.cancels.marks(await self.layouts.all_keys(name))
 
     async def _fair(self, name: str, group: str | None) -> bool:
         """Whether ``group`` names a fair group of the queue ``name``."""

@@ -263,7 +263,9 @@ class HandlerOptions:
     that many payloads (and a list of Messages), waiting at most ``batch_wait`` seconds
     (default 0.05) after the first for the batch to fill; ``concurrency`` then counts
     batches. ``groups`` (queues, priority queues): fair groups (``enqueue(..., group=)``)
-    served round robin, each within the ``GroupLimits`` given.
+    served round robin, each within the ``GroupLimits`` given. ``result_ttl`` (queues,
+    priority queues, streams): keep every message's result that many seconds, asked for or
+    not (``Flow.result``; a message that asks keeps its own for the TTL it asks).
     """
 
     concurrency: int = 16
@@ -281,6 +283,7 @@ class HandlerOptions:
     batch: int | None = None
     batch_wait: float | None = None
     groups: GroupLimits | None = None
+    result_ttl: float | None = None
 
     def __post_init__(self) -> None:
         if not _int(self.concurrency) or self.concurrency < 1:
@@ -317,6 +320,8 @@ class HandlerOptions:
                 raise ConfigError(f"batch_wait must be >= 0 seconds, got {self.batch_wait!r}")
         if self.groups is not None and not isinstance(self.groups, GroupLimits):
             raise ConfigError(f"groups must be a GroupLimits, got {self.groups!r}")
+        if self.result_ttl is not None and (not _number(self.result_ttl) or self.result_ttl <= 0):
+            raise ConfigError(f"result_ttl must be > 0 seconds, got {self.result_ttl!r}")
         if self.groups is not None and self.at_most_once:
             raise ConfigError("groups= needs at-least-once delivery (not at_most_once=True)")
 
@@ -367,6 +372,7 @@ class StreamOptions(_Options, total=False):
     partitions: int
     batch: int | None
     batch_wait: float | None
+    result_ttl: float | None
 
 
 class QueueOptions(StreamOptions, total=False):

@@ -71,6 +71,27 @@ class ReplicationError(RedisflowError):
     write happened on the primary: the message may exist, and may be lost in a failover."""
 
 
+class RemoteError(RedisflowError):
+    """Raised by ``request`` and ``result`` when the handler failed for good: ``where`` says
+    how (``dead-lettered``, ``rejected``, ``cancelled``), ``error`` is its error text, ``id``
+    the result id asked for."""
+
+    def __init__(self, where: str, error: str, result_id: str = "") -> None:
+        super().__init__(f"{where}: {error}")
+        self.where = where
+        self.error = error
+        self.id = result_id
+
+
+class RequestTimeout(RedisflowError, TimeoutError):
+    """Raised by ``request`` when no result came within its ``timeout``: the message was
+    sent and still runs; ``id`` is its result id, for ``result(id)`` later."""
+
+    def __init__(self, message: str, result_id: str) -> None:
+        super().__init__(message)
+        self.id = result_id
+
+
 class HandlerSignal(Exception):
     """Base of the signals a handler raises to steer what happens to its message."""
 

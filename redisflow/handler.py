@@ -61,6 +61,9 @@ class Handler:
     order: tuple[str, ...] = ("payload",)  # positional parameters: "payload"/"message"
     payload: Any = Any  # the payload's type, as the adapter was built from it
     schedule: Schedule | None = None  # when its ticks fall (a schedule's handler)
+    #: What it says it returns, a result a caller may wait for (its ``return`` annotation;
+    #: None: nothing, or a batch handler or a schedule, whose return value is no result)
+    returns: Any = None
 
     @property
     def name(self) -> str:
@@ -103,6 +106,9 @@ class Handler:
         except (NameError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot read its signature: {exc}") from None
         batch = options.batch is not None
+        returns = hints.get("return")
+        if batch or schedule is not None or returns in (type(None), typing.NoReturn):
+            returns = None
         if batch:
             hints = _batch_hints(where, signature, hints)
         payload_type, order, deps = _parameters(where, signature, hints, schedule is None)
@@ -115,8 +121,9 @@ class Handler:
         invoke = _invoker(fn, tuple(order))
         wants, deps_, order_ = "message" in order, tuple(deps), tuple(order)
         return cls(
-            fn, source, options, adapter, wants, invoke, deps_, order_, payload_type, schedule
-        )
+            fn, source, options, adapter, wants, invoke, deps_, order_, payload_type, schedule,
+            returns,
+        )  # fmt: skip
 
     def clash(self, others: Iterable[Handler]) -> str | None:
         """Why this handler cannot join ``others`` (None when it can): its source has one
@@ -150,6 +157,12 @@ class Handler:
             f"handler {self.name!r}: no resource provides {', '.join(missing)}"
             " (register one with @flow.resource)"
         )
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the handler is a plain function, run in a worker thread (which nothing
+        can interrupt: a cancel takes effect when it returns)."""
+        return _threaded(self.fn)
 
     def bind(self, resources: Mapping[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
         """The call adapter with this handler's resource parameters filled in."""
@@ -225,11 +238,16 @@ def _parameters(
     return payload_type, order, deps
 
 
+def _threaded(fn: Any) -> bool:
+    """Whether ``fn`` is no async function (nor an async callable object): run in a thread."""
+    return not inspect.iscoroutinefunction(fn) and not inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
 def _invoker(fn: HandlerFunc, order: tuple[str, ...]) -> Callable[[Any, Any], Awaitable[Any]]:
     """A call adapter for ``fn``: async functions are awaited, plain ones run in a thread."""
-    if not inspect.iscoroutinefunction(fn) and not inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    ):
+    if _threaded(fn):
 
         async def threaded(value: Any, message: Any) -> Any:
             args = [value if part == "payload" else message for part in order]

@@ -218,6 +218,19 @@ class Keys:
         return f"{self.base}:gr:{group}"
 
     @property
+    def cancels(self) -> str:
+        """Hash of the cancelled messages of the source (this partition): id -> JSON
+        ``[deadline ms, reason, group]``, swept by ``lua/cancel.lua``; expires with its last
+        mark (``features/cancels.py``)."""
+        return f"{self.base}:cancels"
+
+    @property
+    def cancels_version(self) -> str:
+        """The version of ``cancels`` (a number that grows with each cancel), read with each
+        fetch so that a worker reloads the marks only when they changed."""
+        return f"{self.base}:cancelv"
+
+    @property
     def ticks(self) -> str:
         """The internal queue (a list) of a schedule: one message per tick to run."""
         return f"{self.base}:ticks"
@@ -238,6 +251,17 @@ class Keys:
 def status_key(prefix: str, message_id: str) -> str:
     """The status record (hash) of one tracked message; its own slot, found by id alone."""
     return f"{prefix}:status:{{{message_id}}}"
+
+
+def result_key(prefix: str, result_id: str) -> str:
+    """The result record of one message (a string that expires): in the slot of its id, so
+    it is found by the id alone; ``reply_channel`` shares it (docs/design.md, "Results")."""
+    return f"{prefix}:result:{{{check_text(result_id, 'result id')}}}"
+
+
+def reply_channel(prefix: str, result_id: str) -> str:
+    """The sharded Pub/Sub channel a result is pushed on, in its record's slot."""
+    return f"{prefix}:reply:{{{check_text(result_id, 'result id')}}}"
 
 
 def sources_key(prefix: str) -> str:

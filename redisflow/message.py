@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, Literal, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -44,6 +47,9 @@ class Message(Generic[T]):
     A client other than redisflow can write any id, attempt and headers: they are data, not
     proof of anything (docs/security.md, "Trust boundary"). ``scheduled_for``: the tick a
     schedule's run is for (UTC; None for other sources).
+    ``cancelled``: the reason given to ``Flow.cancel`` once this message is cancelled while
+    its handler runs (None until then); ``async with msg.shield():`` defers the
+    cancellation of the handler to the end of the block.
     """
 
     id: str
@@ -57,6 +63,25 @@ class Message(Generic[T]):
     group: str | None = None
     scheduled_for: datetime | None = None
     channel: str | None = None
+    cancelled: str | None = field(default=None, init=False, repr=False, compare=False)
+    _shields: int = field(default=0, init=False, repr=False, compare=False)
+    _on_unshield: Callable[[], None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def shield(self) -> Shield:
+        """A context manager (``with`` or ``async with``) within which a cancellation of
+        this message does not interrupt the handler: it takes effect when the outermost
+        shield ends (``CancelledError`` raised there), and ``cancelled`` says it came."""
+        return Shield(self)
+
+    def defer_cancel(self, request: Callable[[], None]) -> bool:
+        """For the runtime: when the handler is shielded, call ``request`` when the shield
+        ends and return True (the cancellation waits); else False (cancel it now)."""
+        if not self._shields:
+            return False
+        self._on_unshield = request
+        return True
 
     @staticmethod
     def time(ms: int | float | None) -> datetime | None:
@@ -106,3 +131,37 @@ class MessageBatch(Message[list[T]]):
 
     def __len__(self) -> int:
         return len(self.messages)
+
+
+class Shield:
+    """``Message.shield()``: defers the cancellation of a message's handler to its end."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Message[Any]) -> None:
+        self.msg = msg
+
+    def __enter__(self) -> Shield:
+        self.msg._shields += 1
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        msg = self.msg
+        msg._shields -= 1
+        request = msg._on_unshield
+        if msg._shields or request is None:
+            return
+        msg._on_unshield = None
+        request()
+        if kind is None:  # cancelled meanwhile: the handler is cancelled here
+            raise asyncio.CancelledError(f"message cancelled: {msg.cancelled}")
+
+    async def __aenter__(self) -> Shield:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(kind, exc, tb)

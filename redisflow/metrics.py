@@ -28,6 +28,7 @@ from .connection import CONNECTION_ERRORS
 from .consumers.contract import Stats
 from .consumers.kinds import TRAITS
 from .errors import ConfigError, ReplyError
+from .features.groups import sizes_at
 from .protocol.replies import mapping
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ class Metrics:
             commands.append((*traits.depth, held) if traits.depth else ("PING",))
             commands.append(("XLEN", consumer.keys.dead))
         replies = await connector.send.many(*commands) if commands else []
+        grouped: list[Any] = []  # consumers of fair groups: their depth needs more reads
         for i, consumer in enumerate(self.consumers):
             traits = TRAITS[consumer.kind]
             source, part = str(consumer.handler.source), consumer.key
@@ -134,8 +136,13 @@ class Metrics:
                     self.pending.labels(source, part, name).set(info[b"pending"])
                     if info.get(b"lag") is not None:
                         self.lag.labels(source, part, name).set(info[b"lag"])
+            elif getattr(consumer, "group_mode", None) is not None:
+                grouped.append(consumer)  # every group waits, not only the key's default
             elif traits.depth:
                 self.depth.labels(source, part).set(reply)
+        for consumer in grouped:
+            sizes, _ = await sizes_at(connector, consumer.keys, consumer.group_mode)
+            self.depth.labels(str(consumer.handler.source), consumer.key).set(sum(sizes.values()))
 
 
 class Timing:

@@ -14,8 +14,8 @@ class whose defaults pass through)::
         return await call_next(out)        # the rest of the chain, then the send
 
 The first registered is the outermost, on both sides. Chains are built once (per handler,
-per flow). Without one the consumer calls the handler directly and a producer sends
-directly (after building its ``Outgoing``: docs/design.md, "Middleware"). The built-in
+per flow). Without one the consumer calls the handler directly and a producer writes
+directly, building no ``Outgoing`` (docs/design.md, "Middleware"). The built-in
 extras (idempotency, rate limits, status tracking, Prometheus timing) are consume
 middleware the flow adds inside the user's, per handler.
 

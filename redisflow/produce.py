@@ -1,22 +1,28 @@
 """The producers of a ``Client``: publish, enqueue, enqueue_priority, append, and their
 ``_many`` forms.
 
-Each public method checks its options, describes its send as an ``Outgoing`` and hands it
-to ``send_outgoing``: through the produce middleware when the flow has some
-(``middleware.py``), else straight to its twin in ``writes.py``, which writes it.
+Each public method checks its options and hands its send to its twin in ``writes.py``,
+which writes it: straight away when the flow has no produce middleware (nothing else is
+built on that path), else described as an ``Outgoing`` and passed through the chain
+(``middleware.py``) first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .features import results
 from .features.groups import check_group
 from .middleware import Outgoing, ProduceChain, ProduceNext
 from .protocol import envelope
 from .protocol.priority import check_priority
-from .writes import Writes
+from .writes import Headers, Writes
+
+R = TypeVar("R")
+#: A send's write, given the (possibly changed) name, payload and headers.
+Write = Callable[[str, Any, Headers], Awaitable[R]]
 
 #: Default dedup window, in seconds.
 DEDUP_TTL = 3600.0
@@ -26,7 +32,9 @@ class Producers(Writes):
     """The producer methods of ``Client`` (a base class of it, over the connector, config,
     layouts, tracker and indexes the client sets up). Every producer takes
     ``wait_replicas``: return only once that many replicas acknowledged the write (else
-    ``ReplicationError``; default: the flow's ``wait_replicas``, 0)."""
+    ``ReplicationError``; default: the flow's ``wait_replicas``, 0). The single-message
+    sends to queues, priority queues and streams take ``result_ttl``: keep the handler's
+    result that many seconds, for ``result(id)`` (``requests.py``)."""
 
     #: The produce middleware chain (None: no middleware has a ``produce``).
     produce_chain: ProduceChain | None = None
@@ -36,6 +44,12 @@ class Producers(Writes):
         methods, retries and dead-letter replays call)."""
         chain = self.produce_chain
         return send(out) if chain is None else chain(out, send)
+
+    def _chained(self, out: Outgoing, write: Write[R]) -> Awaitable[R]:
+        """``out`` through the produce chain (there is one), then written by ``write``."""
+        chain = self.produce_chain
+        assert chain is not None
+        return chain(out, lambda out: write(out.name, out.payload, out.headers))
 
     async def publish(
         self,
@@ -61,15 +75,17 @@ class Producers(Writes):
             raise ConfigError("maxlen and minid trim the durable stream: give durable= too")
         explicit = bool(headers)
 
-        def send(out: Outgoing) -> Awaitable[int | None]:
-            return self._publish(
-                out, explicit, dedup_key, dedup_ttl, durable, maxlen, minid, sharded, wait_replicas
-            )
+        if self.produce_chain is None:
+            return await self._publish(channel, data, headers, explicit, dedup_key, dedup_ttl,
+                                       durable, maxlen, minid, sharded, wait_replicas)  # fmt: skip
+
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[int | None]:
+            return self._publish(name, payload, head, explicit, dedup_key, dedup_ttl, durable,
+                                 maxlen, minid, sharded, wait_replicas)  # fmt: skip
 
         options = {"dedup_key": dedup_key, "durable": durable, "sharded": sharded}
         out = Outgoing("channel", channel, data, _headers(headers), options=options)
-        result: int | None = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def publish_many(
         self,
@@ -83,12 +99,13 @@ class Producers(Writes):
         ``headers`` (the same for each) as for ``publish``."""
         explicit = bool(headers)
 
-        def send(out: Outgoing) -> Awaitable[int]:
-            return self._publish_many(out, explicit, sharded)
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[int]:
+            return self._publish_many(name, payload, head, explicit, sharded)
 
+        if self.produce_chain is None:
+            return await write(channel, items, headers)
         out = Outgoing("channel", channel, list(items), _headers(headers), many=True)
-        result: int = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def enqueue(
         self,
@@ -103,6 +120,7 @@ class Producers(Writes):
         key: str | None = None,
         group: str | None = None,
         wait_replicas: int | None = None,
+        result_ttl: float | None = None,
     ) -> str | None:
         """Add ``data`` to a list queue (after ``delay`` seconds); returns the message id,
         or None when ``dedup_key`` was seen within ``dedup_ttl`` seconds. ``notify`` also
@@ -112,15 +130,19 @@ class Producers(Writes):
         partition too); without one, the default group."""
         group = _group(group, key, notify)
 
-        def send(out: Outgoing) -> Awaitable[str | None]:
-            return self._enqueue(
-                out, delay, dedup_key, dedup_ttl, notify, key, group, wait_replicas
-            )
+        if result_ttl is not None:  # ask for the result (features/results.py)
+            headers = results.ask(dict(envelope.encode_headers(headers) or {}), result_ttl)
+        if self.produce_chain is None:  # the hot path: nothing built that only a chain needs
+            return await self._enqueue(queue, data, headers, delay, dedup_key, dedup_ttl, notify,
+                                       key, group, wait_replicas)  # fmt: skip
+
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[str | None]:
+            return self._enqueue(name, payload, head, delay, dedup_key, dedup_ttl, notify, key,
+                                 group, wait_replicas)  # fmt: skip
 
         options = {"delay": delay, "dedup_key": dedup_key, "key": key, "group": group}
         out = Outgoing("queue", queue, data, _headers(headers), options=options)
-        result: str | None = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def enqueue_many(
         self,
@@ -138,13 +160,15 @@ class Producers(Writes):
         ``headers``: the same for each; ``group``: the fair group of them all."""
         group = _group(group, key, notify)
 
-        def send(out: Outgoing) -> Awaitable[list[str]]:
-            return self._enqueue_many(out, delay, notify, key, group, wait_replicas)
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[list[str]]:
+            return self._enqueue_many(name, payload, head, delay, notify, key, group,
+                                      wait_replicas)  # fmt: skip
 
+        if self.produce_chain is None:
+            return await write(queue, items, headers)
         options = {"delay": delay, "key": key, "group": group}
         out = Outgoing("queue", queue, list(items), _headers(headers), True, options=options)
-        result: list[str] = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def enqueue_priority(
         self,
@@ -159,6 +183,7 @@ class Producers(Writes):
         key: str | None = None,
         group: str | None = None,
         wait_replicas: int | None = None,
+        result_ttl: float | None = None,
     ) -> str | None:
         """Add ``data`` to a priority queue; 0 is the most urgent, up to 8191. FIFO holds
         within a level (of a partition). Returns the message id (None for a duplicate
@@ -167,17 +192,21 @@ class Producers(Writes):
         level = check_priority(priority)
         group = _group(group, key)
 
-        def send(out: Outgoing) -> Awaitable[str | None]:
-            return self._enqueue_priority(
-                out, level, delay, dedup_key, dedup_ttl, key, group, wait_replicas
-            )
+        if result_ttl is not None:  # ask for the result (features/results.py)
+            headers = results.ask(dict(envelope.encode_headers(headers) or {}), result_ttl)
+        if self.produce_chain is None:
+            return await self._enqueue_priority(queue, data, headers, level, delay, dedup_key,
+                                                dedup_ttl, key, group, wait_replicas)  # fmt: skip
+
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[str | None]:
+            return self._enqueue_priority(name, payload, head, level, delay, dedup_key,
+                                          dedup_ttl, key, group, wait_replicas)  # fmt: skip
 
         options = {
             "priority": level, "delay": delay, "dedup_key": dedup_key, "key": key, "group": group
         }  # fmt: skip
         out = Outgoing("priority", queue, data, _headers(headers), options=options)
-        result: str | None = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def enqueue_priority_many(
         self,
@@ -196,13 +225,15 @@ class Producers(Writes):
         level = check_priority(priority)
         group = _group(group, key)
 
-        def send(out: Outgoing) -> Awaitable[list[str]]:
-            return self._enqueue_priority_many(out, level, delay, key, group, wait_replicas)
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[list[str]]:
+            return self._enqueue_priority_many(name, payload, head, level, delay, key, group,
+                                               wait_replicas)  # fmt: skip
 
+        if self.produce_chain is None:
+            return await write(queue, items, headers)
         options = {"priority": level, "delay": delay, "key": key, "group": group}
         out = Outgoing("priority", queue, list(items), _headers(headers), True, options=options)
-        result: list[str] = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def append(
         self,
@@ -217,6 +248,7 @@ class Producers(Writes):
         index: Sequence[str] = (),
         key: str | None = None,
         wait_replicas: int | None = None,
+        result_ttl: float | None = None,
     ) -> str | None:
         """XADD ``data`` to a stream (JSON in the field ``data``); returns the entry id (None
         for a duplicate ``dedup_key``). ``maxlen``/``minid`` trim the stream (each partition)
@@ -224,13 +256,19 @@ class Producers(Writes):
         ``find``. ``key`` picks the partition of a partitioned stream."""
         trim = envelope.trim_args(maxlen, minid)  # checked before any middleware runs
 
-        def send(out: Outgoing) -> Awaitable[str | None]:
-            return self._append(out, trim, dedup_key, dedup_ttl, index, key, wait_replicas)
+        if result_ttl is not None:  # ask for the result (features/results.py)
+            headers = results.ask(dict(envelope.encode_headers(headers) or {}), result_ttl)
+        if self.produce_chain is None:
+            return await self._append(stream, data, headers, trim, dedup_key, dedup_ttl, index,
+                                      key, wait_replicas)  # fmt: skip
+
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[str | None]:
+            return self._append(name, payload, head, trim, dedup_key, dedup_ttl, index, key,
+                                wait_replicas)  # fmt: skip
 
         options = {"maxlen": maxlen, "minid": minid, "dedup_key": dedup_key, "key": key}
         out = Outgoing("stream", stream, data, _headers(headers), options=options)
-        result: str | None = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
     async def append_many(
         self,
@@ -247,13 +285,14 @@ class Producers(Writes):
         for each."""
         trim = envelope.trim_args(maxlen, minid)
 
-        def send(out: Outgoing) -> Awaitable[list[str]]:
-            return self._append_many(out, trim, key, wait_replicas)
+        def write(name: str, payload: Any, head: Headers) -> Awaitable[list[str]]:
+            return self._append_many(name, payload, head, trim, key, wait_replicas)
 
+        if self.produce_chain is None:
+            return await write(stream, items, headers)
         options = {"maxlen": maxlen, "minid": minid, "key": key}
         out = Outgoing("stream", stream, list(items), _headers(headers), True, options=options)
-        result: list[str] = await self.send_outgoing(out, send)
-        return result
+        return await self._chained(out, write)
 
 
 def _group(group: object, key: str | None, notify: str | None = None) -> str | None:

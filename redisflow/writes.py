@@ -1,6 +1,7 @@
-"""How each send of ``produce.py`` is written to Redis, once its ``Outgoing`` has been
-through the produce middleware: one command, or one script (``features/compound.py``) when
-an option makes the send compound, auto-pipelined with concurrent calls. A partitioned
+"""How each send of ``produce.py`` is written to Redis (its name, payload and headers, after
+the produce middleware when the flow has some): one command, or one script
+(``features/compound.py``) when an option makes the send compound, auto-pipelined with
+concurrent calls. A partitioned
 source (``features/partitions.py``) takes a message on the partition of its ``key`` (or,
 without one, of its ``dedup_key``, so the dedup check and the push share a slot), else round
 robin; a ``_many`` call spreads its items round robin, one command per partition, in one
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
     from .features.indexes import StreamIndexes
     from .features.partitions import Layouts
     from .features.tracking import Tracker
-    from .middleware import Outgoing
 
 log = logging.getLogger("redisflow")
+
+Headers = dict[str, str] | None  # a send's headers (checked by the write that encodes them)
 
 ID = b"\0id"  # produce.lua: the reply of the first command (the XADD's entry id)
 
@@ -72,17 +74,19 @@ class Writes:
             except Exception as exc:
                 log.warning("status of %d messages to %s not recorded: %r", len(ids), source, exc)
 
-    def _channel_headers(self, out: Outgoing, explicit: bool) -> dict[str, str] | None:
+    def _channel_headers(self, headers: Headers, explicit: bool) -> Headers:
         """The headers a channel message carries: those the caller gave, and those
         middleware set only with ``channel_headers`` (plain-JSON subscribers must keep
         working: docs/design.md, "Middleware")."""
-        if not out.headers or not (explicit or self.config.channel_headers):
+        if not headers or not (explicit or self.config.channel_headers):
             return None
-        return envelope.encode_headers(out.headers)
+        return envelope.encode_headers(headers)
 
     async def _publish(
         self,
-        out: Outgoing,
+        name: str,
+        payload: Any,
+        headers: Headers,
         explicit: bool,
         dedup_key: str | None,
         dedup_ttl: float,
@@ -92,9 +96,9 @@ class Writes:
         sharded: bool | None,
         wait_replicas: int | None,
     ) -> int | None:
-        channel, data = out.name, out.payload
+        channel, data = name, payload
         send = self._sender(wait_replicas)
-        head = self._channel_headers(out, explicit)
+        head = self._channel_headers(headers, explicit)
         payload = envelope.encode(data)
         if head:
             payload = envelope.envelope(payload, envelope.new_id(), headers=head)
@@ -106,7 +110,7 @@ class Writes:
         commands: list[Sequence[Any]] = []
         if durable is not None:
             keys.append((check_name(durable, "stream"), "stream"))
-            commands.append(envelope.xadd(durable, data, out.headers or None, maxlen, minid))
+            commands.append(envelope.xadd(durable, data, head, maxlen, minid))
         dedup = None
         if dedup_key is not None:
             dedup = self._keys(check_name(durable or channel, "channel")).dedup(dedup_key)
@@ -123,18 +127,22 @@ class Writes:
         )
         return None if replies is None else int(replies[-1])
 
-    async def _publish_many(self, out: Outgoing, explicit: bool, sharded: bool | None) -> int:
-        command = (await self._publish_command(out.name, sharded, out.name))[0]
-        head = self._channel_headers(out, explicit)
-        payloads = [envelope.encode(item) for item in out.payload]
+    async def _publish_many(
+        self, name: str, payload: Any, headers: Headers, explicit: bool, sharded: bool | None
+    ) -> int:
+        command = (await self._publish_command(name, sharded, name))[0]
+        head = self._channel_headers(headers, explicit)
+        payloads = [envelope.encode(item) for item in payload]
         if head:
             payloads = [envelope.envelope(p, envelope.new_id(), headers=head) for p in payloads]
-        commands = [(command, out.name, payload) for payload in payloads]
+        commands = [(command, name, payload) for payload in payloads]
         return sum(await self.connector.send.many(*commands)) if commands else 0
 
     async def _enqueue(
         self,
-        out: Outgoing,
+        name: str,
+        payload: Any,
+        headers: Headers,
         delay: float | None,
         dedup_key: str | None,
         dedup_ttl: float,
@@ -143,28 +151,27 @@ class Writes:
         group: str | None,
         wait_replicas: int | None,
     ) -> str | None:
-        queue = out.name
         send = self._sender(wait_replicas)
-        target = await self.layouts.pick(check_name(queue, "queue"), group or key or dedup_key)
-        msg_id, item = envelope.new_item(out.payload, out.headers)
-        grouped = self.grouped.cached(queue)  # without a round trip, most of the time
+        target = await self.layouts.pick(check_name(name, "queue"), group or key or dedup_key)
+        msg_id, item = envelope.new_item(payload, headers)
+        grouped = self.grouped.cached(name)  # without a round trip, most of the time
         if grouped is None:
-            grouped = await self.grouped.contains(queue)
+            grouped = await self.grouped.contains(name)
         if notify is None and (group is not None or grouped):
             sent = await self._to_group("queue", target, group, [(0, item)], delay, dedup_key,
                                         dedup_ttl, send)  # fmt: skip
             if sent:
-                await self._track("queue", queue, [msg_id])
+                await self._track("queue", name, [msg_id])
             return msg_id if sent else None
         if dedup_key is None and notify is None and not delay:
             await send("RPUSH", target, item)  # the hot path
             if self.config.track:
-                await self._track("queue", queue, [msg_id])
+                await self._track("queue", name, [msg_id])
             return msg_id
         keys = self._keys(target)
         if dedup_key is None and notify is None:
             await self.connector.run(scripts.delay(keys.delayed, to_ms(delay), [item]), send)
-            await self._track("queue", queue, [msg_id])
+            await self._track("queue", name, [msg_id])
             return msg_id
         if delay:
             push: Sequence[Any] = ("ZADD", keys.delayed, b"\0due:%d" % to_ms(delay), item)
@@ -179,24 +186,26 @@ class Writes:
         )  # fmt: skip
         if replies is None:
             return None
-        await self._track("queue", queue, [msg_id])
+        await self._track("queue", name, [msg_id])
         return msg_id
 
     async def _enqueue_many(
         self,
-        out: Outgoing,
+        name: str,
+        payload: Any,
+        headers: Headers,
         delay: float | None,
         notify: str | None,
         key: str | None,
         group: str | None,
         wait_replicas: int | None,
     ) -> list[str]:
-        name = check_name(out.name, "queue")
+        name = check_name(name, "queue")
         send = self._sender(wait_replicas)
-        ids, packed = envelope.pack_items(out.payload, out.headers)
+        ids, packed = envelope.pack_items(payload, headers)
         for target, part in (await self._spread(name, packed, group or key)).items():
             keys = self._keys(target)
-            if notify is None and (group is not None or await self._grouped(name)):
+            if notify is None and (group is not None or await self.grouped.contains(name)):
                 items = [(0, item) for item in part]
                 await self._to_group("queue", target, group, items, delay, None, 0, send)
             elif delay:
@@ -217,7 +226,9 @@ class Writes:
 
     async def _enqueue_priority(
         self,
-        out: Outgoing,
+        name: str,
+        payload: Any,
+        headers: Headers,
         level: int,
         delay: float | None,
         dedup_key: str | None,
@@ -226,13 +237,12 @@ class Writes:
         group: str | None,
         wait_replicas: int | None,
     ) -> str | None:
-        queue = out.name
         send = self._sender(wait_replicas)
-        target = await self.layouts.pick(check_name(queue, "queue"), group or key or dedup_key)
+        target = await self.layouts.pick(check_name(name, "queue"), group or key or dedup_key)
         keys = self._keys(target)
-        msg_id, item = envelope.new_item(out.payload, out.headers)
+        msg_id, item = envelope.new_item(payload, headers)
         added: int | None
-        if group is not None or await self._grouped(queue):
+        if group is not None or await self.grouped.contains(name):
             sent = await self._to_group(
                 "priority", target, group, [(level, item)], delay, dedup_key, dedup_ttl, send
             )
@@ -255,22 +265,24 @@ class Writes:
             added = await self._push_priority(target, [item], level, delay, send)
         if added is None:
             return None
-        await self._track("priority", queue, [msg_id])
+        await self._track("priority", name, [msg_id])
         return msg_id
 
     async def _enqueue_priority_many(
         self,
-        out: Outgoing,
+        name: str,
+        payload: Any,
+        headers: Headers,
         level: int,
         delay: float | None,
         key: str | None,
         group: str | None,
         wait_replicas: int | None,
     ) -> list[str]:
-        name = check_name(out.name, "queue")
+        name = check_name(name, "queue")
         send = self._sender(wait_replicas)
-        ids, packed = envelope.pack_items(out.payload, out.headers)
-        grouped = group is not None or await self._grouped(name)
+        ids, packed = envelope.pack_items(payload, headers)
+        grouped = group is not None or await self.grouped.contains(name)
         for target, part in (await self._spread(name, packed, group or key)).items():
             if grouped:
                 items = [(level, item) for item in part]
@@ -280,10 +292,6 @@ class Writes:
         if ids:
             await self._track("priority", name, ids)
         return ids
-
-    async def _grouped(self, name: str) -> bool:
-        """Whether ``name`` is consumed in fair groups."""
-        return await self.grouped.contains(name)
 
     async def _to_group(
         self,
@@ -323,7 +331,9 @@ class Writes:
 
     async def _append(
         self,
-        out: Outgoing,
+        name: str,
+        payload: Any,
+        headers: Headers,
         trim: tuple[Any, ...],
         dedup_key: str | None,
         dedup_ttl: float,
@@ -331,10 +341,10 @@ class Writes:
         key: str | None,
         wait_replicas: int | None,
     ) -> str | None:
-        stream, data = out.name, out.payload
+        stream, data = name, payload
         send = self._sender(wait_replicas)
         target = await self.layouts.pick(check_name(stream, "stream"), key or dedup_key)
-        args = envelope.xadd(target, data, out.headers or None, trim=trim)
+        args = envelope.xadd(target, data, envelope.encode_headers(headers), trim=trim)
         if dedup_key is None and not index:
             entry_id: bytes = await send(*args)
             await self._track("stream", stream, [entry_id.decode()])
@@ -360,14 +370,20 @@ class Writes:
         return str(reply.decode())
 
     async def _append_many(
-        self, out: Outgoing, trim: tuple[Any, ...], key: str | None, wait_replicas: int | None
+        self,
+        name: str,
+        payload: Any,
+        headers: Headers,
+        trim: tuple[Any, ...],
+        key: str | None,
+        wait_replicas: int | None,
     ) -> list[str]:
-        name = check_name(out.name, "stream")
+        name = check_name(name, "stream")
         send = self._sender(wait_replicas)
-        head = out.headers or None
+        head = envelope.encode_headers(headers)
         commands = [
             envelope.xadd(await self.layouts.pick(name, key), item, head, trim=trim)
-            for item in out.payload
+            for item in payload
         ]
         if not commands:
             return []

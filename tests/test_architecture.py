@@ -11,7 +11,8 @@ or lower ones)::
     connection/                           links, auto-pipelining, URLs
     features/, redispy                    Redis patterns over connections (idempotency,
                                           tracking, rate limits, indexes, partitions...)
-    client, produce, writes, handler      producers and reads; a handler's signature
+    client, produce, writes, handler,     producers and reads; a handler's signature;
+    requests                              request/reply
     consumers/                            the runtime of each kind
     ops/                                  dead letters and stats, as data
     metrics, otel, lifespan, runtime,     a running flow; tracing middleware; its AsyncAPI
@@ -34,7 +35,7 @@ LAYERS = [
     {"protocol"},
     {"connection"},
     {"features", "redispy"},
-    {"client", "handler", "produce", "writes"},
+    {"client", "handler", "produce", "requests", "writes"},
     {"consumers"},
     {"ops"},
     {"metrics", "otel", "lifespan", "runtime", "app", "asyncapi"},

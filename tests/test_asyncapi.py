@@ -177,6 +177,57 @@ def test_odd_payload_types_still_give_a_valid_document() -> None:
     assert "4 partitions" in channels["orders"]["description"]
 
 
+class Thumb(BaseModel):
+    url: str
+    width: int
+
+
+def test_a_handler_that_returns_something_documents_its_reply() -> None:
+    """A handler annotated with what it returns gets a ``reply``: a channel of its own (no
+    fixed address: one per result id) whose message is the return type's schema; a handler
+    that returns None, a batch handler and an unannotated one get none."""
+    flow = Flow(url="redis://127.0.0.1:6379", prefix="x")
+
+    @flow.on_queue("resize")
+    async def resize(url: str) -> Thumb:
+        return Thumb(url=url, width=64)
+
+    @flow.on_channel("sizes")
+    async def sizes(url: str) -> list[int]:
+        return [64]
+
+    @flow.on_stream("audit", group="g")
+    async def audit(n: int) -> None: ...
+
+    @flow.on_queue("rows", batch=10)
+    async def rows(items: list[int]) -> int:
+        return len(items)
+
+    @flow.on_priority("bare")
+    async def bare(n: int):  # type: ignore[no-untyped-def]
+        return n
+
+    doc = document(flow)
+    check(doc)
+    ops = {
+        op["x-redisflow"]["handler"].rpartition(".")[2]: op
+        for op in doc["operations"].values()
+        if op["action"] == "receive"
+    }
+    reply = ops["resize"]["reply"]
+    channel = resolve(doc, reply["channel"]["$ref"])
+    assert channel["address"] is None and channel["x-redisflow"]["push"] == "x:reply:{<id>}"
+    (message,) = (resolve(doc, m["$ref"]) for m in reply["messages"])
+    assert message["payload"] == {"$ref": "#/components/schemas/Thumb"}
+    assert doc["components"]["schemas"]["Thumb"]["required"] == ["url", "width"]
+    assert reply["address"]["location"] == "$message.header#/rf-result-id"
+    listed = resolve(doc, ops["sizes"]["reply"]["messages"][0]["$ref"])
+    assert listed["payload"] == {"type": "array", "items": {"type": "integer"}}
+    for name in ("audit", "rows", "bare"):
+        assert "reply" not in ops[name], name
+    assert len([c for c in doc["channels"].values() if c["address"] is None]) == 2
+
+
 def test_produces_is_checked_when_declared() -> None:
     flow = Flow()
     with pytest.raises(ConfigError, match=r"flow.produces\('x'\): kind must be one of"):

@@ -133,11 +133,13 @@ async def test_resharding_while_producing_and_consuming_loses_nothing(
         held = await held_everywhere(url, producer, [(kind, name)])
         lost, duplicated = lost_and_duplicated(handled, sent)
         under_traffic = sum(1 for sent_, handled_ in moves if sent_ and handled_)
+        in_flight = sum(1 for sent_, handled_ in moves if sent_ or handled_)
         figures(
             kind=str(kind),
             messages=sent,
             moves=len(moves),
             moves_under_traffic=under_traffic,
+            moves_with_traffic_in_flight=in_flight,
             fewest_sent_during_a_move=min(m[0] for m in moves),
             fewest_handled_during_a_move=min(m[1] for m in moves),
             lost=lost,
@@ -148,8 +150,11 @@ async def test_resharding_while_producing_and_consuming_loses_nothing(
         assert lost == 0
         assert held == 0, "messages left in Redis"
         assert len(moves) == rounds * len(slots)
-        # Sends and handlings went on while the slots moved (a move lasts 50-300 ms).
-        assert under_traffic >= len(moves) * 2 // 3, f"idle moves: {moves}"
+        # Traffic went on while the slots moved (a move lasts 50-300 ms): sends, or the
+        # handling of fetched messages. Not always both: while its slot migrates, a source's
+        # producer and its fetch may both wait (TRYAGAIN); CI saw moves with sends and no
+        # handling, and the reverse, in 7 of one run's 9 moves.
+        assert in_flight >= len(moves) * 2 // 3, f"idle moves: {moves}"
         assert set(followed) == set(kind.keys_of(name))
         assert all(n >= 1 for n in followed.values()), f"a fetch loop never moved: {followed}"
     finally:

@@ -109,3 +109,27 @@ async def test_a_schedule_and_the_paused_sources_are_checked(
     allowed = Flow(await user(f"+@all ~{ns}:*"), prefix=ns)
     allowed.every(60, name="beat")(beat)
     assert await problems_of(allowed) == []
+
+
+async def test_result_records_and_channels_are_checked(
+    user: Callable[..., Awaitable[str]], ns: str
+) -> None:
+    """A handler with ``result_ttl`` writes result records and pushes them: a user without
+    the reply channels (or the records' keys) is told."""
+    q = f"{ns}q"
+    no_channel = await user(f"+@all ~{q} ~{ns}:*")
+    flow = Flow(no_channel, prefix=ns)
+
+    @flow.on_queue(q, result_ttl=60)
+    async def handle(payload: int) -> int:
+        return payload
+
+    found = await problems_of(flow)
+    assert any(f"{ns}:reply:" in p for p in found), found
+    allowed = await user(f"+@all ~{q} ~{ns}:* &{ns}:reply:*")
+    flow2 = Flow(allowed, prefix=ns)
+    flow2.on_queue(q, result_ttl=60)(handle)
+    assert await problems_of(flow2) == []
+    plain = Flow(no_channel, prefix=ns)
+    plain.on_queue(q)(handle)
+    assert await problems_of(plain) == []  # keeps no results: not checked

@@ -25,7 +25,7 @@ import redis
 
 from redisflow.cli import main
 from redisflow.keys import Keys
-from tests.support.servers import free_port
+from tests.support.servers import closed_port, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = """\
@@ -51,6 +51,16 @@ def env_for(path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "REDISFLOW_URL"}
     env["PYTHONPATH"] = os.pathsep.join([str(path), str(ROOT)])
     return env
+
+
+def run_workers(path: Path, target: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``redisflow run TARGET --workers 2 ARGS`` started in ``path``; what it logs goes to
+    ``log`` (``ready_pids`` reads it)."""
+    argv = [sys.executable, "-m", "redisflow", "run", target, "--workers", "2", *args]
+    with open(log, "w") as err:
+        return subprocess.Popen(
+            argv, cwd=path, env=env_for(path), stdout=subprocess.DEVNULL, stderr=err
+        )
 
 
 def cli(path: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -226,7 +236,7 @@ def test_unreachable_redis_exits_1_naming_the_url(tmp_path: Path) -> None:
             pass
     """,
     )
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"redis://127.0.0.1:{closed_port()}/0"
     res = cli(tmp_path, "run", "u_app:flow", "--url", url, "--give-up-after", "1")
     assert res.returncode == 1, res.stderr
     assert f"cannot reach Redis at {url}" in res.stderr
@@ -251,7 +261,7 @@ def test_signal_while_waiting_for_redis_stops_cleanly(
             pass
     """,
     )
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"redis://127.0.0.1:{closed_port()}/0"
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -288,7 +298,7 @@ def test_run_consumes_then_stops_cleanly_on_sigterm(
     metrics_port = free_port()
     # The module's own URL is unreachable: the worker only works if --url is applied.
     source = APP.format(
-        flow_url=f"redis://127.0.0.1:{free_port()}/0",
+        flow_url=f"redis://127.0.0.1:{closed_port()}/0",
         ns=ns,
         done=done,
         queue=queue,
@@ -479,6 +489,7 @@ def test_stats_json_after_a_run(ops: Ops, sync_r: redis.Redis) -> None:
     assert after["used_memory"] > 0 and job["memory"] > 0
     table = ops.cli("stats", "ops_app:flow")
     assert "PROCESSED" in table and "handle_job" in table and "handle_event" in table
+    assert "CANCELLED" not in table, "shown only once some message was cancelled"
     watching = ["stats", "--json", "--watch", "0.2", "--url", ops.url, "--prefix", ops.ns]
     watch = subprocess.Popen(
         [sys.executable, "-m", "redisflow", *watching],

@@ -12,7 +12,7 @@ import pytest
 from redisflow import Flow
 from redisflow.testing.cluster import RedisCluster
 from tests.support.flows import eventually, make_flow
-from tests.support.servers import free_port
+from tests.support.servers import closed_port
 from tests.test_cli import write
 from tests.test_cli_first_hour import APP, run_cli
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 def seeds_with_a_dead_first(cluster: RedisCluster) -> str:
     """A cluster URL whose first seed has nothing listening."""
     live = [f"{n.host}:{n.port}" for n in cluster.nodes[1:3]]
-    return f"redis+cluster://127.0.0.1:{free_port()},{','.join(live)}/"
+    return f"redis+cluster://127.0.0.1:{closed_port()},{','.join(live)}/"
 
 
 async def test_a_dead_first_seed_is_skipped(

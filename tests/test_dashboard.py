@@ -33,7 +33,7 @@ from redisflow.web import dashboard
 from redisflow.web.history import History
 from redisflow.web.render import duration
 from tests.support.flows import eventually, make_flow
-from tests.support.servers import free_port
+from tests.support.servers import closed_port, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -187,7 +187,7 @@ async def test_no_password_appears_in_any_page(r: aioredis.Redis, url: str, ns: 
                 assert password not in page.text, path
             assert f"redis://{user}:***@" in (await http.get("/")).text
         # Redis gone: the error page names the server, not the password.
-        gone = make_flow(f"redis://{user}:{password}@127.0.0.1:{free_port()}/0", ns)
+        gone = make_flow(f"redis://{user}:{password}@127.0.0.1:{closed_port()}/0", ns)
         async with browse(dashboard(gone)) as http:
             page = await http.get("/")
             assert page.status_code == 503 and "did not answer" in page.text
@@ -364,7 +364,8 @@ async def test_overview_source_message_and_docs_pages(r: aioredis.Redis, url: st
         done.append(n)
 
     @flow.on_stream(stream, group="audit", partitions=2)
-    async def audit(event: dict[str, int]) -> None: ...
+    async def audit(event: dict[str, int]) -> int:  # a result: documented as its reply
+        return len(event)
 
     async with flow:
         message_id = await flow.enqueue(queue, 1)
@@ -386,6 +387,9 @@ async def test_overview_source_message_and_docs_pages(r: aioredis.Redis, url: st
         assert "No status record for <code>nope</code>" in unknown
         docs = (await http.get("/docs")).text
         assert "Do the work." in docs and "asyncapi.json" in docs
+        replies = r'Replies with <a href="#channel-reply\.[^"]*audit"><code>int</code>'
+        assert re.search(replies, docs), docs
+        assert "results of " in docs and f"<code>{ns}:reply:{{&lt;id&gt;}}</code>" in docs
         assert (await http.get("/asyncapi.json")).json()["asyncapi"] == "3.0.0"
     registry = dashboard(url, prefix=ns)
     async with browse(registry) as http:  # no app: the registry
@@ -684,4 +688,59 @@ async def test_schedules_panel(url: str, ns: str) -> None:
         assert row and 'class="pill paused"' in row.group(0)
         assert (await http.post("/resume", data=form)).status_code == 303
         assert await flow.paused() == []
+    await flow.aclose()
+
+
+async def test_cancel_a_message_from_the_source_page(url: str, ns: str) -> None:
+    """The source page cancels a message by id after a confirmation (a POST with the CSRF
+    token), lists the live cancel marks, and the message never runs; names and reasons are
+    escaped; a stream offers its groups; read-only shows no form and refuses the POST."""
+    flow = make_flow(url, ns)
+    queue, stream = f"{ns}:q", f"{ns}:s"
+    handled: list[int] = []
+
+    @flow.on_queue(queue)
+    async def work(n: int) -> None:
+        handled.append(n)
+
+    @flow.on_stream(stream, group="audit")
+    async def audit(n: int) -> None: ...
+
+    doomed = await flow.enqueue(queue, 1, delay=0.5)
+    assert doomed is not None
+    app = dashboard(flow)
+    async with browse(app) as http:
+        page = (await http.get(f"/source?kind=queue&name={queue}")).text
+        assert 'id="cancel-form"' in page and "No message of this source is cancelled" in page
+        form = {"csrf": token(page), "kind": "queue", "name": queue, "message": doomed,
+                "reason": XSS}  # fmt: skip
+        assert (await http.post("/cancel", data={**form, "csrf": "x.y"})).status_code == 403
+        empty = await http.post("/cancel", data={**form, "message": " "})
+        assert empty.status_code == 400 and "Give the id" in empty.text
+        grouped = await http.post("/cancel", data={**form, "group": "g"})  # refused before
+        assert grouped.status_code == 400 and "group names a consumer group" in grouped.text
+        chan = await http.post("/cancel", data={**form, "kind": "channel", "name": "news"})
+        assert chan.status_code == 400 and "keeps no message" in chan.text
+        asked = await http.post("/cancel", data=form)
+        assert asked.status_code == 200 and "Cancel message <code>" in asked.text
+        assert XSS not in asked.text and "&lt;script&gt;" in asked.text
+        assert await flow.cancelled(queue) == {}, "nothing is done before the confirmation"
+        done = await http.post("/cancel", data={**form, "confirm": "yes"})
+        assert done.status_code == 303
+        page = (await http.get(done.headers["location"])).text
+        assert f"Cancelled message <code>{doomed}</code>" in page
+        assert f'data-mark="{doomed}"' in page and XSS not in page
+        marks = await flow.cancelled(queue)
+        assert list(marks) == [doomed] and marks[doomed].reason == XSS
+        spage = (await http.get(f"/source?kind=stream&name={stream}")).text
+        assert '<option value="audit">audit</option>' in spage
+    async with flow:
+        await flow.enqueue(queue, 2)
+        await eventually(lambda: handled == [2], 10, "the other message")
+        await anyio.sleep(1.0)  # the cancelled one came due 0.5 s after it was sent
+    assert handled == [2]
+    async with browse(dashboard(flow, read_only=True)) as http:
+        page = (await http.get(f"/source?kind=queue&name={queue}")).text
+        assert 'id="cancel-form"' not in page and f'data-mark="{doomed}"' in page
+        assert (await http.post("/cancel", data=form)).status_code == 403
     await flow.aclose()

@@ -459,6 +459,11 @@ async def test_pause_api_command_line_and_stats(url: str, ns: str) -> None:
         ]
         text = _cli("stats", "--url", url, "--prefix", ns).stdout
         assert "groups of jobs: acme 30 (paused), beta 20 (paused)" in text, text
+        keys = (await flow.memory("jobs"))["keys"]  # each group's list is measured
+        lists = [keys[flow.keys("jobs").group(g)] for g in ("acme", "beta")]
+        assert [(k["type"], k["length"]) for k in lists] == [("list", 30), ("list", 20)]
+        assert keys[flow.keys("jobs").groups[5]]["length"] == 2  # the paused groups
+        assert stats["handlers"][0]["memory"] >= sum(k["bytes"] for k in lists)
         out = _cli("resume", "jobs", "--group", "beta", "--url", url, "--prefix", ns)
         assert out.returncode == 0 and "resumed" in out.stdout, out
         await eventually(lambda: got.count("beta") == 20, what="beta after resume")

@@ -26,6 +26,7 @@ from redisflow.server import (
     find_binary,
 )
 from redisflow.testing.servers import RedisServer, free_port, redis_server_binary
+from tests.support.servers import closed_port
 
 EMBEDDED = embedded_binary()
 needs_embedded = pytest.mark.skipif(
@@ -179,7 +180,7 @@ def test_run_without_url_starts_the_embedded_server_and_stops_it(tmp_path: Path)
 
 
 def test_run_without_url_or_server_says_what_to_install(tmp_path: Path) -> None:
-    proc = cli(tmp_path, free_port(), "run", "app", embedded=False)
+    proc = cli(tmp_path, closed_port(), "run", "app", embedded=False)
     assert proc.communicate(timeout=20)[0] == "" and proc.returncode == 1
     err = (tmp_path / "err.txt").read_text()
     assert len(err.strip().splitlines()) == 1, err
@@ -192,7 +193,7 @@ def test_run_without_url_or_server_says_what_to_install(tmp_path: Path) -> None:
 def test_run_with_a_url_never_starts_a_server(tmp_path: Path) -> None:
     """Nothing answers at the given URL nor at the default address: the given URL is
     waited for (and given up on), never replaced by a server of ours."""
-    given, default = free_port(), free_port()
+    given, default = closed_port(), free_port()
     url = f"redis://127.0.0.1:{given}/0"
     proc = cli(tmp_path, default, "run", "app", "--url", url, "--give-up-after", "1")
     proc.communicate(timeout=20)

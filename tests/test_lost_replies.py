@@ -6,75 +6,77 @@ stream assigns entries to the consumer, in Redis, before the reply is sent; if t
 connection breaks in between, the consumer reconnects without knowing what it was given.
 A proxy between the flow and Redis (``CuttingProxy``) breaks the connection exactly there:
 it swallows the first reply that carries a marked message, and closes the connection; or
-it holds back a chosen command, so that it is still in flight when the flow stops. Redis
+it holds back a chosen command, so that it is still in flight when the flow stops (and
+lets it reach Redis after the flow went on). Redis
 is real; only the TCP connection is interfered with.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 import redis.asyncio as aioredis
 
-from redisflow import Flow
+from redisflow import Flow, Message, Retry
 from redisflow.protocol import scripts
 from tests.support.flows import eventually, make_flow
 from tests.support.kinds import RELIABLE, Kind, by_kind
+from tests.support.proxy import Proxy
 from tests.support.servers import RedisProc
 
 pytestmark = pytest.mark.anyio
 
 
-class CuttingProxy:
+class CuttingProxy(Proxy):
     """A TCP proxy in front of Redis that breaks a connection at a chosen moment: the first
     reply from Redis that contains ``marker`` is never delivered, the connection is closed."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
+        super().__init__(upstream_port)
         self.marker: bytes | None = None
         self.cuts = 0
         self.hold: Callable[[bytes], bool] | None = None
         self.held = 0
+        self.let_go: anyio.Event | None = None  # set: the held command goes on to Redis
+        self.late = 0  # held commands that went on
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        async with listener:
-            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-            task_status.started()
-            await listener.serve(self._pipe)
+    async def pipe(self, client: anyio.abc.SocketStream, server: anyio.abc.SocketStream) -> None:
+        async with anyio.create_task_group() as tg:
 
-    async def _pipe(self, client: anyio.abc.SocketStream) -> None:
-        async with client, await anyio.connect_tcp("127.0.0.1", self.upstream_port) as server:
-            async with anyio.create_task_group() as tg:
-
-                async def up() -> None:
-                    try:
-                        async for chunk in client:
-                            if self.hold is not None and self.hold(chunk):
-                                self.hold = None
-                                self.held += 1
+            async def up() -> None:
+                try:
+                    async for chunk in client:
+                        if self.hold is not None and self.hold(chunk):
+                            self.hold = None
+                            self.held += 1
+                            if self.let_go is None:
                                 await anyio.sleep_forever()  # never reaches Redis
+                            await self.let_go.wait()  # reaches Redis late
                             await server.send(chunk)
-                    finally:
-                        tg.cancel_scope.cancel()
+                            self.late += 1
+                            continue
+                        await server.send(chunk)
+                finally:
+                    tg.cancel_scope.cancel()
 
-                async def down() -> None:
-                    try:
-                        async for chunk in server:
-                            if self.marker is not None and self.marker in chunk:
-                                self.marker = None
-                                self.cuts += 1
-                                return  # swallow the reply, close both sides
-                            await client.send(chunk)
-                    finally:
-                        tg.cancel_scope.cancel()
+            async def down() -> None:
+                try:
+                    async for chunk in server:
+                        if self.marker is not None and self.marker in chunk:
+                            self.marker = None
+                            self.cuts += 1
+                            return  # swallow the reply, close both sides
+                        await client.send(chunk)
+                finally:
+                    tg.cancel_scope.cancel()
 
-                tg.start_soon(up)
-                tg.start_soon(down)
+            tg.start_soon(up)
+            tg.start_soon(down)
 
 
 @pytest.fixture
@@ -92,9 +94,9 @@ def redis_port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
-def proxied(proxy: CuttingProxy, ns: str) -> Flow:
+def proxied(proxy: CuttingProxy, ns: str, **overrides: Any) -> Flow:
     """A flow whose every connection goes through the proxy."""
-    return make_flow(f"redis://127.0.0.1:{proxy.port}/0", ns)
+    return make_flow(f"redis://127.0.0.1:{proxy.port}/0", ns, **overrides)
 
 
 @by_kind(RELIABLE)
@@ -188,7 +190,12 @@ def is_ack(kind: Kind) -> Callable[[bytes], bool]:
         return lambda chunk: b"XACK" in chunk and b"XREADGROUP" not in chunk
     fetch = scripts.QUEUE_FETCH if kind.kind == "queue" else scripts.PRIORITY_FETCH
     sha = fetch.sha.encode()
-    return lambda chunk: sha in chunk and chunk.endswith(b"$1\r\n0\r\n")
+    # the ack may share its round trip with other commands (a poll of the cancel marks):
+    # look at each command of the chunk
+    return lambda chunk: any(
+        sha in command and command.endswith(b"$1\r\n0\r\n")
+        for command in re.split(rb"(?<=\r\n)(?=\*\d+\r\n\$)", chunk)
+    )
 
 
 @by_kind(RELIABLE)
@@ -213,3 +220,52 @@ async def test_ack_in_flight_when_the_flow_stops_is_not_lost(
         await eventually(lambda: len(got) == 3, what="the messages handled")
         await eventually(lambda: proxy.held == 1, what="an ack held back")
     assert await kind.held(r, flow, name) == 0, "handled messages were handed back"
+
+
+async def test_claim_in_flight_when_the_flow_stops_takes_nothing_handed_back(
+    proxy: CuttingProxy, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """A stream consumer's claim of idle entries is on its way when the flow stops, and
+    reaches Redis late: the stop waits for it before handing its entries back. (Were the
+    claim cancelled and run after the hand-back, it would take the handed-back entry for
+    the stopped consumer, counting one more delivery, and the successor would get it only
+    after ``claim_idle``, as attempt 3.)"""
+    name = f"{ns}:stream"
+    flow = proxied(proxy, ns, name="w1")
+    failed: list[int] = []
+
+    @flow.on_stream(name, group="g", max_attempts=5)
+    async def failing(msg: Message[dict[str, str]]) -> None:
+        failed.append(msg.attempt)
+        raise Retry(delay=30)  # waits in the consumer until the stop hands it back
+
+    claim = scripts.STREAM_CLAIM.sha.encode()
+    proxy.let_go = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        async with flow, make_flow(url, ns) as producer:
+            await producer.append(name, {"to": "a"})
+            await eventually(lambda: failed == [1], what="the first attempt")
+            proxy.hold = lambda chunk: claim in chunk
+            await eventually(lambda: proxy.held == 1, within=5, what="a claim held back")
+
+            async def let_go_after_the_stop_began() -> None:
+                await eventually(lambda: flow.consumers[0].stopping, what="the stop")
+                await anyio.sleep(0.3)
+                proxy.let_go.set()
+
+            tg.start_soon(let_go_after_the_stop_began)
+    await eventually(lambda: proxy.late == 1, what="the claim sent on to Redis")
+    pending = await r.xpending_range(name, "g", "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(b"w1", 1)]
+    assert pending[0]["time_since_delivered"] > 10**8, "the entry is not handed back"
+
+    again = make_flow(url, ns, name="w2")
+    got: list[int] = []
+
+    @again.on_stream(name, group="g", max_attempts=5)
+    async def handler(msg: Message[dict[str, str]]) -> None:
+        got.append(msg.attempt)
+
+    async with again:
+        await eventually(lambda: got, within=1.5, what="the entry, before claim_idle")
+    assert got == [2]

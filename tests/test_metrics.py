@@ -7,7 +7,7 @@ import urllib.request
 import anyio
 import pytest
 
-from redisflow import Flow, Reject
+from redisflow import Flow, GroupLimits, Reject
 from redisflow.features import partitions
 from tests.support.servers import free_port
 
@@ -85,3 +85,33 @@ async def test_a_partitioned_source_reports_each_partition(url: str, ns: str) ->
     assert all(depths(text)[key] >= 9 for key in parts), depths(text)
     dead = [line for line in text.splitlines() if line.startswith("redisflow_dead_letters{")]
     assert {line.split('partition="')[1].split('"')[0] for line in dead} >= set(parts)
+
+
+async def test_a_queue_of_fair_groups_reports_what_waits_in_every_group(url: str, ns: str) -> None:
+    """The depth of a queue consumed in fair groups counts every group's messages, not only
+    the default group's (the queue's own key)."""
+    port = free_port()
+    flow = Flow(url, prefix=ns, block_timeout=0.5, metrics_port=port, prefetch=1, batch_size=1)
+    q = f"{ns}:q"
+    gate = anyio.Event()
+
+    @flow.on_queue(q, groups=GroupLimits(concurrency=1), concurrency=1)
+    async def work(n: int) -> None:
+        await gate.wait()
+
+    def depth(text: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith("redisflow_queue_depth{")]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in found)
+
+    async with flow:
+        for tenant in ("a", "b", "c"):
+            await flow.enqueue_many(q, list(range(10)), group=tenant)
+        await flow.enqueue_many(q, list(range(5)))  # the default group
+        text = ""
+        with anyio.fail_after(30):  # the gauges are read every 5 s
+            while depth(text) < 34:  # one message is held by the handler
+                await anyio.sleep(0.2)
+                text = await anyio.to_thread.run_sync(scrape, port)
+        gate.set()
+        await flow.wait_idle()
+    assert depth(text) == 34, text

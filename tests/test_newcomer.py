@@ -17,7 +17,8 @@ import pytest
 from redisflow import ConfigError, Flow, Reject
 from redisflow.cli.logs import JsonFormatter
 from redisflow.testing import run_flow
-from redisflow.testing.servers import RedisServer, free_port
+from redisflow.testing.servers import RedisServer
+from tests.support.servers import closed_port
 
 pytestmark = pytest.mark.anyio
 
@@ -137,7 +138,7 @@ def test_check_names_each_problem(app: Path, redisflow_url: str, ns: str) -> Non
     assert not any(p.endswith(f"'{ns}:jobs'") for p in problems), problems
     assert "pw@" not in res.stdout + res.stderr  # the password is never shown
 
-    down = f"redis://127.0.0.1:{free_port()}/0"
+    down = f"redis://127.0.0.1:{closed_port()}/0"
     res = cli(app, "check", "app:flow", "--url", down)
     assert res.returncode == 1 and res.stdout.startswith(f"problem: cannot reach Redis at {down}")
 
@@ -155,7 +156,7 @@ def test_run_options_come_from_the_environment(app: Path) -> None:
     assert res.returncode == 2 and "argument --log-level: expected one of DEBUG" in res.stderr
     res = cli(app, "run", "app", REDISFLOW_WORKERS="0")
     assert res.returncode == 2 and "argument --workers: expected an integer >= 1" in res.stderr
-    down = f"redis://127.0.0.1:{free_port()}/0"
+    down = f"redis://127.0.0.1:{closed_port()}/0"
     res = cli(app, "run", "app", "--url", down, REDISFLOW_GIVE_UP_AFTER="0.5",
               REDISFLOW_LOG_FORMAT="json")  # fmt: skip
     assert res.returncode == 1, res.stderr

@@ -28,7 +28,7 @@ from redisflow.connection.pipeliner import Pipeliner
 from redisflow.connection.url import parse_url
 from redisflow.consumers import Consumer
 from redisflow.errors import ConnectionLost
-from tests.support.servers import RedisProc, free_port, start_redis, stop_redis
+from tests.support.servers import RedisProc, closed_port, free_port, start_redis, stop_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -335,7 +335,7 @@ async def test_start_gives_up_after_give_up_after(
     """Starting a flow whose Redis stays unreachable logs that it waits, then raises a
     RedisflowError naming the URL once ``give_up_after`` has passed."""
     caplog.set_level(logging.WARNING, logger="redisflow")
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"redis://127.0.0.1:{closed_port()}/0"
     flow = Flow(url, prefix=ns, give_up_after=1.5)
 
     @flow.on_queue(f"{ns}:q")

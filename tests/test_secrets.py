@@ -5,8 +5,6 @@ putting it on their command lines (which ``ps`` shows to every user of the machi
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from redisflow.cli import main
 from redisflow.connection import parse_url, redact
 from redisflow.connection.url import SCHEMES
 from tests.support.servers import RedisProc, start_redis, stop_redis
-from tests.test_cli import cli, env_for, ready_pids, stop, wait_for, write
+from tests.test_cli import cli, ready_pids, run_workers, stop, wait_for, write
 
 SECRET = "Sup3rSecret"
 APP = """\
@@ -78,12 +76,7 @@ def test_no_password_in_output_or_in_the_workers_command_lines(
     assert SECRET not in res.stderr + res.stdout
 
     log = tmp_path / "workers.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "redisflow", "run", "secret_app:flow", "--workers", "2",
-             "--url", url],
-            cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
+    proc = run_workers(tmp_path, "secret_app:flow", log, "--url", url)
     try:
         wait_for(lambda: len(ready_pids(log)) == 2 or proc.poll() is not None, 30, "ready")
         pids = ready_pids(log)

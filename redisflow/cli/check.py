@@ -3,7 +3,8 @@
 Connects as the flow would (the server's version is checked there), loads every script
 on the node of each source (of each partition), and asks Redis whether the flow's user may
 run what the handlers run on their keys and channels (sharded ones with ``SSUBSCRIBE``) and
-what producers run on the keys they write (dedup markers, status records): ``ACL DRYRUN``;
+what producers run on the keys they write (dedup markers, status records, the records and
+channels of a handler that keeps results): ``ACL DRYRUN``;
 a user not allowed that is checked for reading the keys instead. Prints one line per
 problem; exit status 0 when there is none, 1 otherwise.
 """
@@ -22,7 +23,7 @@ from ..connection import CONNECTION_ERRORS
 from ..consumers.kinds import TRAITS
 from ..errors import ConfigError, RedisflowError, ReplyError
 from ..handler import Handler
-from ..keys import status_key
+from ..keys import reply_channel, result_key, status_key
 from ..ops.health import evicting
 from ..protocol import scripts
 from .run import UsageError, load_flow, use_url
@@ -154,10 +155,18 @@ async def _commands(client: Client, handler: Handler) -> list[Sequence[Any]]:
             ["HINCRBY", keys.stats, "check", 0],  # the workers' counters
             ["HSET", keys.inflight, "check", "0"],
         ]
+        if traits.keyed:  # every fetch reads the version of the cancel marks, then them
+            commands += [["GET", keys.cancels_version], ["HGETALL", keys.cancels]]
         if options.idempotency_key is not None:
             commands.append(["EVALSHA", sha, 1, keys.done("check")])
         if options.rate_limit is not None:
             commands.append(["EVALSHA", sha, 1, keys.rate("check")])
+    if options.result_ttl is not None:  # it keeps results: the record, then its push
+        rid = "check"
+        commands += [
+            ["EVALSHA", sha, 1, result_key(config.prefix, rid)],
+            ["SPUBLISH", reply_channel(config.prefix, rid), "check"],
+        ]
     if traits.keyed:  # every worker reads what is paused
         commands.append(["HGETALL", client.pauses.key])
     if config.track if options.track is None else options.track:

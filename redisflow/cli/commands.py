@@ -20,6 +20,7 @@ from ..client import Client
 from ..config import FlowConfig
 from ..connection import CONNECTION_ERRORS, redact
 from ..errors import ConfigError, ReplyError
+from ..features.cancels import DEFAULT_REASON, DEFAULT_TTL, check_cancel
 from ..features.pauses import check_target
 from ..message import KINDS, Kind
 from ..ops.deadletters import DeadLetters
@@ -154,6 +155,28 @@ def pause(args: argparse.Namespace) -> int:
             print(f"resumed {where}")
         else:
             print(f"{where} was not paused")
+        return 0
+
+    return connected(args, action)
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """``redisflow cancel SOURCE ID [--reason TEXT] [--group GROUP] [--ttl SECONDS]``."""
+    name, message_id, group = args.name, args.id, args.group
+    ttl = DEFAULT_TTL if args.ttl is None else args.ttl
+
+    async def action(client: Client, flow: Flow | None) -> int:
+        kinds, known = await kinds_of(client, flow, name)
+        check_cancel(name, message_id, kinds, group, ttl)  # a ConfigError is a usage error
+        what = " and ".join(sorted(kinds))
+        where = f"{what} {name!r}" if what else repr(name)
+        await client.cancel(name, message_id, reason=args.reason or DEFAULT_REASON,
+                            group=group, ttl=ttl)  # fmt: skip
+        print(f"cancelled message {message_id} of {where}" + (f" (group {group})" if group else ""))
+        if not kinds:
+            print(f"redisflow: note: no flow under prefix {client.config.prefix!r} registered"
+                  f" a source named {name!r} (registered: {', '.join(known[:10]) or 'none'});"
+                  " cancelled anyway", file=sys.stderr)  # fmt: skip
         return 0
 
     return connected(args, action)

@@ -239,6 +239,20 @@ def parser() -> argparse.ArgumentParser:
         _options(ps, app, *CONNECTION)
         ps.set_defaults(func=commands.pause, parser=ps)
 
+    help_ = "cancel a message of a queue, priority queue or stream (waiting or running)"
+    cs = sub.add_parser("cancel", help=help_, description=help_)
+    cs.add_argument("name", metavar="SOURCE", help="the queue, priority queue or stream")
+    cs.add_argument("id", metavar="ID", help="the message id (a stream's entry id)")
+    _options(
+        cs,
+        ("--reason", dict(metavar="TEXT", help="why (msg.cancelled, the status record)")),
+        ("--group", dict(metavar="GROUP", help="one consumer group of a stream (default: all)")),
+        ("--ttl", dict(type=SECONDS, metavar="SECONDS", help="how long the mark is kept"
+                       " (default: a day; a message due later runs)")),
+        app, *CONNECTION,
+    )  # fmt: skip
+    cs.set_defaults(func=commands.cancel, parser=cs)
+
     for command, target, help_ in (
         ("publish", "CHANNEL", "PUBLISH a JSON message to a channel; prints the receivers"),
         ("enqueue", "QUEUE", "add a JSON message to a queue (--priority: a priority queue)"),

@@ -34,18 +34,27 @@ COLUMNS = (
     ("PROCESSED", "processed"),
     ("RETRIED", "retried"),
     ("DEAD", "dead"),
+    ("CANCELLED", "cancelled"),
     ("DLQ", "dead_letters"),
     ("MEMORY", "memory"),
 )
 TEXT_COLUMNS = 5  # the first five are left-aligned text, the rest numbers
+#: Columns shown only when some row has a count in them (few flows cancel messages).
+SPARSE = {"cancelled"}
 
 
-def cells(row: Row) -> list[str]:
+def columns(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """The columns of a table of ``rows``: ``COLUMNS`` without the sparse ones no row uses."""
+    used = {f for row in rows for f in SPARSE if (row.counters or {}).get(f)}
+    return [(h, f) for h, f in COLUMNS if f not in SPARSE or f in used]
+
+
+def cells(row: Row, shown: Sequence[tuple[str, str]] = COLUMNS) -> list[str]:
     """The table cells of a row, as text (``-`` for what does not apply or is unknown)."""
     values = asdict(row)
     counters = row.counters or {}
     out = []
-    for _, field in COLUMNS:
+    for _, field in shown:
         value = counters.get(field) if field in STAT_FIELDS else values[field]
         if row.counters is None and field in STAT_FIELDS:
             value = None
@@ -143,7 +152,10 @@ def render_text(snapshot: Snapshot, url: str) -> str:
     if not snapshot.rows:
         empty = f"no sources registered under prefix {snapshot.prefix!r}"
         return f"{title(snapshot, url)}\n{empty}{below}"
-    table = text_table([h for h, _ in COLUMNS], [cells(r) for r in snapshot.rows], TEXT_COLUMNS)
+    shown = columns(snapshot.rows)
+    table = text_table(
+        [h for h, _ in shown], [cells(r, shown) for r in snapshot.rows], TEXT_COLUMNS
+    )
     if schedules := schedule_rows(snapshot):
         table += "\n\n" + text_table(SCHEDULE_HEADERS, schedules, 5)
     warnings = "".join(f"\nwarning: {w}" for w in snapshot.warnings)
@@ -157,13 +169,15 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title(snapshot, url), box=box.SIMPLE_HEAD, title_justify="left")
-    for i, (header, _) in enumerate(COLUMNS):
+    shown = columns(snapshot.rows)
+    for i, (header, _) in enumerate(shown):
         table.add_column(header, justify="left" if i < TEXT_COLUMNS else "right", no_wrap=True)
     for row in snapshot.rows:
+        styles = _styles(row)
         table.add_row(
             *(
-                f"[{style}]{escape(cell)}[/]" if style else escape(cell)
-                for style, cell in zip(_styles(row), cells(row), strict=True)
+                f"[{styles[field]}]{escape(cell)}[/]" if styles[field] else escape(cell)
+                for (_, field), cell in zip(shown, cells(row, shown), strict=True)
             )
         )
     caption = [] if snapshot.rows else [f"no sources registered under prefix {snapshot.prefix!r}"]
@@ -177,14 +191,15 @@ def render_rich(snapshot: Snapshot, url: str) -> Any:
     return table
 
 
-def _styles(row: Row) -> list[str]:
-    """The rich style of each cell: numbers that need attention stand out, zeros fade."""
+def _styles(row: Row) -> dict[str, str]:
+    """The rich style of each cell, by field: numbers that need attention stand out, zeros
+    fade."""
     counters = row.counters or {}
 
     def warn(value: int | None, style: str = "yellow") -> str:
         return style if value else "dim"
 
-    return [
+    styles = [
         "cyan",
         "bold",
         "",
@@ -198,9 +213,11 @@ def _styles(row: Row) -> list[str]:
         warn(counters.get("processed"), "green"),
         warn(counters.get("retried")),
         warn(counters.get("dead"), "red"),
+        warn(counters.get("cancelled"), ""),
         warn(row.dead_letters, "bold red"),
         "",
     ]
+    return {field: style for (_, field), style in zip(COLUMNS, styles, strict=True)}
 
 
 def human_bytes(n: int) -> str:

@@ -166,6 +166,7 @@ class Connector:
         self._watch: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # where the connections live
         self._guard: AsyncGenerator[None, None] | None = None
+        self.on_close: list[Callable[[], Awaitable[None]]] = []  # closes what others opened
 
     @property
     def display(self) -> str:
@@ -379,6 +380,8 @@ class Connector:
         guard, self._guard = self._guard, None
         if guard is not None:
             await guard.aclose()
+        for close in self.on_close:  # the result inbox's connections
+            await close()
         if self.loop is not None and self.loop is not asyncio.get_running_loop():
             self._forsake()  # opened on a loop that has ended: nothing to wait for
             return

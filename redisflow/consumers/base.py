@@ -5,10 +5,8 @@ A kind implements the abstract methods of ``Consumer``: the Redis side (``connec
 ``fetch_loop``, ``flush_acks``, ``release``, ``idle``), reading an item (``decode``,
 ``message``, ``attempt``, ``raw``) and settling it (``done``, ``retry``, ``bury``). The hot
 path is ``_work``: no task, lock or context manager per message (docs/design.md,
-"The hot path"). Failures go to ``verdicts.py``. A handler with middleware (the flow's, and
-the built-in idempotency, rate limit, tracking and timing it asks for) is called through its
-consume chain (``middleware.py``); one without is called directly.
-"""
+"The hot path"). Failures go to ``verdicts.py``, results to ``results.py``; a handler with
+middleware (the flow's, and the built-ins it asks for) is called through its chain."""
 
 from __future__ import annotations
 
@@ -24,15 +22,18 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..connection import REDIS_ERRORS, Backoff
-from ..errors import AuthError, PermissionDenied, ReplyError, Skip
+from ..errors import AuthError, PermissionDenied, ReplyError
+from ..features.cancels import Cancels
 from ..features.tracking import Tracking
 from ..keys import Keys
 from ..message import Kind, Message, MessageBatch
 from ..middleware import consume_chain
 from .batches import Batching
+from .cancelling import Cancelling
 from .contract import Context, Gate, Item, Stats
 from .pausing import Pausing
 from .reporting import Reporter
+from .results import Replying
 from .verdicts import Verdicts
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("redisflow")
 
 
-class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
+class Consumer(Pausing, Batching[Item], Replying[Item], Cancelling[Item], ABC, Generic[Item]):
     """The runtime of one handler: fetch loop, worker pool, verdicts, shutdown."""
 
     kind: ClassVar[Kind]
@@ -88,6 +89,10 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
         self._unfinished: list[Item] = []
         self._all_idle = anyio.Event()
         self._connected = False
+        self.cancels = Cancels(ctx.connector, ctx.config.prefix)
+        self.marks = {}
+        self._cancel_version = None
+        self._running = []
 
     def __str__(self) -> str:
         at = "" if self.key == self.handler.source.name else f" at {self.key}"
@@ -147,8 +152,7 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
         ``started`` ones were cancelled in their handler, ``unstarted`` ones never ran."""
 
     def keep(self, item: Item) -> None:
-        """Leave ``item`` unsettled: it is handed back to Redis when the consumer stops."""
-        self._unfinished.append(item)
+        self._unfinished.append(item)  # handed back to Redis when the consumer stops
 
     async def track(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
         """Record a status change of a tracked handler's message (best effort)."""
@@ -177,6 +181,10 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
         """Periodic housekeeping that runs until the consumer has released everything."""
         await anyio.sleep_forever()
 
+    def end_maintenance(self) -> None:
+        """The handlers are done and ``maintain`` is about to be cancelled (a kind whose
+        housekeeping must not be cut off mid-call bounds its wait here)."""
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -194,6 +202,7 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
                 gauges = lambda: (self.stats, self.backlog)  # noqa: E731
                 outer.start_soon(self.reporter.loop, self.config.report_interval, gauges)
                 outer.start_soon(self.link.watch, self.config.block_timeout)  # a hung server
+                outer.start_soon(self.watch_cancels)
                 async with anyio.create_task_group() as workers:
                     work = self._work if self.options.batch is None else self._work_batches
                     for _ in range(self.options.concurrency):
@@ -238,8 +247,7 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
         return self._busy
 
     def hurry(self) -> None:
-        """Wait no more for running handlers (a second Ctrl-C): they are cancelled, and
-        their messages handed back."""
+        """Wait no more for running handlers (a second Ctrl-C): cancel them, hand back."""
         self._hurried = True
         if self._grace is not None:
             self._grace.cancel()
@@ -260,6 +268,7 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
             why = "at once (asked again to stop)" if self._hurried else "after the grace period"
             log.warning("%s: cancelling %d handlers %s", self, self._busy, why)
         workers.cancel()
+        self.end_maintenance()
 
     def _refused(self, exc: PermissionDenied) -> PermissionDenied:
         """``exc`` naming the key fetched from (a blocking read's NOPERM does not)."""
@@ -317,6 +326,8 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
         """Queue items for the workers and wake as many idle workers as needed."""
         dq = self._dq
         before = len(dq)
+        if not self.asked:  # one byte search per fetch until a message asks for a result
+            items = self.asking(items)
         dq.extend(items)
         if self.options.batch is not None:
             self.fed(before)
@@ -338,62 +349,3 @@ class Consumer(Pausing, Batching[Item], ABC, Generic[Item]):
         """``done``, logged at DEBUG (``--log-level DEBUG``: each message's verdict)."""
         self.done(item)
         log.debug("%s: message %s handled", self, self.message(item, None).id)
-
-    async def _work(self) -> None:
-        dq = self._dq
-        idle = self._idle
-        loop = asyncio.get_running_loop()
-        invoke = self.invoke
-        wants_message = self.handler.wants_message
-        decode = self.decode
-        timeout = self.options.timeout
-        chain = self.chain
-        gate = self.gate
-        done = self.handled if log.isEnabledFor(logging.DEBUG) else self.done
-        while not self._draining:
-            if not dq:
-                fut = loop.create_future()
-                idle.append(fut)
-                await fut
-                continue
-            item = dq.popleft()
-            # partitions of one handler share its concurrency
-            if gate is not None and not gate.take():
-                await self._enter(gate, item)
-            self._busy += 1
-            try:
-                try:
-                    value = decode(item)
-                    if chain is not None:
-                        await chain(self.message(item, value))
-                    else:
-                        msg = self.message(item, value) if wants_message else None
-                        if timeout is None:
-                            await invoke(value, msg)
-                        else:
-                            with anyio.fail_after(timeout):
-                                await invoke(value, msg)
-                except Skip:
-                    self.stats.skipped += 1
-                    self.done(item)
-                except Exception as exc:
-                    await self.verdicts.failed(item, exc)
-                else:
-                    self.stats.processed += 1
-                    done(item)
-            except BaseException:
-                self._unfinished.append(item)
-                raise
-            finally:
-                self._busy -= 1
-                if gate is not None:
-                    gate.release()
-                if not self._busy and self._draining:
-                    self._all_idle.set()
-
-    async def _enter(self, gate: Gate, item: Item) -> None:
-        try:
-            await gate.wait()
-        except BaseException:  # never started: handed back as unstarted
-            self._dq.appendleft(item)
-            raise

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..config import HandlerOptions
     from ..handler import Handler
     from ..middleware import ConsumeNext
+    from ..protocol.cancels import Mark
     from .contract import Gate, Stats
     from .verdicts import Verdicts
 
@@ -71,6 +72,12 @@ class Batching(Generic[Item]):
         def message(self, item: Item, value: Any) -> Message[Any]: ...
 
         def done(self, item: Item) -> None: ...
+
+        async def reply_many(self, items: list[Item]) -> list[tuple[Item, Any]]: ...
+
+        marks: dict[str, Mark]
+
+        async def drop_cancelled(self, items: list[Item]) -> list[Item]: ...
 
     def done_many(self, items: list[Item]) -> None:
         """``done`` for each of ``items`` (a kind may do it in one go)."""
@@ -142,6 +149,10 @@ class Batching(Generic[Item]):
                     if not fut.done():
                         fut.set_result(None)
                         break
+            if self.marks:  # cancelled members are settled, never handed to the handler
+                items = await self.drop_cancelled(items)
+                if not items:
+                    continue
             await self._run_batch(items)
 
     async def _fill(self, loop: asyncio.AbstractEventLoop, left: float) -> None:
@@ -253,6 +264,11 @@ class Batching(Generic[Item]):
                 failures += [(item, exc) for item, exc in failed if not isinstance(exc, Skip)]
                 stats.skipped += len(skipped)
                 self.done_many(skipped)
+            unwritten = await self.reply_many(ok)  # results asked for: null each
+            if unwritten:
+                named = {id(item) for item, _ in unwritten}
+                ok = [item for item in ok if id(item) not in named]
+                failures += unwritten
             stats.processed += len(ok)
             self.done_many(ok)
             if log.isEnabledFor(logging.DEBUG):

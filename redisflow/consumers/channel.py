@@ -10,6 +10,7 @@ dropping the whole connection.
 from __future__ import annotations
 
 import asyncio
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
@@ -23,7 +24,7 @@ from .contract import Context
 from .verdicts import invalid
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ..handler import Handler
 
@@ -115,6 +116,9 @@ class ChannelConsumer(Consumer[ChannelItem]):
             head[0], source, item[ATTEMPT], Message.time(head[1]),
             {**(head[3] or {}), **headers}, payload, value, most, channel=channel,
         )  # fmt: skip
+
+    def head(self) -> Callable[[ChannelItem], bytes]:
+        return itemgetter(DATA)  # only an envelope has headers
 
     def dead_extra(self, item: ChannelItem) -> dict[str, Any]:
         return {"channel": item[CHANNEL]}

@@ -33,6 +33,9 @@ class Batch:
         self.touched = time.monotonic()
 
 
+#: How long a stop waits for a round of housekeeping in flight (``Claims.end_maintenance``).
+SHIELD_FOR: Final = 1.0
+
 #: A stream entry: its id (``ID``), its flat field list (``FIELDS``), the batch it was read
 #: in (``BATCH``) and its delivery count (``ATTEMPT``); a plain tuple, as a queue item.
 StreamItem = tuple[bytes, list[bytes], Batch, int]
@@ -55,6 +58,8 @@ class Claims:
     _batches: list[Batch]
     _cursor: bytes
     _connected: bool
+    #: The round of ``maintain`` in flight, shielded from the stop.
+    _round: anyio.CancelScope | None = None
 
     if TYPE_CHECKING:
 
@@ -68,26 +73,40 @@ class Claims:
 
         def _held(self) -> set[bytes]: ...
 
+        async def refresh_cancels(self) -> None: ...
+
     async def maintain(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._acker)
             last_claim = last_forget = 0.0
             forget = self.config.forget_consumers_after
             while True:
-                try:
-                    await self._touch()
-                    now = time.monotonic()
-                    if now - last_claim >= self.config.claim_interval and not self.halted:
-                        last_claim = now
-                        await self._reclaim()
-                    if forget is not None and now - last_forget >= min(forget / 2, 60):
-                        last_forget = now
-                        await self._forget(forget)
-                except REDIS_ERRORS:
-                    pass
-                except Exception:  # a bug here must not stop the handlers: log, go on
-                    log.exception("%s: maintenance failed", self)
+                # A stop cancels this loop, then hands our entries back. A call cancelled
+                # while in flight still runs in Redis, perhaps after the hand-back: a claim
+                # would take the handed-back entries (one more delivery counted, idle again
+                # for claim_idle) and its reply, with them, would be dropped. So each round
+                # ends before the stop goes on (within SHIELD_FOR of the stop: a dead server
+                # must not hold it up), and what it claimed is handed back with the rest.
+                with anyio.CancelScope(shield=True) as self._round:
+                    try:
+                        await self._touch()
+                        now = time.monotonic()
+                        if now - last_claim >= self.config.claim_interval and not self.halted:
+                            last_claim = now
+                            await self._reclaim()
+                        if forget is not None and now - last_forget >= min(forget / 2, 60):
+                            last_forget = now
+                            await self._forget(forget)
+                    except REDIS_ERRORS:
+                        pass
+                    except Exception:  # a bug here must not stop the handlers: log, go on
+                        log.exception("%s: maintenance failed", self)
+                self._round = None
                 await anyio.sleep(self.config.tick)
+
+    def end_maintenance(self) -> None:
+        if self._round is not None:
+            self._round.deadline = anyio.current_time() + SHIELD_FOR
 
     async def _touch(self) -> None:
         """Reset the idle time of entries we still hold, so no peer reclaims them; while the
@@ -116,6 +135,7 @@ class Claims:
             return
         if unsent := self.unsent():
             await self.connector.send("XACK", self.stream, self.group, *unsent)
+        await self.refresh_cancels()  # before the claim: nothing awaits between it and dispatch
         call = scripts.stream_claim(
             self.stream, self.group, self.consumer, int(self.config.claim_idle * 1000),
             self._cursor, n,

@@ -48,6 +48,8 @@ class Stats:
     reconnects: int = 0
     skipped: int = 0  # duplicates of an idempotency key already handled
     deferred: int = 0  # delivered again later by a rate limit or a running duplicate
+    results: int = 0  # results written for their callers (``results.py``)
+    cancelled: int = 0  # cancelled (Flow.cancel): not run, or interrupted
 
     FIELDS: ClassVar[tuple[str, ...]]
 
@@ -99,6 +101,10 @@ class Settling(Protocol[Item_contra]):
 
     async def track(self, msg: Message[Any], status: Status, error: str | None = None) -> None:
         """Record a status change of a tracked handler's message (best effort)."""
+        ...
+
+    async def reply_failed(self, item: Item_contra, failure: Any) -> None:
+        """Record a final failure for the waiters of the item's result (best effort)."""
         ...
 
 

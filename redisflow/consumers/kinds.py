@@ -66,7 +66,7 @@ class Traits:
         if not self.keyed:
             return []
         own = [keys.ticks, keys.schedule] if self.internal else [key]
-        return [*own, keys.dead, keys.delayed]
+        return [*own, keys.dead, keys.delayed, keys.cancels, keys.cancels_version]
 
     def commands(
         self, source: Source, key: str, keys: Keys, *, pattern: bool, sharded: bool

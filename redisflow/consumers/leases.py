@@ -63,6 +63,10 @@ class Leases:
 
         def release_args(self, items: list[Any]) -> list[Any]: ...
 
+        async def refresh_cancels(self) -> None: ...
+
+        async def drop_cancelled(self, items: list[Any]) -> list[Any]: ...
+
     # -- what a kind may change -------------------------------------------------------------
 
     def release_call(
@@ -145,6 +149,7 @@ class Leases:
         stream's delivery count does); those past ``max_attempts`` are dead-lettered here,
         so a message that kills every worker that takes it cannot stall the queue."""
         dead_set = self.keys.batches(worker)
+        await self.refresh_cancels()  # one past max_attempts ends as cancelled, not as dead
         held = [text(b) for b in await self.connector.send("SMEMBERS", dead_set)]
         key = self._next_key()
         reply = await self.connector.run(self.recover_call(worker, dead_set, key, held))
@@ -153,7 +158,7 @@ class Leases:
             log.warning("%s: worker %s died; %d messages delivered again", self, worker, moved)
         if moved < 0 or not over:
             return
-        for item in self.adopt(key, over):  # as a stream's delivery count, it counts this one
+        for item in await self.drop_cancelled(self.adopt(key, over)):  # counts this delivery
             count = self.attempt(item)
             failure = Failure(f"delivered {count} times without completing (its workers died)")
             await self.verdicts.settle(item, failure, count, final=True)

@@ -16,6 +16,7 @@ what was popped. Blocking pops are stopped with ``CLIENT UNBLOCK``, never by can
 from __future__ import annotations
 
 from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import ValidationError
@@ -33,7 +34,7 @@ from .leases import Leases
 from .verdicts import invalid
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ..handler import Handler
 
@@ -107,25 +108,34 @@ class QueueConsumer(Leases, Consumer[QueueItem]):
         return list(zip(reply, repeat(batch), repeat(None)))
 
     async def block(self) -> list[QueueItem]:
-        """Wait in Redis for the queue to be non-empty; the items it gave."""
+        """Wait in Redis for the queue to be non-empty; the items it gave (and the version
+        of the cancel marks, read once the wait is over)."""
         timeout = self.config.block_timeout
+        version = ["GET", self.keys.cancels_version]
         if self.options.at_most_once:
             want = self.want()
-            reply = await self.link.call("BLMPOP", timeout, 1, self.name, "LEFT", "COUNT", want)
+            await self.link.send(["BLMPOP", timeout, 1, self.name, "LEFT", "COUNT", want], version)
+            reply = await self.link.read()
+            await self.cancels_seen(await self.link.read())
             return self.items(reply, None)
         # The key is registered before the move, so a crash never leaves a message in an
         # unknown key; after a timeout it is empty and serves the next wait.
         key = self._wait_key = self._wait_key or self._next_key()
         await self.link.send(
-            ["SADD", self.wset, key], ["BLMOVE", self.name, key, "LEFT", "RIGHT", timeout]
-        )
+            ["SADD", self.wset, key], ["BLMOVE", self.name, key, "LEFT", "RIGHT", timeout],
+            version,
+        )  # fmt: skip
         await self.link.read()
         raw = await self.link.read()
+        await self.cancels_seen(await self.link.read())
         if raw is None:
             return []
         self._wait_key = None
         batch = self._known[key] = Batch(key, 1)
         return [(raw, batch, None)]
+
+    def head(self) -> Callable[[QueueItem], bytes]:
+        return itemgetter(RAW)  # the item: its envelope holds the headers
 
     def release_args(self, items: list[QueueItem]) -> list[Any]:
         """Unfinished items as release.lua takes them."""
@@ -156,7 +166,9 @@ class QueueConsumer(Leases, Consumer[QueueItem]):
 
     async def _send_fetch(self, n: int) -> str:
         key = self._next_key()
-        await self.link.send(self.fetch_command(key, n, self.take_acks()))
+        # the version of the cancel marks, read right after the fetch, in its round trip
+        version = ["GET", self.keys.cancels_version]
+        await self.link.send(self.fetch_command(key, n, self.take_acks()), version)
         return key
 
     async def fetch_loop(self) -> None:
@@ -171,7 +183,10 @@ class QueueConsumer(Leases, Consumer[QueueItem]):
                     continue
                 pending = await self._send_fetch(n)
             reply = await self.link.read()
+            version = await self.link.read()
             self.acks_answered()
+            if version != self._cancel_version:  # before its messages reach the workers
+                await self.cancels_seen(version)
             key, pending = pending, None
             batch = None if self.options.at_most_once else Batch(key, 0)
             items = self.items(reply, batch)

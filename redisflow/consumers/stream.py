@@ -31,7 +31,7 @@ from .contract import Context
 from .verdicts import Failure, invalid
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ..handler import Handler
 
@@ -79,6 +79,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
         await self.link.call("XGROUP", "CREATECONSUMER", self.stream, self.group, self.consumer)
         self.acks_unanswered()  # acks whose reply was lost go with the next request
         self._own_pel = True
+        await self.refresh_cancels()  # before our own pending entries: no fetch carries it
         if not self._restart:  # a restart's pages already read were counted: go on after them
             self._pel_cursor = "-"
 
@@ -134,6 +135,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
                 reply = await self.link.read()
             finally:
                 self._blocked = False
+            version = await self.link.read()  # of the cancel marks, read after the entries
             self.acks_answered()
             pending = False
             entries = reply[0][1] if reply else []
@@ -147,9 +149,13 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
                 if n > 0 and not self.halted:
                     await self._send(n, block=False)  # Redis works while we dispatch
                     pending = True
+                if version != self._cancel_version:
+                    await self.cancels_seen(version)
                 batch = Batch([e[0] for e in entries])
                 self._batches.append(batch)
                 self.feed((e[0], e[1], batch, 1) for e in entries)
+            elif version != self._cancel_version:
+                await self.cancels_seen(version)
 
     async def _send(self, n: int, block: bool) -> None:
         cmds: list[list[Any]] = []
@@ -160,6 +166,7 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
         if block:
             read += ["BLOCK", int(self.config.block_timeout * 1000)]
         cmds.append([*read, "STREAMS", self.stream, ">"])
+        cmds.append(["GET", self.keys.cancels_version])
         self._blocked = block
         await self.link.send(*cmds)
         if acks:
@@ -182,11 +189,14 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
         next read of our pending entries delivers them."""
         limit = self.options.max_attempts
         for item in items:
+            if item[ATTEMPT] > limit and self.marks and self.mark_of(item) is not None:
+                continue  # cancelled: settled as such by the worker that takes it
             if item[ATTEMPT] > limit:
                 failure = Failure(f"delivered {item[ATTEMPT]} times without completing")
                 await self.verdicts.settle(item, failure, item[ATTEMPT], final=True)
         self._batches.append(batch)
-        self.feed(item for item in items if item[ATTEMPT] <= limit)
+        cancelled = self.mark_of if self.marks else lambda item: None
+        self.feed(item for item in items if item[ATTEMPT] <= limit or cancelled(item))
 
     async def flush_acks(self, acks: list[Any]) -> None:
         await self.connector.send("XACK", self.stream, self.group, *acks)
@@ -232,6 +242,9 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
             entry_id.decode(), self.handler.source, item[ATTEMPT], when,
             parse_headers(fields.get(b"headers")), fields.get(b"data", b""), value, most,
         )  # fmt: skip
+
+    def head(self) -> Callable[[StreamItem], bytes]:
+        return _headers_field
 
     def attempt(self, item: StreamItem) -> int:
         return item[ATTEMPT]
@@ -298,6 +311,9 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
         handle = asyncio.get_running_loop().call_later(delay, self._redeliver, entry_id)
         self._waiting[entry_id] = (handle, again)
 
+    def holding(self) -> bool:
+        return bool(self.backlog or self._waiting)
+
     def _redeliver(self, entry_id: bytes) -> None:
         if not self.stopping:  # else it stays waiting, and release hands it back
             self.feed([self._waiting.pop(entry_id)[1]])
@@ -334,3 +350,9 @@ class StreamConsumer(Claims, Consumer[StreamItem]):
             )  # fmt: skip
         if made:
             log.info("%s: handed back %d entries", self, len(started) + len(unstarted))
+
+
+def _headers_field(item: StreamItem) -> bytes:
+    """What an entry has beside its ``data`` (its ``headers``), where ``ASKS`` would be."""
+    fields = item[FIELDS]
+    return b"" if len(fields) < 3 else b"".join(fields[2:])

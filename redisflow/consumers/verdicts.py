@@ -186,6 +186,8 @@ class Verdicts(Generic[Item]):
                     await self._wait(err)
             if self._refused is not None:
                 self._refused.ok()
+            if final:  # its waiters raise RemoteError
+                await consumer.reply_failed(item, failure)
             # After the loop: a status write that fails must not repeat the verdict.
             status: Status = "dead" if final else "failed"
             await consumer.track(consumer.message(item, None), status, failure.error)

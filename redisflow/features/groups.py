@@ -242,22 +242,12 @@ class Groups:
         """Messages waiting per group (those holding some), and the paused groups."""
         sizes: dict[str, int] = {}
         paused: set[str] = set()
-        length = "ZCARD" if await self._mode() == "zset" else "LLEN"
+        group_mode = await self._mode()
         for keys in await self._keys():
-            source, _, _, held_key, _, paused_key, _ = keys.groups
-            held, default, stopped = await self.connector.send.many(
-                ("SMEMBERS", held_key), (length, source), ("SMEMBERS", paused_key)
-            )
-            names = [text(g) for g in held]
-            counts = await self.connector.send.many(
-                *((length, keys.group(g)) for g in names)
-            ) if names else []  # fmt: skip
-            for group, count in zip(names, counts, strict=True):
-                if int(count):
-                    sizes[group] = sizes.get(group, 0) + int(count)
-            if int(default):
-                sizes[""] = sizes.get("", 0) + int(default)
-            paused.update(text(g) for g in stopped)
+            found, stopped = await sizes_at(self.connector, keys, group_mode)
+            for group, count in found.items():
+                sizes[group] = sizes.get(group, 0) + count
+            paused |= stopped
         return sizes, paused
 
     async def _in_flight(self, groups: list[str]) -> dict[str, int]:
@@ -271,3 +261,22 @@ class Groups:
             for group, n in zip(groups, replies, strict=True):
                 counts[group] = counts.get(group, 0) + int(n)
         return counts
+
+
+async def sizes_at(
+    connector: Connector, keys: Keys, group_mode: str
+) -> tuple[dict[str, int], set[str]]:
+    """The messages waiting in each group of one key (a queue or one partition; the
+    default group is ``""``; groups holding none are left out), and its paused groups:
+    two round trips, the second one length per group that holds messages."""
+    length = "ZCARD" if group_mode == "zset" else "LLEN"
+    source, _, _, held_key, _, paused_key, _ = keys.groups
+    held, default, stopped = await connector.send.many(
+        ("SMEMBERS", held_key), (length, source), ("SMEMBERS", paused_key)
+    )
+    names = [text(g) for g in held]
+    counts = await connector.send.many(*((length, keys.group(g)) for g in names)) if names else []
+    sizes = {group: int(n) for group, n in zip(names, counts, strict=True) if int(n)}
+    if int(default):
+        sizes[""] = sizes.get("", 0) + int(default)
+    return sizes, {text(g) for g in stopped}

@@ -229,7 +229,8 @@ class Layouts:
         over all of it)."""
         if name not in self.declared and time.monotonic() - self._read_at <= LAYOUT_TTL:
             stored = self._stored.get(name)
-            if stored is None or stored.current in (None, Layout(1)):  # the common case
+            current = None if stored is None else stored.current
+            if current is None or current.partitions == 1:  # the common case
                 return name
         layout = await self.current(name)
         if layout.partitions == 1:

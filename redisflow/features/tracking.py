@@ -3,7 +3,7 @@
 With ``Flow(track=True)`` (or ``track=True`` on a handler) every message gets a hash
 ``<prefix>:status:{<id>}`` that expires ``track_ttl`` seconds after its last change::
 
-    status      published | processing | completed | failed | dead
+    status      published | processing | completed | failed | dead | cancelled
     source      e.g. "queue 'emails'"      handler   the handler's name
     attempts    the attempt that set it    error     the last failure, if any
     created_at  updated_at                 (epoch ms)
@@ -36,8 +36,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("redisflow")
 
-Status = Literal["published", "processing", "completed", "failed", "dead"]
-STATUSES: tuple[Status, ...] = ("published", "processing", "completed", "failed", "dead")
+Status = Literal["published", "processing", "completed", "failed", "dead", "cancelled"]
+STATUSES: tuple[Status, ...] = (
+    "published",
+    "processing",
+    "completed",
+    "failed",
+    "dead",
+    "cancelled",
+)
 
 
 @dataclass(frozen=True, slots=True)

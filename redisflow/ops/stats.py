@@ -180,7 +180,7 @@ async def collect(client: Client, handlers: Sequence[tuple[Source, str]] | None 
             size += sum(
                 info["bytes"]
                 for key, info in memory["keys"].items()
-                if key in owned or key.startswith(keys.indexes + ":")
+                if key in owned or key.startswith((keys.indexes + ":", keys.base + ":g"))
             )
         entries = [(s, h) for s, h in targets if s.name == name]
         spread = 1 if kinds[name] == "channel" else (await client.layouts.current(name)).partitions

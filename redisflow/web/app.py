@@ -2,9 +2,10 @@
 
 GET pages: ``/`` (overview), ``/source`` (one source: handlers, dead letters), ``/letter``
 (one dead letter), ``/message`` (a status record), ``/docs`` (the AsyncAPI document);
-``/live/...``: the parts of a page its script fetches every 2 s. POST actions (replay,
-purge, pause, resume) answer first with a confirmation page (a dry run: what would be
-done), then act when the confirmation is posted, and send the browser back (303).
+``/live/...``: the parts of a page its script fetches every 2 s. POST actions: replay,
+purge and cancel answer first with a confirmation page (for dead letters, a dry run: what
+would be done), then act when the confirmation is posted; pause and resume act at once
+(each undoes the other); each sends the browser back (303).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -26,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from .. import asyncapi
 from ..connection import REDIS_ERRORS
 from ..errors import ConfigError, RedisflowError
+from ..features.cancels import DEFAULT_TTL, check_cancel
 from ..keys import check_name
 from ..message import KINDS, Kind
 from . import schema
@@ -150,13 +153,16 @@ class Pages:
         handlers = self.data.handlers(kind, name)
         groups = sorted({r.row.group for r in rows if r.row.group}
                         | {h.source.group for h in handlers if h.source.group})  # fmt: skip
+        marks = await self.data.client.cancelled(name) if kind != "channel" else {}
         return self.render(
             request, "source.html", kind=kind, name=name, rows=rows, snapshot=snapshot,
+            marks=[(mid, mark, datetime.fromtimestamp(mark.deadline / 1000, UTC))
+                   for mid, mark in sorted(marks.items(), key=lambda kv: -kv[1].deadline)[:PAGE]],
             paused=[p for p in snapshot.paused if p.name == name], groups=groups,
             handlers=self.data.handlers(kind, name), letters=letters,
             total=await dead.count(), filters=params, filtered=bool(filters), error=error,
             more=more, done=params.get("done"), count=params.get("count"),
-            done_group=params.get("group"),
+            done_group=params.get("group"), done_id=params.get("id"),
             options=lambda h: asyncapi.options_json(h.source.kind, h.options),
             typename=asyncapi.type_name,
             known={r.row.handler for r in rows if r.row.handler}
@@ -244,6 +250,27 @@ class Pages:
                     kind=kind, name=name, done=action, group=group)  # fmt: skip
         return RedirectResponse(back, status_code=303)
 
+    async def cancel(self, request: Request) -> Response:
+        """Cancel one message of a source (``Client.cancel``), once confirmed: it cannot
+        be undone."""
+        fields = await self.form(request)
+        params = {key: values[-1] for key, values in fields.items() if values}
+        kind, name = self.source(params)
+        message_id = params.get("message", "").strip()
+        if not message_id:
+            raise Refused(400, "Give the id of the message to cancel.")
+        group = params.get("group") or None
+        reason = params.get("reason", "").strip() or "cancelled from the dashboard"
+        check_cancel(name, message_id, {kind}, group, DEFAULT_TTL)  # before asking to confirm
+        if params.get("confirm") != "yes":
+            return self.render(request, "confirm_cancel.html", kind=kind, name=name,
+                               message_id=message_id, group=group, reason=reason)  # fmt: skip
+        await self.data.client.cancel(name, message_id, reason=reason, group=group)
+        log.info("dashboard: cancel of message %s of %s %r", message_id, kind, name)
+        back = link(request.scope.get("root_path", "").rstrip("/"), "/source",
+                    kind=kind, name=name, done="cancel", id=message_id)  # fmt: skip
+        return RedirectResponse(back, status_code=303)
+
 
 class Refused(Exception):
     """Raised when a request is refused: its status and the reason shown."""
@@ -326,6 +353,7 @@ def dashboard(
         Route("/asyncapi.yaml", g(pages.document)),
         *(Route(f"/{action}", g(pages.act), methods=["POST"]) for action in ACTIONS),
         *(Route(f"/{switch}", g(pages.switch), methods=["POST"]) for switch in SWITCHES),
+        Route("/cancel", g(pages.cancel), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -15,12 +15,14 @@ default, and is stopped *only by its own PID*. Never the shared Redis on 6379.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 
 from redisflow.testing.servers import RedisServer, free_port, redis_server_binary
 
 __all__ = [
     "RedisProc",
+    "closed_port",
     "free_port",
     "kill_redis",
     "redis_server_binary",
@@ -33,6 +35,23 @@ STOP_TIMEOUT = 10.0
 
 #: The launcher is ``redisflow.testing.servers``; ``RedisProc`` is its ``RedisServer``.
 RedisProc = RedisServer
+
+
+#: The sockets that keep ``closed_port``'s ports bound, for the life of the test process.
+_HELD: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that refuses every connection until the test process ends: a
+    socket holds it bound without listening. (A merely free port, as the URL of a Redis
+    that is down, can be taken meanwhile by a server another test starts: the "down" URL
+    then reaches a live Redis. A server started on this one fails to bind, and the
+    launcher picks another port.)"""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no SO_REUSEADDR: exclusive
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
 
 
 def start_redis(

@@ -132,6 +132,21 @@ class Workers:
         return [w for w in self.alive if _size(self.out / f"{w.pid}.rec") > 0]
 
     @property
+    def busy(self) -> list[Worker]:
+        """Live workers in the middle of a handler call: a start recorded with no end or
+        cancellation after it (killed now, they hold messages that must be taken back)."""
+        out = []
+        for w in self.working:
+            path = self.out / f"{w.pid}.rec"
+            open_calls: Counter[tuple[str, str, str]] = Counter()
+            for line in path.read_text().split("\n")[:-1]:
+                event, kind, n, attempt, _ = line.split()
+                open_calls[(kind, n, attempt)] += 1 if event == "S" else -1
+            if any(c > 0 for c in open_calls.values()):
+                out.append(w)
+        return out
+
+    @property
     def ready(self) -> list[Worker]:
         """Live workers that have started (see ``tests/support/chaos_app.py``)."""
         return [w for w in self.alive if (self.out / f"{w.pid}.ready").exists()]
