@@ -328,16 +328,19 @@ async def test_group_rate_limits_hold_across_worker_processes(
 ) -> None:
     """GroupLimits(rate_limit=RateLimit(5, per=1)) with 3 worker processes: no group starts
     more than 5 handlers in any window (grants are decided in Redis, on its clock), and
-    each group does reach 5 (the limit, not the workers, is what holds it back)."""
-    pool = workers(url, ns, kinds=["queue"], handler=dict(concurrency=8), groups=",5,1",
-                   flow=dict(block_timeout=0.5))  # fmt: skip
+    each group does reach 5 (the limit, not the workers, is what holds it back). A worker
+    runs at most 4 handlers of 1 s, so a group reaches 5 in a window only with the grants
+    of two processes."""
+    pool = workers(url, ns, kinds=["queue"], handler=dict(concurrency=4), groups=",5,1",
+                   sleep=(1.0, 1.0), flow=dict(block_timeout=0.5))  # fmt: skip
     name = f"{ns}:queue"
+    for _ in range(3):
+        pool.start()
+    await eventually(lambda: len(pool.ready) == 3, within=30, what="all three started")
     async with Flow(url, prefix=ns) as producer:
         for g in range(2):
             jobs = [{"n": g * 1000 + n} for n in range(15)]
             await producer.enqueue_many(name, jobs, group=f"t{g}")
-        for _ in range(3):
-            pool.start()
         await eventually(lambda: sum(rec.event == "E" for rec in pool.records()) == 30,
                          within=30, what=f"all\n{pool.logs()}")  # fmt: skip
     starts: dict[int, list[float]] = {}
