@@ -31,7 +31,7 @@ from .cluster import RoutedLink, Router
 from .link import LOST_CODES, Link, pack
 from .pipeliner import Pipeliner, Wait
 from .sentinel import ResolvedLink, Sentinels
-from .url import Endpoint, ServerSpec, parse_url, redact
+from .url import Address, Endpoint, ServerSpec, parse_url, redact
 
 #: Errors after which a loop reconnects with backoff instead of failing (OSError covers
 #: the builtin ConnectionError and TimeoutError).
@@ -256,9 +256,7 @@ class Connector:
             self.target = self.router
         elif self.sentinels is not None:
             self.target = Pipeliner(lambda: self._link("send"), timeout=self.timeout, retry_for=10)
-            self._watch = asyncio.get_running_loop().create_task(
-                self.sentinels.watch(self._switched)
-            )
+            self._watch = asyncio.get_running_loop().create_task(self.sentinels.watch(self._leave))
         else:
             self.target = Pipeliner(
                 lambda: Link(self.endpoint, name=f"{self.name}:send"), timeout=self.timeout
@@ -294,15 +292,18 @@ class Connector:
     def _link(self, role: str) -> Link:
         """A link to the primary of a sentinel service, as it is when the link opens."""
         assert self.sentinels is not None
-        link = ResolvedLink(self.sentinels.primary, self.endpoint, name=f"{self.name}:{role}")
+        sentinels = self.sentinels
+        link = ResolvedLink(
+            sentinels.primary, sentinels.avoided, self.endpoint, name=f"{self.name}:{role}"
+        )
         self._links.add(link)
         return link
 
-    async def _switched(self) -> None:
-        """The sentinels elected another primary: drop every connection to the old one at
-        once (it may stay writable for seconds, and what is written there is lost)."""
-        for link in list(self._links):
-            await link.close()
+    async def _leave(self, old: Address) -> None:
+        """A failover of the primary ``old`` began (or ended): close every connection to it
+        at once (what is written there now is lost); they reconnect to the new primary."""
+        leaving = [link for link in self._links if link.endpoint.address == old]
+        await asyncio.gather(*(link.close() for link in leaving))  # each shut in this tick
 
     def link(self, key: str | bytes | None = None, *, role: str = "fetch") -> Link:
         """A dedicated connection for one loop, on the server that holds ``key`` (call
