@@ -39,6 +39,7 @@ class CuttingProxy(Proxy):
     def __init__(self, upstream_port: int) -> None:
         super().__init__(upstream_port)
         self.marker: bytes | None = None
+        self.deliver = False  # True: the reply with ``marker`` is delivered, then the cut
         self.cuts = 0
         self.hold: Callable[[bytes], bool] | None = None
         self.held = 0
@@ -70,7 +71,9 @@ class CuttingProxy(Proxy):
                         if self.marker is not None and self.marker in chunk:
                             self.marker = None
                             self.cuts += 1
-                            return  # swallow the reply, close both sides
+                            if self.deliver:
+                                await client.send(chunk)
+                            return  # swallow the reply (or not), close both sides
                         await client.send(chunk)
                 finally:
                     tg.cancel_scope.cancel()
@@ -119,6 +122,35 @@ async def test_messages_of_a_lost_fetch_reply_are_delivered(
     async with flow:
         await eventually(lambda: proxy.cuts == 1, what="the cut")
         await eventually(lambda: "victim" in got, within=4, what="the victim delivered")
+        await eventually(lambda: _settled(kind, r, flow, name), what="nothing left held")
+    assert sorted(got) == ["next", "victim"]
+
+
+@by_kind(RELIABLE)
+async def test_messages_of_a_fetch_answered_as_the_connection_breaks_are_handled(
+    kind: Kind, proxy: CuttingProxy, url: str, ns: str, r: aioredis.Redis
+) -> None:
+    """A fetch's reply arrives, and the connection breaks before the next fetch is sent
+    (here: while the consumer reloads the cancel marks, whose version the reply carried).
+    The messages of that reply are handled. A list or priority worker used to send the next
+    fetch before queueing them for its handlers: the failed send dropped them, while their
+    batch stayed registered as its own, so nothing put them back (and the hand-back at stop
+    deleted it)."""
+    name = kind.name(ns)
+    async with make_flow(url, ns) as producer:
+        await kind.produce_many(producer, name, [{"to": "victim"}, {"to": "next"}])
+        await producer.cancel(name, "no-such-message")  # the marks' version changes
+    proxy.marker, proxy.deliver = b"victim", True
+    flow = proxied(proxy, ns)
+    got: list[str] = []
+
+    @kind.on(flow, name)
+    async def handler(payload: dict[str, str]) -> None:
+        got.append(payload["to"])
+
+    async with flow:
+        await eventually(lambda: proxy.cuts == 1, what="the cut")
+        await eventually(lambda: sorted(got) == ["next", "victim"], within=4, what=f"{got}")
         await eventually(lambda: _settled(kind, r, flow, name), what="nothing left held")
     assert sorted(got) == ["next", "victim"]
 

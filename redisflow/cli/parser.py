@@ -27,15 +27,19 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _number(kind: type[float], what: str, low: float, high: float | None = None) -> Any:
-    """An argparse type: a number from ``low`` to ``high``, else an error naming ``what``."""
+def _number(
+    kind: type[float], what: str, low: float, high: float | None = None, above: bool = False
+) -> Any:
+    """An argparse type: a number from ``low`` (excluded with ``above``) to ``high``, else an
+    error naming ``what``."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value < low or (high is not None and value > high):
+        too_low = value is None or (value <= low if above else value < low)
+        if too_low or (high is not None and value is not None and value > high):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -55,6 +59,7 @@ def _url(text: str) -> str:
 
 
 SECONDS = _number(float, "a number of seconds >= 0", 0)
+DURATION = _number(float, "a positive number of seconds", 0, above=True)
 POSITIVE = _number(int, "an integer >= 1", 1)
 PORT = _number(int, "a TCP port from 1 to 65535", 1, 65535)
 LEVEL = _number(int, f"a priority from 0 to {MAX_PRIORITY}", 0, MAX_PRIORITY)
@@ -247,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
         cs,
         ("--reason", dict(metavar="TEXT", help="why (msg.cancelled, the status record)")),
         ("--group", dict(metavar="GROUP", help="one consumer group of a stream (default: all)")),
-        ("--ttl", dict(type=SECONDS, metavar="SECONDS", help="how long the mark is kept"
+        ("--ttl", dict(type=DURATION, metavar="SECONDS", help="how long the mark is kept"
                        " (default: a day; a message due later runs)")),
         app, *CONNECTION,
     )  # fmt: skip

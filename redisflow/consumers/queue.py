@@ -195,9 +195,11 @@ class QueueConsumer(Leases, Consumer[QueueItem]):
                 self._known[key] = batch
             if items:
                 n = self.want() - len(items)
-                if n > 0 and not self.halted:
-                    pending = await self._send_fetch(n)  # Redis works while we dispatch
-                self.feed(items)
+                try:
+                    if n > 0 and not self.halted:
+                        pending = await self._send_fetch(n)  # Redis works while we dispatch
+                finally:  # a send that fails must not drop them: their batch is known
+                    self.feed(items)
                 continue
             if self.halted:
                 return
