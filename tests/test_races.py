@@ -334,7 +334,10 @@ async def test_rate_limit_holds_across_worker_processes(
         url,
         ns,
         kinds=["queue"],
-        flow=dict(block_timeout=0.5),
+        # At most 8 messages held per worker (4 per fetch): with the defaults (500 per fetch)
+        # the first worker to fetch took all 90 at once, and the other saw a key's messages
+        # only if that key's deferrals came back to it; once, none did ("one worker only").
+        flow=dict(block_timeout=0.5, batch_size=4, prefetch=8),
         handler=dict(concurrency=8, max_attempts=50),
         rate=(limit, per),
     )
