@@ -69,6 +69,19 @@ class Sent:
         """The numbers acknowledged, per kind."""
         return {k: set(v) for k, v in self.acked_at.items()}
 
+    async def wait_handled(
+        self, handled: dict[str, dict[int, list[float]]], sentinel: SentinelSetup
+    ) -> dict[str, int]:
+        """Wait (20 s at most) until every acknowledged number was handled; how many of
+        each kind were not. Call it once every send has returned, with the consumer still
+        running: it also records when each missing one was acknowledged and where it is."""
+        await until(lambda: all(self.acked[k] <= set(handled[k]) for k in handled), within=20)
+        self.missing = {k: self.acked[k] - set(handled[k]) for k in handled}
+        if any(self.missing.values()):
+            where = lambda: _whereabouts(sentinel.primary(), self.ns, self)  # noqa: E731
+            self.whereabouts = await anyio.to_thread.run_sync(where)
+        return {k: len(v) for k, v in self.missing.items()}
+
     async def loop(self, kind: Kind) -> None:
         n = 0
         while self.running:
@@ -159,12 +172,7 @@ async def test_a_graceful_failover_loses_no_acknowledged_backlog(
     for kind in kinds:
         kind.on(consumer, _name(kind, ns), concurrency=8)(_numbers(handled[str(kind)]))
     async with consumer:
-        await until(lambda: all(sent.acked[k] <= set(handled[k]) for k in handled), within=20)
-        sent.missing = {k: sent.acked[k] - set(handled[k]) for k in handled}
-        if any(sent.missing.values()):
-            where = lambda: _whereabouts(sentinel.primary(), ns, sent)  # noqa: E731
-            sent.whereabouts = await anyio.to_thread.run_sync(where)
-    lost = {k: len(v) for k, v in sent.missing.items()}
+        lost = await sent.wait_handled(handled, sentinel)
     stalls = sorted(
         b - a for times in sent.acked_at.values()
         for a, b in itertools.pairwise(sorted(times.values()))
@@ -284,12 +292,7 @@ async def _switch_under_load(
         # Only now, with every producer call returned, is the set of acknowledged messages
         # final: a call still in flight at ``running = False`` (a WAIT, a reconnect) may be
         # acknowledged after the check below would have passed, and be "lost" by the stop.
-        await until(lambda: all(sent.acked[k] <= set(handled[k]) for k in handled), within=20)
-        sent.missing = {k: sent.acked[k] - set(handled[k]) for k in handled}
-        if any(sent.missing.values()):  # for the report: when each was acked, where it is
-            where = lambda: _whereabouts(sentinel.primary(), ns, sent)  # noqa: E731
-            sent.whereabouts = await anyio.to_thread.run_sync(where)
-    lost = {k: len(v) for k, v in sent.missing.items()}
+        lost = await sent.wait_handled(handled, sentinel)
     # consumers resumed: the first handling of a message acknowledged after the switch
     new = began + switched
     after = [
